@@ -1,0 +1,6 @@
+"""Matrix-valued GP kernels."""
+
+from geodiffusion.kernels.base import Kernel
+from geodiffusion.kernels.stationary import SquaredExponential
+
+__all__ = ["Kernel", "SquaredExponential"]

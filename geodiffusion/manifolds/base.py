@@ -1,0 +1,103 @@
+"""The Manifold abstraction: a Riemannian manifold embedded in an ambient space."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from geodiffusion._random import randn
+from geodiffusion.registry import Component
+
+if TYPE_CHECKING:
+    from geodiffusion.heat.base import HeatKernel
+
+__all__ = ["Manifold"]
+
+
+class Manifold(Component, family=True):
+    r"""A Riemannian manifold :math:`M` of dimension ``dim``; points are ambient
+    tensors of trailing shape ``point_shape``, tangent vectors at :math:`x` are
+    ambient tensors :math:`v` with ``proj(x, v) == v``.
+
+    Identities (checked by :func:`geodiffusion.testing.check_manifold`):
+    :math:`\exp_x(\log_x y) = y`, :math:`d(x, y) = \|\log_x y\|_x`, :math:`\exp_x v \in M`.
+    """
+
+    compact: ClassVar[bool] = False
+    """Declares that a uniform probability measure exists (``random_uniform``)."""
+    has_heat_kernel: ClassVar[bool] = False
+    """Declares that ``heat_kernel()`` is available."""
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Intrinsic dimension :math:`n`."""
+
+    @property
+    @abstractmethod
+    def point_shape(self) -> tuple[int, ...]:
+        """Trailing (ambient) shape of one point."""
+
+    @abstractmethod
+    def random_point(self, n: int, generator: torch.Generator | None = None, *, device=None, dtype=None) -> Tensor:
+        """``n`` points from a reference distribution (uniform when ``compact``)."""
+
+    @abstractmethod
+    def proj(self, x: Tensor, v: Tensor) -> Tensor:
+        """Orthogonal projection of an ambient vector :math:`v` onto :math:`T_x M`."""
+
+    @abstractmethod
+    def exp(self, x: Tensor, v: Tensor) -> Tensor:
+        r"""Riemannian exponential :math:`\exp_x(v)`."""
+
+    @abstractmethod
+    def log(self, x: Tensor, y: Tensor) -> Tensor:
+        r"""Riemannian logarithm :math:`\log_x(y) \in T_x M`."""
+
+    @abstractmethod
+    def belongs(self, x: Tensor, atol: float = 1e-6) -> Tensor:
+        """Per-point boolean: does ``x`` lie on :math:`M` (to ``atol``)?"""
+
+    # --- template methods -------------------------------------------------
+
+    def inner(self, x: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        r"""Metric :math:`\langle u, v \rangle_x` (the ambient one unless overridden)."""
+        nd = len(self.point_shape)
+        return (u * v).flatten(u.dim() - nd).sum(-1) if nd else u * v
+
+    def norm(self, x: Tensor, v: Tensor) -> Tensor:
+        return self.inner(x, v, v).clamp_min(0).sqrt()
+
+    def dist(self, x: Tensor, y: Tensor) -> Tensor:
+        r"""Geodesic distance :math:`d(x, y) = \|\log_x y\|_x`."""
+        return self.norm(x, self.log(x, y))
+
+    def random_tangent(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A standard Gaussian ambient vector projected onto :math:`T_x M`."""
+        v = randn(x.shape, generator, dtype=x.dtype, device=x.device)
+        return self.proj(x, v)
+
+    def random_uniform(self, n: int, generator: torch.Generator | None = None, *, device=None, dtype=None) -> Tensor:
+        """``n`` points from the normalised Riemannian volume (compact manifolds only)."""
+        if not self.compact:
+            raise ValueError(f"{type(self).__name__} is not compact: it has no uniform distribution")
+        return self.random_point(n, generator, device=device, dtype=dtype)
+
+    def heat_kernel(self, **options: Any) -> HeatKernel:
+        """The heat kernel :math:`p_t(x_0, x)` of Brownian motion on :math:`M` (generator :math:`\\Delta/2`)."""
+        if not self.has_heat_kernel:
+            raise NotImplementedError(f"no heat kernel is known for {type(self).__name__}")
+        return self._heat_kernel(**options)
+
+    def _heat_kernel(self, **options: Any) -> HeatKernel:
+        raise NotImplementedError
+
+    def check_point(self, name: str, x: Tensor) -> None:
+        """Raise unless ``x`` has trailing shape ``point_shape``."""
+        nd = len(self.point_shape)
+        if x.dim() < nd or tuple(x.shape[x.dim() - nd :]) != tuple(self.point_shape):
+            shape = ", ".join(map(str, self.point_shape))
+            raise ValueError(f"{name}: expected points of shape [..., {shape}] on {type(self).__name__}, got {list(x.shape)}")

@@ -1,0 +1,16 @@
+"""Forward noising processes."""
+
+from geodiffusion.processes.base import LinearGaussianProcess, Process, ScoreFn, TorchsdeReverse
+from geodiffusion.processes.distributions import DiagonalGaussian
+from geodiffusion.processes.euclidean import SubVPProcess, VEProcess, VPProcess
+
+__all__ = [
+    "Process",
+    "LinearGaussianProcess",
+    "ScoreFn",
+    "TorchsdeReverse",
+    "DiagonalGaussian",
+    "VPProcess",
+    "SubVPProcess",
+    "VEProcess",
+]
