@@ -96,6 +96,16 @@ class Component(ABC):
             raise TypeError(f"{type(self).__name__} expects a {spec_cls.__name__}, got {type(spec).__name__}")
         self.spec = spec
 
+    @classmethod
+    def examples(cls) -> list[Spec]:
+        """Specs of typical instances, used by the registry-wide property tests.
+
+        Defaults to ``[cls.Spec()]``; a class whose spec has required fields overrides this."""
+        try:
+            return [cls.Spec()]
+        except Exception as err:
+            raise TypeError(f"{cls.__qualname__}: its Spec has required fields, so define examples()") from err
+
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.spec if k != "kind")
 

@@ -53,7 +53,7 @@ class _SpaceGroup(Group):
         m = m.to(x.dtype)
         if self.spec.action == "vector":
             return (m @ x.unsqueeze(-1)).squeeze(-1)
-        return x @ m.unsqueeze(-3).transpose(-1, -2)
+        return x @ m.transpose(-1, -2)
 
     def _shift(self, t: Tensor, x: Tensor) -> Tensor:
         t = t.to(x.dtype)
@@ -98,6 +98,10 @@ class SpecialOrthogonal(_MatrixGroup, kind="so"):
 
         dim: int = Field(3, ge=2, description="dimension d")
 
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(dim=2), cls.Spec(dim=3), cls.Spec(dim=3, action="point_cloud"), cls.Spec(dim=5)]
+
 
 class Orthogonal(_MatrixGroup, kind="o"):
     r""":math:`O(d) = \{R : R^\top R = I\}` (rotations and reflections), elements ``[d, d]``."""
@@ -106,6 +110,10 @@ class Orthogonal(_MatrixGroup, kind="o"):
 
     class Spec(_SpaceSpec):
         """Orthogonal group O(d)."""
+
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(dim=2), cls.Spec(dim=3), cls.Spec(dim=3, action="point_cloud")]
 
 
 class _RigidGroup(_SpaceGroup):
@@ -166,6 +174,10 @@ class SpecialEuclidean(_RigidGroup, kind="se"):
 
         dim: int = Field(3, ge=2, description="dimension d")
 
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(), cls.Spec(dim=2, action="vector")]
+
 
 class EuclideanGroup(_RigidGroup, kind="e"):
     r""":math:`E(d) = O(d) \ltimes \mathbb{R}^d`: isometries :math:`x \mapsto Rx + t`, reflections included."""
@@ -174,6 +186,10 @@ class EuclideanGroup(_RigidGroup, kind="e"):
 
     class Spec(_RigidSpec):
         """Isometry group E(d); translations for sample() are N(0, translation_scale^2)."""
+
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(), cls.Spec(dim=2, action="vector")]
 
 
 class Translations(_SpaceGroup, kind="translation"):
@@ -189,6 +205,10 @@ class Translations(_SpaceGroup, kind="translation"):
     @property
     def element_shape(self) -> tuple[int, ...]:
         return (self.spec.dim,)
+
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(), cls.Spec(dim=2, action="point_cloud")]
 
     def identity(self, batch_shape=(), *, device=None, dtype=None) -> Tensor:
         return torch.zeros(tuple(batch_shape) + (self.spec.dim,), device=device, dtype=dtype)

@@ -26,6 +26,10 @@ class Permutations(FiniteGroup, kind="permutation"):
         n: int = Field(ge=1, description="number of points in the set")
         feature_ndim: int = Field(1, ge=0, description="number of feature axes after the point axis")
 
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(n=4), cls.Spec(n=5, feature_ndim=0), cls.Spec(n=3, feature_ndim=2)]
+
     @property
     def order(self) -> int:
         return math.factorial(self.spec.n)

@@ -38,7 +38,7 @@ def _rotation_matrix(angle: Tensor) -> Tensor:
 def _apply_matrix(m: Tensor, x: Tensor, action: str) -> Tensor:
     if action == "vector":
         return (m @ x.unsqueeze(-1)).squeeze(-1)
-    return x @ m.unsqueeze(-3).transpose(-1, -2)
+    return x @ m.transpose(-1, -2)
 
 
 def _rot90_batched(quarter_turns: Tensor, x: Tensor) -> Tensor:
@@ -69,6 +69,10 @@ class CyclicGroup(FiniteGroup, kind="cyclic"):
 
     class Spec(_PlanarSpec):
         """Cyclic group C_n."""
+
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(n=5), cls.Spec(n=3, action="point_cloud"), cls.Spec(n=4, action="image"), cls.Spec(n=2, action="image")]
 
     @property
     def order(self) -> int:
@@ -111,6 +115,10 @@ class DihedralGroup(FiniteGroup, kind="dihedral"):
 
     class Spec(_PlanarSpec):
         """Dihedral group D_n of order 2n."""
+
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(n=5), cls.Spec(n=3, action="point_cloud"), cls.Spec(n=4, action="image"), cls.Spec(n=2, action="image")]
 
     @property
     def order(self) -> int:

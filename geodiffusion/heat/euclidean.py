@@ -26,6 +26,10 @@ class EuclideanHeatKernel(HeatKernel, kind="euclidean_heat"):
 
         manifold: component_spec(Manifold)
 
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(manifold={"kind": "euclidean", "dim": 2}), cls.Spec(manifold={"kind": "euclidean", "dim": 5})]
+
     def __init__(self, spec=None, /, **fields) -> None:
         super().__init__(spec, **fields)
         manifold = build(self.spec.manifold, Manifold)

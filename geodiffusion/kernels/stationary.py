@@ -25,6 +25,10 @@ class SquaredExponential(Kernel, kind="squared_exponential"):
         lengthscale: float = Field(1.0, gt=0, description="lengthscale l")
         variance: float = Field(1.0, gt=0, description="signal variance sigma^2")
 
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(), cls.Spec(input_dim=2, output_dim=2, lengthscale=0.7, variance=2.0)]
+
     def __init__(self, spec=None, /, **fields) -> None:
         super().__init__(spec, **fields)
         self._group = EuclideanGroup(dim=self.spec.input_dim, action="vector")

@@ -30,6 +30,8 @@ class Manifold(Component, family=True):
     """Declares that a uniform probability measure exists (``random_uniform``)."""
     has_heat_kernel: ClassVar[bool] = False
     """Declares that ``heat_kernel()`` is available."""
+    flat: ClassVar[bool] = False
+    """Declares zero curvature with ambient coordinates isometric (Laplace–Beltrami = ambient Laplacian)."""
 
     @property
     @abstractmethod
@@ -44,6 +46,10 @@ class Manifold(Component, family=True):
     @abstractmethod
     def random_point(self, n: int, generator: torch.Generator | None = None, *, device=None, dtype=None) -> Tensor:
         """``n`` points from a reference distribution (uniform when ``compact``)."""
+
+    @abstractmethod
+    def reference_log_prob(self, x: Tensor) -> Tensor:
+        """Log-density (w.r.t. Riemannian volume) of the law that ``random_point`` draws from."""
 
     @abstractmethod
     def proj(self, x: Tensor, v: Tensor) -> Tensor:
@@ -94,6 +100,20 @@ class Manifold(Component, family=True):
 
     def _heat_kernel(self, **options: Any) -> HeatKernel:
         raise NotImplementedError
+
+    def laplace_beltrami(self, fn, x: Tensor) -> Tensor:
+        r""":math:`\Delta f(x)` for a scalar function ``fn`` of points; by autograd on flat manifolds."""
+        if not self.flat:
+            raise NotImplementedError(f"{type(self).__name__} does not define its Laplace-Beltrami operator")
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+            flat_grad = grad.flatten(x.dim() - len(self.point_shape))
+            total = torch.zeros(flat_grad.shape[:-1], dtype=x.dtype, device=x.device)
+            for i in range(flat_grad.shape[-1]):
+                (second,) = torch.autograd.grad(flat_grad[..., i].sum(), x, retain_graph=True)
+                total = total + second.flatten(x.dim() - len(self.point_shape))[..., i]
+        return total
 
     def check_point(self, name: str, x: Tensor) -> None:
         """Raise unless ``x`` has trailing shape ``point_shape``."""

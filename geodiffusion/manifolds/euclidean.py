@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -17,11 +19,16 @@ class Euclidean(Manifold, kind="euclidean"):
     r""":math:`\mathbb{R}^d` with the flat metric: :math:`\exp_x v = x + v`, :math:`\log_x y = y - x`."""
 
     has_heat_kernel = True
+    flat = True
 
     class Spec(Spec):
         """Euclidean space R^d."""
 
         dim: int = Field(ge=1, description="dimension d")
+
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(dim=1), cls.Spec(dim=3)]
 
     @property
     def dim(self) -> int:
@@ -33,6 +40,11 @@ class Euclidean(Manifold, kind="euclidean"):
 
     def random_point(self, n, generator=None, *, device=None, dtype=None) -> Tensor:
         return randn((n, self.spec.dim), generator, dtype=dtype, device=device)
+
+    def reference_log_prob(self, x: Tensor) -> Tensor:
+        """Standard normal, the law of ``random_point``."""
+        self.check_point("x", x)
+        return -0.5 * (x**2).sum(-1) - 0.5 * self.spec.dim * math.log(2 * math.pi)
 
     def proj(self, x: Tensor, v: Tensor) -> Tensor:
         self.check_point("x", x)

@@ -30,6 +30,18 @@ class FrameAveraged(ScoreModel, kind="frame_averaged"):
         model: component_spec(ScoreModel)
         group: component_spec(Group)
 
+    @classmethod
+    def examples(cls):
+        mlp = {"kind": "mlp", "dim": 2, "hidden": 32, "depth": 2}
+        return [
+            cls.Spec(model=mlp, group={"kind": "cyclic", "n": 6}),
+            cls.Spec(model=mlp, group={"kind": "dihedral", "n": 3}),
+            cls.Spec(
+                model={"kind": "set_transformer", "dim": 2, "hidden": 16, "n_points": 4},
+                group={"kind": "cyclic", "n": 4, "action": "point_cloud"},
+            ),
+        ]
+
     def __init__(self, spec=None, /, **fields) -> None:
         super().__init__(spec, **fields)
         group = build(self.spec.group, Group)

@@ -29,6 +29,10 @@ class TimeMLP(ScoreModel, kind="mlp"):
         time_embedding_dim: int = Field(32, ge=2, multiple_of=2, description="size of the time features")
         activation: Activation = "silu"
 
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(dim=3, hidden=32, depth=2)]
+
     def __init__(self, spec=None, /, **fields) -> None:
         super().__init__(spec, **fields)
         s = self.spec

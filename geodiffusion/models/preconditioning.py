@@ -27,6 +27,10 @@ class NoisePredictor(ScoreModel, kind="noise_predictor"):
         net: component_spec(ScoreModel)
         process: component_spec(Process)
 
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(net={"kind": "mlp", "dim": 2, "hidden": 32, "depth": 2}, process={"kind": "vp"})]
+
     def __init__(self, spec=None, /, **fields) -> None:
         super().__init__(spec, **fields)
         process = build(self.spec.process, Process)

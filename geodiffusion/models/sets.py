@@ -31,6 +31,10 @@ class SetTransformer(ScoreModel, kind="set_transformer"):
         layers: int = Field(2, ge=1, description="number of attention blocks")
         n_points: int = Field(8, ge=1, description="set size of example inputs and of the claimed group S_n")
 
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(dim=3, hidden=16, heads=2, n_points=5)]
+
     def __init__(self, spec=None, /, **fields) -> None:
         super().__init__(spec, **fields)
         s = self.spec
