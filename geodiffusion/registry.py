@@ -17,7 +17,7 @@ from pydantic import create_model
 
 from geodiffusion.spec import Spec
 
-__all__ = ["Component", "build", "registry", "unregister", "spec_class_for", "families"]
+__all__ = ["Component", "build", "registry", "unregister", "spec_class_for", "spec_owner", "families"]
 
 _FAMILIES: dict[type, dict[str, type]] = {}
 _SPEC_OWNER: dict[type, type] = {}
@@ -124,7 +124,7 @@ def registry(base: type | None = None) -> dict[str, type]:
     """``{kind: class}`` of the registered concrete subclasses of ``base`` (all families if None)."""
     if base is None:
         return {k: c for table in _FAMILIES.values() for k, c in table.items()}
-    if base.family is None or base.family not in _FAMILIES:
+    if getattr(base, "family", None) not in _FAMILIES:
         raise ValueError(f"{base.__name__} is not a component base class")
     return {k: c for k, c in _FAMILIES[base.family].items() if issubclass(c, base)}
 
@@ -148,6 +148,11 @@ def _lookup(kind: str, base: type | None) -> type:
         names = [c.family.__name__ for c in candidates]
         raise ValueError(f"kind {kind!r} exists in several families {names}; pass base=... to build()")
     return candidates[0]
+
+
+def spec_owner(spec_cls: type) -> type | None:
+    """The component class whose ``Spec`` is ``spec_cls`` (registered or not), or None."""
+    return _SPEC_OWNER.get(spec_cls)
 
 
 def spec_class_for(kind: str, base: type | None = None) -> type[Spec]:

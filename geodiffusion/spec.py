@@ -27,12 +27,13 @@ def component_spec(base: type | None = None) -> Any:
     with all its fields."""
 
     def resolve(value: Any) -> Any:
-        from geodiffusion.registry import spec_class_for
+        from geodiffusion.registry import spec_class_for, spec_owner
 
         if isinstance(value, Spec):
-            owner_spec = spec_class_for(getattr(value, "kind", ""), base) if hasattr(value, "kind") else None
-            if owner_spec is None or not isinstance(value, owner_spec):
-                raise ValueError(f"expected the spec of a registered {getattr(base, '__name__', 'component')}")
+            # a Spec instance names its class directly, registered or not
+            owner = spec_owner(type(value))
+            if owner is None or (base is not None and not issubclass(owner, base)):
+                raise ValueError(f"expected the spec of a {getattr(base, '__name__', 'component')}, got {type(value).__name__}")
             return value
         if isinstance(value, str):
             value = json.loads(value)

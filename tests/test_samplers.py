@@ -54,7 +54,9 @@ def test_log_likelihood_of_exact_score_equals_exact_log_density(process_spec, es
     else:
         reps = torch.stack(
             [
-                log_likelihood(oracle, process, x, options=options, estimator="hutchinson", generator=torch.Generator().manual_seed(s))
+                log_likelihood(
+                    oracle, process, x, options=options, estimator="hutchinson", generator=torch.Generator().manual_seed(s)
+                )
                 for s in range(8)
             ]
         )

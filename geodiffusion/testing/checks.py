@@ -94,9 +94,7 @@ def group_errors(group: Group, *, n: int = 8, seed: int = 0, dtype: torch.dtype 
         "inverse g^-1 g = e": _err(group.compose(group.inverse(g), g), e),
         "action of identity e.x = x": _err(group.act(e, x), x),
         "action is a homomorphism g.(h.x) = (gh).x": _err(group.act(g, group.act(h, x)), group.act(gh, x)),
-        "vector action is a homomorphism": _err(
-            group.act_on_vectors(g, group.act_on_vectors(h, x)), group.act_on_vectors(gh, x)
-        ),
+        "vector action is a homomorphism": _err(group.act_on_vectors(g, group.act_on_vectors(h, x)), group.act_on_vectors(gh, x)),
         "batched action equals stacked single actions": _err(
             group.act(g, x), torch.stack([group.act(g[i], x[i]) for i in range(n)])
         ),
@@ -183,7 +181,9 @@ def heat_kernel_errors(
     errors: dict[str, float] = {}
     for t in times:
         tt = torch.full((n,), t, dtype=dtype)
-        errors[f"symmetry p_t(x0, x) = p_t(x, x0) at t={t}"] = _err(heat_kernel.log_prob(x0, x, tt), heat_kernel.log_prob(x, x0, tt))
+        errors[f"symmetry p_t(x0, x) = p_t(x, x0) at t={t}"] = _err(
+            heat_kernel.log_prob(x0, x, tt), heat_kernel.log_prob(x, x0, tt)
+        )
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(heat_kernel.log_prob(x0, xr, tt).sum(), xr)
@@ -211,7 +211,9 @@ def heat_kernel_errors(
     return errors
 
 
-def check_heat_kernel(heat_kernel: HeatKernel, *, z: float = 5.0, seed: int = 0, dtype: torch.dtype = torch.float64, **kwargs) -> None:
+def check_heat_kernel(
+    heat_kernel: HeatKernel, *, z: float = 5.0, seed: int = 0, dtype: torch.dtype = torch.float64, **kwargs
+) -> None:
     """Raise :class:`CheckError` unless the heat kernel is symmetric, normalised, solves the heat
     equation and its score and sampler agree with its density (z-scores below ``z``)."""
     errors = heat_kernel_errors(heat_kernel, seed=seed, dtype=dtype, **kwargs)
@@ -392,8 +394,9 @@ def sampler_errors(
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
 ) -> dict[str, float]:
-    r"""Sample with the exact score of Gaussian data :math:`\mathcal{N}(\mu, \Sigma)` and compare with
-    the exact law at the sampler's end time, :math:`\mathcal{N}(\alpha_\varepsilon\mu, \alpha_\varepsilon^2\Sigma + \sigma_\varepsilon^2 I)`.
+    r"""Sample with the exact score of Gaussian data :math:`\mathcal{N}(\mu, \Sigma)` and compare with the
+    exact law at the sampler's end time,
+    :math:`\mathcal{N}(\alpha_\varepsilon\mu, \alpha_\varepsilon^2\Sigma + \sigma_\varepsilon^2 I)`.
 
     Returns, for the mean and the covariance, the worst entrywise error divided by
     its Monte Carlo standard error (a z-score), and the worst relative error.
@@ -407,7 +410,12 @@ def sampler_errors(
     m, c = oracle.marginal_moments(torch.tensor(eps, dtype=dtype))
     x = sampler.sample(oracle, process, (n_samples, dim), generator=gen, dtype=dtype)
     if not bool(torch.isfinite(x).all()):
-        return {"mean z-score": math.inf, "covariance z-score": math.inf, "mean relative error": math.inf, "covariance relative error": math.inf}
+        return {
+            "mean z-score": math.inf,
+            "covariance z-score": math.inf,
+            "mean relative error": math.inf,
+            "covariance relative error": math.inf,
+        }
     emp_m = x.mean(0)
     emp_c = torch.cov(x.T)
     se_m = torch.sqrt(torch.diagonal(c) / n_samples)
