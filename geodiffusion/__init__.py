@@ -24,7 +24,7 @@ from geodiffusion.kernels import Kernel, SquaredExponential
 from geodiffusion.manifolds import Euclidean, Manifold
 from geodiffusion.models import FrameAveraged, NoisePredictor, ScoreModel, SetTransformer, TimeMLP
 from geodiffusion.processes import LinearGaussianProcess, Process, SubVPProcess, VEProcess, VPProcess
-from geodiffusion.registry import Component, build, registry, unregister
+from geodiffusion.registry import Component, build, families, registry, unregister
 from geodiffusion.samplers import (
     ODEOptions,
     PredictorCorrector,

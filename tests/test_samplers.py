@@ -125,3 +125,18 @@ def test_oracle_rejects_bad_shapes():
         GaussianScore(gd.VPProcess(), MEAN, COV[:2, :2])
     with pytest.raises(ValueError, match="event_ndim"):
         GaussianScore(gd.VPProcess(event_ndim=2), MEAN, COV)
+
+
+def test_dtype_and_device_mismatches_are_errors():
+    process = gd.VPProcess()
+    with pytest.raises(ValueError, match="dtype"):
+        gd.SDESampler().sample(lambda t, x: -x, process, (2, 2), x_T=torch.zeros(2, 2), dtype=torch.float64)
+    with pytest.raises(ValueError, match="device"):
+        gd.SDESampler().sample(lambda t, x: -x, process, (2, 2), x_T=torch.zeros(2, 2), device="meta")
+    heat = gd.Euclidean(dim=2).heat_kernel()
+    with pytest.raises(ValueError, match="dtype"):
+        heat.log_prob(torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.float64), 0.5)
+    with pytest.raises(ValueError, match="t > 0"):
+        heat.log_prob(torch.zeros(3, 2), torch.zeros(3, 2), 0.0)
+    with pytest.raises(ValueError, match=r"expected points of shape \[..., 2\]"):
+        heat.log_prob(torch.zeros(3, 2), torch.zeros(3, 3), 0.5)

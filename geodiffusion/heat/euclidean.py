@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from geodiffusion._random import randn
-from geodiffusion._validation import check_time, expand_time
+from geodiffusion._validation import check_same_device_dtype, check_time, expand_time
 from geodiffusion.heat.base import HeatKernel
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.manifolds.euclidean import Euclidean
@@ -49,11 +49,14 @@ class EuclideanHeatKernel(HeatKernel, kind="euclidean_heat"):
 
     def log_prob(self, x0: Tensor, x: Tensor, t) -> Tensor:
         self._manifold.check_point("x", x)
+        self._manifold.check_point("x0", x0)
+        check_same_device_dtype(x0=x0, x=x)
         t = self._time(t, x)
         d = self._manifold.dim
         return -((x - x0) ** 2).sum(-1) / (2 * t) - 0.5 * d * torch.log(2 * math.pi * t)
 
     def score(self, x0: Tensor, x: Tensor, t) -> Tensor:
+        check_same_device_dtype(x0=x0, x=x)
         return -(x - x0) / self._time(t, x).unsqueeze(-1)
 
     def sample(self, x0: Tensor, t, generator=None) -> Tensor:

@@ -37,6 +37,10 @@ class Sampler(Component, family=True):
         if x_T is None:
             return process.prior(tuple(shape), device=device, dtype=dtype).sample(generator)
         process.check_inputs(x_T, process.T, name="x_T")
+        if dtype is not None and x_T.dtype != dtype:
+            raise ValueError(f"x_T has dtype {x_T.dtype} but dtype={dtype} was requested")
+        if device is not None and x_T.device != torch.device(device):
+            raise ValueError(f"x_T is on {x_T.device} but device={device} was requested")
         if tuple(x_T.shape) != tuple(shape):
             raise ValueError(f"x_T: expected shape {list(shape)}, got {list(x_T.shape)}")
         return x_T
