@@ -48,4 +48,5 @@ html_title = f"geodiffusion {release}"
 html_theme_options = {
     "description": "Diffusion models on geometric domains",
     "fixed_sidebar": True,
+    "page_width": "1100px",  # room for 80-column code blocks beside the sidebar
 }
