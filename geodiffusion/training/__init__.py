@@ -1,0 +1,18 @@
+"""Training: denoising score matching, EMA, atomic checkpoints and a resumable trainer."""
+
+from geodiffusion.training.checkpoint import load_checkpoint, save_checkpoint
+from geodiffusion.training.ema import EMA
+from geodiffusion.training.losses import WEIGHTINGS, Weighting, dsm_loss
+from geodiffusion.training.trainer import Trainer, TrainingSpec, derive_seed
+
+__all__ = [
+    "dsm_loss",
+    "Weighting",
+    "WEIGHTINGS",
+    "EMA",
+    "save_checkpoint",
+    "load_checkpoint",
+    "Trainer",
+    "TrainingSpec",
+    "derive_seed",
+]

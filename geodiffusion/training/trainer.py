@@ -1,0 +1,301 @@
+"""Training loop for score models: AdamW on the DSM loss, EMA, clipping, seeded and resumable."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from geodiffusion._validation import check_tensor
+from geodiffusion.processes.base import LinearGaussianProcess, Process
+from geodiffusion.spec import Spec
+from geodiffusion.training.checkpoint import load_checkpoint, save_checkpoint
+from geodiffusion.training.ema import EMA
+from geodiffusion.training.losses import Weighting, dsm_loss
+
+__all__ = ["TrainingSpec", "Trainer", "derive_seed"]
+
+CHECKPOINT_FORMAT = 1
+# fields that may change between an interrupted run and its resumption without changing the result
+_RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "log_every"})
+
+
+def derive_seed(seed: int, *keys: str | int) -> int:
+    """An independent 63-bit seed for the stream named ``keys`` under the master ``seed``
+    (numpy's ``SeedSequence`` hashing, so streams of adjacent seeds do not overlap)."""
+    words = [int(seed)] + [k if isinstance(k, int) else int.from_bytes(k.encode(), "little") % 2**32 for k in keys]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) & (2**63 - 1)
+
+
+class TrainingSpec(Spec):
+    """Optimisation settings of :class:`Trainer`."""
+
+    steps: int = Field(2000, ge=1, description="number of optimiser steps")
+    batch_size: int = Field(256, ge=1, description="minibatch size (at most the number of data points)")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    ema_decay: float = Field(0.999, ge=0, le=1, description="EMA decay beta (with warm-up min(beta, (1+n)/(10+n)))")
+    grad_clip: Annotated[float, Field(gt=0)] | None = Field(1.0, description="max global gradient norm; None: no clipping")
+    weighting: Weighting = Field("sigma2", description="DSM weighting lambda(t): sigma2, likelihood or none")
+    eps: float = Field(1e-3, ge=0, description="times are drawn from U[eps, T]")
+    seed: int = Field(0, ge=0, description="seeds the minibatch order and the DSM noise (two independent streams)")
+    checkpoint_every: int = Field(1000, ge=1, description="write checkpoints/last.pt every this many steps (and at the end)")
+    log_every: int = Field(50, ge=1, description="append a line to train_log.jsonl every this many steps")
+
+
+class Trainer:
+    r"""Fits a score model :math:`s_\theta` to ``data`` by minimising :func:`dsm_loss` with AdamW.
+
+    Minibatches are consecutive slices of a per-epoch permutation drawn from a data generator
+    (the tail of each epoch that does not fill a batch is skipped); times and noise come from a
+    second generator. Both are seeded from ``spec.seed`` and saved in every checkpoint together
+    with the model, its EMA, the optimiser, the permutation and the global RNG states, so that
+    :meth:`fit` resumed from ``out_dir/checkpoints/last.pt`` ends bit-for-bit where an uninterrupted
+    run ends (on CPU). Every ``log_every`` steps a JSON line goes to ``out_dir/train_log.jsonl``.
+
+    Shapes: ``data [N, *event_shape]``; the model maps ``(t [B], x [B, *event_shape])`` to ``[B, *event_shape]``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        process: Process,
+        data: Tensor,
+        spec: TrainingSpec | dict[str, Any],
+        out_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ) -> None:
+        spec = spec if isinstance(spec, TrainingSpec) else TrainingSpec.model_validate(spec)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if not isinstance(process, Process):
+            raise TypeError(f"process: expected a Process, got {type(process).__name__}")
+        self._check_data(data, process, spec)
+        if not spec.eps < process.T:
+            raise ValueError(f"spec.eps ({spec.eps}) must be smaller than the process's T ({process.T})")
+        if spec.weighting == "sigma2" and not isinstance(process, LinearGaussianProcess):
+            raise ValueError(f"weighting='sigma2' needs a LinearGaussianProcess, got {type(process).__name__}")
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{type(model).__name__} has no trainable parameters")
+        if params[0].dtype != data.dtype:
+            raise ValueError(f"data has dtype {data.dtype} but the model's parameters are {params[0].dtype}; cast one of them")
+
+        self.spec = spec
+        self.process = process
+        self.device = torch.device(device) if device is not None else data.device
+        self.model = model.to(self.device)
+        self.data = data.to(self.device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self._check_model_fits_data()
+
+        self.optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        self.ema = EMA(self.model, spec.ema_decay)
+        # Generators live on the CPU: values drawn from them do not depend on the training device.
+        self.data_generator = torch.Generator().manual_seed(derive_seed(spec.seed, "data"))
+        self.noise_generator = torch.Generator().manual_seed(derive_seed(spec.seed, "noise"))
+        self.step = 0
+        self.history: list[float] = []
+        self.train_seconds = 0.0  # wall time of the optimisation, summed over resumed sessions
+        self._permutation: Tensor | None = None
+        self._cursor = 0
+
+    # --- validation -------------------------------------------------------
+
+    @staticmethod
+    def _check_data(data: Tensor, process: Process, spec: TrainingSpec) -> None:
+        check_tensor("data", data)
+        if not data.is_floating_point():
+            raise ValueError(f"data: expected a floating tensor, got {data.dtype}")
+        if data.dim() < process.event_ndim + 1:
+            raise ValueError(
+                f"data: expected shape [N, *event_shape] with {process.event_ndim} event axes, got {list(data.shape)}"
+            )
+        if not bool(torch.isfinite(data).all()):
+            bad = int((~torch.isfinite(data)).flatten(1).any(-1).sum())
+            raise ValueError(f"data: {bad} of {len(data)} points contain NaN or inf")
+        if spec.batch_size > len(data):
+            raise ValueError(f"batch_size ({spec.batch_size}) exceeds the number of data points ({len(data)})")
+
+    def _check_model_fits_data(self) -> None:
+        x = self.data[:2]
+        t = torch.full((x.shape[0],), 0.5 * self.process.T, dtype=x.dtype, device=x.device)
+        was_training = self.model.training
+        try:
+            with torch.no_grad():
+                out = self.model.eval()(t, x)
+        except Exception as err:  # any failure here means the data do not fit the model
+            raise ValueError(
+                f"data of shape [N, {', '.join(map(str, x.shape[1:]))}] do not fit {type(self.model).__name__}: {err}"
+            ) from err
+        finally:
+            self.model.train(was_training)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"{type(self.model).__name__} maps inputs of shape {list(x.shape)} to {got}; expected the same shape"
+            )
+
+    # --- paths ------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / "checkpoints" / "last.pt" if self.out_dir is not None else None
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.out_dir / "train_log.jsonl" if self.out_dir is not None else None
+
+    @property
+    def ema_model(self) -> nn.Module:
+        """The EMA copy of the model (eval mode): the one to sample from."""
+        return self.ema.model
+
+    # --- state ------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`fit` needs to continue exactly where it stopped."""
+        spec_of = lambda obj: obj.spec.model_dump(mode="json") if isinstance(getattr(obj, "spec", None), Spec) else None  # noqa: E731
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "data_generator": self.data_generator.get_state(),
+            "noise_generator": self.noise_generator.get_state(),
+            "permutation": self._permutation,
+            "cursor": self._cursor,
+            "python_rng": random.getstate(),
+            "torch_rng": torch.get_rng_state(),
+            "spec": self.spec.model_dump(mode="json"),
+            "model_spec": spec_of(self.model),
+            "process_spec": spec_of(self.process),
+            "history": list(self.history),
+            "train_seconds": self.train_seconds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the training spec may differ only in steps and logging cadence."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"unsupported checkpoint format {state.get('format')!r}; expected {CHECKPOINT_FORMAT}")
+        saved, current = state["spec"], self.spec.model_dump(mode="json")
+        changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
+        if changed:
+            diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+            raise ValueError(f"the checkpoint was trained with different settings ({diffs}); resuming would not reproduce it")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+        except RuntimeError as err:
+            raise ValueError(f"the checkpoint does not match {type(self.model).__name__}: {err}") from err
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.data_generator.set_state(state["data_generator"])
+        self.noise_generator.set_state(state["noise_generator"])
+        perm = state["permutation"]
+        self._permutation = perm.to(torch.long) if perm is not None else None
+        self._cursor = int(state["cursor"])
+        random.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.history = [float(v) for v in state["history"]]
+        self.train_seconds = float(state["train_seconds"])
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write a checkpoint atomically (default ``out_dir/checkpoints/last.pt``)."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("no checkpoint path: pass one or give the Trainer an out_dir")
+        return save_checkpoint(path, self.state_dict())
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+
+    # --- training ---------------------------------------------------------
+
+    def _next_batch(self) -> Tensor:
+        n, size = len(self.data), self.spec.batch_size
+        if self._permutation is None or (self._cursor + 1) * size > n:
+            self._permutation = torch.randperm(n, generator=self.data_generator)
+            self._cursor = 0
+        idx = self._permutation[self._cursor * size : (self._cursor + 1) * size]
+        self._cursor += 1
+        return self.data[idx.to(self.device)]
+
+    def _prepare_log(self, resumed: bool) -> None:
+        if self.log_path is None:
+            return
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        kept: list[str] = []
+        if resumed and self.log_path.is_file():
+            # drop lines written after the checkpoint we resume from: they will be written again
+            for line in self.log_path.read_text(encoding="utf-8").splitlines():
+                if line.strip() and json.loads(line).get("step", 0) <= self.step:
+                    kept.append(line)
+        self.log_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def fit(self) -> list[float]:
+        """Train to ``spec.steps`` (resuming from ``out_dir/checkpoints/last.pt`` when present);
+        return the per-step loss history from step 1."""
+        spec = self.spec
+        resumed = False
+        if self.step == 0 and self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            self.load(self.checkpoint_path)
+            resumed = True
+        self._prepare_log(resumed)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        bar = tqdm(total=spec.steps, initial=min(self.step, spec.steps), desc="training", unit="step", disable=not self.progress)
+        window: list[float] = []
+        session_start, offset = time.perf_counter(), self.train_seconds
+        self.model.train()
+        try:
+            while self.step < spec.steps:
+                x0 = self._next_batch()
+                loss = dsm_loss(
+                    self.model, self.process, x0, generator=self.noise_generator, weighting=spec.weighting, eps=spec.eps
+                )
+                value = loss.item()
+                if not np.isfinite(value):
+                    raise FloatingPointError(f"training diverged: loss is {value} at step {self.step + 1}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(params, spec.grad_clip).item() if spec.grad_clip is not None else None
+                self.optimizer.step()
+                self.ema.update(self.model)
+                self.step += 1
+                self.train_seconds = offset + time.perf_counter() - session_start
+                self.history.append(value)
+                window.append(value)
+                bar.update(1)
+                if self.step % spec.log_every == 0 or self.step == spec.steps:
+                    bar.set_postfix(loss=f"{np.mean(window):.4f}")
+                    self._log(
+                        {
+                            "step": self.step,
+                            "loss": float(np.mean(window)),
+                            "grad_norm": grad_norm,
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "elapsed_s": self.train_seconds,
+                        }
+                    )
+                    window = []
+                if self.checkpoint_path is not None and (self.step % spec.checkpoint_every == 0 or self.step == spec.steps):
+                    self.save()
+        finally:
+            bar.close()
+        return list(self.history)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.log_path is not None:
+            with self.log_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
