@@ -21,7 +21,7 @@ from geodiffusion.groups import (
 )
 from geodiffusion.heat import EuclideanHeatKernel, HeatKernel
 from geodiffusion.kernels import Kernel, SquaredExponential
-from geodiffusion.manifolds import Euclidean, Manifold
+from geodiffusion.manifolds import Euclidean, Manifold, Sphere
 from geodiffusion.models import FrameAveraged, NoisePredictor, ScoreModel, SetTransformer, TimeMLP
 from geodiffusion.processes import LinearGaussianProcess, Process, SubVPProcess, VEProcess, VPProcess
 from geodiffusion.registry import Component, build, families, registry, unregister

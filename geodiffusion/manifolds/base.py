@@ -110,6 +110,8 @@ class Manifold(Component, family=True):
             (grad,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
             flat_grad = grad.flatten(x.dim() - len(self.point_shape))
             total = torch.zeros(flat_grad.shape[:-1], dtype=x.dtype, device=x.device)
+            if not grad.requires_grad:  # fn is affine: zero Hessian
+                return total
             for i in range(flat_grad.shape[-1]):
                 (second,) = torch.autograd.grad(flat_grad[..., i].sum(), x, retain_graph=True)
                 total = total + second.flatten(x.dim() - len(self.point_shape))[..., i]
