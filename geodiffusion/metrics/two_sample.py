@@ -41,6 +41,10 @@ def energy_distance(x: Tensor, y: Tensor) -> Tensor:
 
     Zero in expectation iff :math:`P = Q`; the estimate can be slightly negative. Samples ``x [n, ...]``,
     ``y [m, ...]`` are flattened per sample; returns a scalar tensor on their device and dtype.
+
+    >>> x, y = torch.tensor([[0.0], [1.0]]), torch.tensor([[2.0], [4.0]])
+    >>> float(energy_distance(x, y))  # 2 * 2.5 - 1 - 2
+    2.0
     """
     x, y = _flat_pair(x, y)
     between = _pairwise_distances(x, y).mean()
