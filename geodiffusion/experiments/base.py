@@ -1,0 +1,147 @@
+"""The Experiment abstraction: one spec (data + process + model + sampler + training) -> one output folder."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import warnings
+from abc import abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+
+from geodiffusion.models.base import ScoreModel
+from geodiffusion.processes.base import Process
+from geodiffusion.registry import Component
+from geodiffusion.samplers.base import Sampler
+from geodiffusion.spec import Spec, component_spec
+from geodiffusion.training.trainer import TrainingSpec
+
+__all__ = ["Experiment", "ExperimentSpec", "merge_spec_dicts", "write_json"]
+
+
+class ExperimentSpec(Spec):
+    """Fields every experiment has; a concrete experiment adds its data and evaluation settings
+    and gives every field a default (the full run)."""
+
+    seed: int = Field(0, ge=0, description="master seed of data generation, initialisation, sampling and evaluation")
+    process: component_spec(Process)
+    model: component_spec(ScoreModel)
+    sampler: component_spec(Sampler)
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="optimisation settings")
+
+
+def merge_spec_dicts(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive merge of spec dicts, ``override`` winning. A nested dict whose ``kind`` differs from
+    the base's replaces it whole (the fields of another component do not carry over).
+
+    >>> base = {"seed": 0, "sampler": {"kind": "probability_flow", "method": "dopri5"}}
+    >>> merge_spec_dicts(base, {"sampler": {"method": "rk4"}})
+    {'seed': 0, 'sampler': {'kind': 'probability_flow', 'method': 'rk4'}}
+    >>> merge_spec_dicts(base, {"sampler": {"kind": "reverse_sde"}})
+    {'seed': 0, 'sampler': {'kind': 'reverse_sde'}}
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        old = out.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping) and value.get("kind", old.get("kind")) == old.get("kind"):
+            out[key] = merge_spec_dicts(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically (temp file in the same folder, then ``os.replace``)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, allow_nan=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _finite_metrics(metrics: Mapping[str, Any], kind: str) -> dict[str, float | None]:
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"{kind}.run() must return a dict of name -> number, got {type(metrics).__name__}")
+    out: dict[str, float | None] = {}
+    for name, value in metrics.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{kind}.run(): metric names must be strings, got {name!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{kind}.run(): metric {name!r} is not a number: {value!r}") from err
+        if not math.isfinite(number):
+            # JSON has no NaN/inf: record the failure as null rather than losing the run
+            warnings.warn(f"metric {name!r} of {kind} is {number}; written as null", RuntimeWarning, stacklevel=3)
+            out[name] = None
+        else:
+            out[name] = number
+    return out
+
+
+class Experiment(Component, family=True):
+    """A reproducible run: train, sample and evaluate as its spec says.
+
+    Subclasses implement :meth:`run` and may set ``quick_overrides``, the spec changes of the small
+    ``--quick`` variant. :meth:`execute` is the template: it writes ``spec.json`` (the resolved spec, so the
+    run is reproduced from its folder alone) before any work, calls :meth:`run`, then writes ``metrics.json``.
+    """
+
+    quick_overrides: ClassVar[dict[str, Any]] = {}
+
+    @abstractmethod
+    def run(self, out_dir: Path, *, device: torch.device, progress: bool) -> dict[str, float]:
+        """Do the work, writing checkpoints and plots into ``out_dir``; return flat ``{name: number}`` metrics."""
+
+    @classmethod
+    def resolve_spec(cls, overrides: Mapping[str, Any] | None = None, *, quick: bool = False, seed: int | None = None) -> Spec:
+        """The default spec, with ``quick_overrides`` (if ``quick``), then ``overrides``, then ``seed``
+        (the master seed and the training seed) merged over it, validated."""
+        data = cls.Spec().model_dump(mode="json")
+        if quick:
+            data = merge_spec_dicts(data, cls.quick_overrides)
+        if overrides:
+            data = merge_spec_dicts(data, overrides)
+        if seed is not None:
+            data = merge_spec_dicts(data, {"seed": seed, "training": {"seed": seed}})
+        return cls.Spec.model_validate(data)
+
+    def check_out_dir(self, out_dir: str | Path) -> None:
+        """Raise ValueError if ``out_dir`` holds a run of another spec (resuming it would mix two runs)."""
+        spec_path = Path(out_dir) / "spec.json"
+        if spec_path.is_file():
+            try:
+                previous = json.loads(spec_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{spec_path} is not valid JSON ({err}); choose another output folder") from err
+            if previous != self.spec.model_dump(mode="json"):
+                raise ValueError(f"{out_dir} holds a run of a different spec; choose another output folder")
+
+    def execute(
+        self, out_dir: str | Path, *, device: str | torch.device | None = None, progress: bool = True
+    ) -> dict[str, float]:
+        """Run into ``out_dir``: ``spec.json`` first, then :meth:`run`, then ``metrics.json``.
+
+        A folder holding a run of the same spec is resumed (trainers continue from their checkpoints);
+        one holding a different spec is refused.
+        """
+        out_dir = Path(out_dir)
+        self.check_out_dir(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        write_json(out_dir / "spec.json", self.spec.model_dump(mode="json"))
+        metrics = _finite_metrics(self.run(out_dir, device=device, progress=progress), self.kind)
+        write_json(out_dir / "metrics.json", metrics)
+        return metrics
