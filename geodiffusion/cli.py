@@ -1,0 +1,122 @@
+"""Command line: ``geodiffusion list`` and ``geodiffusion run EXPERIMENT``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+
+from geodiffusion.experiments import Experiment
+from geodiffusion.registry import build, families, registry
+from geodiffusion.spec import load_spec_file
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geodiffusion", description="Diffusion models on geometric domains.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("list", help="print the registered experiments and components of every family")
+    run = commands.add_parser(
+        "run",
+        help="train, sample and evaluate an experiment",
+        description="Train, sample and evaluate EXPERIMENT. The spec is the experiment's default (or its --quick variant), "
+        "with --config merged over it, then --seed; the resolved spec is written to OUT/spec.json.",
+    )
+    run.add_argument("experiment", help="registered experiment kind (see `geodiffusion list`)")
+    run.add_argument("--config", type=Path, help="JSON or YAML file of spec fields merged over the default spec")
+    run.add_argument("--out", type=Path, help="output folder (default: runs/EXPERIMENT-<timestamp>)")
+    run.add_argument("--quick", action="store_true", help="the small variant (tests, smoke runs)")
+    run.add_argument("--seed", type=int, help="master seed and training seed")
+    run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    run.add_argument("--threads", type=int, help="torch intra-op threads (torch.set_num_threads)")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved spec and exit")
+    return parser
+
+
+def _summary(cls: type) -> str:
+    doc = (cls.Spec.__doc__ or cls.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def _list(out) -> int:
+    for family in sorted(families(), key=lambda f: (f is not Experiment, f.__name__)):
+        table = registry(family)
+        print(f"{family.__name__} ({len(table)}):", file=out)
+        for kind, cls in sorted(table.items()):
+            print(f"  {kind:<22} {_summary(cls)}", file=out)
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"geodiffusion: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    experiments = registry(Experiment)
+    cls = experiments.get(args.experiment)
+    if cls is None:
+        return _fail(f"unknown experiment {args.experiment!r}; registered: {', '.join(sorted(experiments)) or 'none'}")
+    overrides = None
+    if args.config is not None:
+        try:
+            overrides = load_spec_file(str(args.config))
+        except FileNotFoundError:
+            return _fail(f"config file {args.config} not found")
+        except Exception as err:  # JSON/YAML syntax errors of every parser
+            return _fail(f"cannot read config {args.config}: {err}")
+    try:
+        spec = cls.resolve_spec(overrides, quick=args.quick, seed=args.seed)
+    except ValidationError as err:
+        source = f" (from {args.config})" if args.config is not None else ""
+        return _fail(f"invalid configuration for experiment {args.experiment!r}{source}:\n{err}")
+    if args.dry_run:
+        print(json.dumps(spec.model_dump(mode="json"), indent=2))
+        return 0
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        return _fail(f"invalid device {args.device!r}: {err}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return _fail(f"device {args.device!r} requested but CUDA is not available")
+    if args.threads is not None:
+        if args.threads < 1:
+            return _fail(f"--threads: expected a positive count, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+    out_dir = args.out or Path("runs") / f"{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment = build(spec, Experiment)
+    try:
+        experiment.check_out_dir(out_dir)
+    except ValueError as err:
+        return _fail(str(err))
+    print(f"running {args.experiment}{' (quick)' if args.quick else ''} into {out_dir}", flush=True)
+    start = time.perf_counter()
+    metrics = experiment.execute(out_dir, device=device, progress=not args.no_progress)
+    elapsed = time.perf_counter() - start
+    print(f"done in {elapsed:.1f} s; outputs in {out_dir.resolve()}:")
+    for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
+        print(f"  {path.relative_to(out_dir)}")
+    print("metrics:")
+    width = max((len(k) for k in metrics), default=0)
+    for name, value in metrics.items():
+        print(f"  {name:<{width}}  {value:.6g}" if value is not None else f"  {name:<{width}}  null")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``geodiffusion`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.command == "list":
+        return _list(sys.stdout)
+    return _run(args)
