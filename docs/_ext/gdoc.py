@@ -4,7 +4,8 @@
   its spec's fields (type, default, constraints, description), read from the
   pydantic model; the ``Spec``/``kind``/``family`` class attributes and the
   per-class ``examples()`` are then left out of the member lists (they are
-  documented once, on ``Component``).
+  documented once, on ``Component``). Plain specs (``TrainingSpec``, ...) get
+  the same table in place of pydantic's long signature.
 * ``.. gd-abstract-members:: geodiffusion.Group`` lists the abstract members a
   subclass must provide, with the first line of each docstring.
 * ``.. gd-registry::`` tabulates the registered kinds of every family.
@@ -21,6 +22,7 @@ import shlex
 import subprocess
 import sys
 import time
+import types
 import typing
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
 from geodiffusion.registry import Component, families, registry
+from geodiffusion.spec import Spec
 
 
 def _first_line(obj) -> str:
@@ -57,14 +60,26 @@ def _nested_base(field) -> type | None | bool:
     return False
 
 
+def _annotation_text(ann) -> str:
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if ann is type(None):
+        return "None"
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_annotation_text(a) for a in args)
+    if origin is typing.Annotated:
+        return _annotation_text(args[0])
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_annotation_text(a) for a in args)}]"
+    return getattr(ann, "__name__", repr(ann))
+
+
 def _type_text(field) -> str:
     base = _nested_base(field)
     if base is not False:
         return f"spec of a {_ref(base)}" if base is not None else "spec of any component"
-    ann = field.annotation
-    if typing.get_origin(ann) is typing.Literal:
-        return " | ".join(f"``{a!r}``" for a in typing.get_args(ann))
-    return f"``{getattr(ann, '__name__', repr(ann))}``"
+    return f"``{_annotation_text(field.annotation)}``"
 
 
 _BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<", "multiple_of": "multiple of"}
@@ -103,7 +118,14 @@ def _is_concrete_component(obj) -> bool:
     return inspect.isclass(obj) and issubclass(obj, Component) and bool(getattr(obj, "kind", ""))
 
 
+def _is_spec(obj) -> bool:
+    return inspect.isclass(obj) and issubclass(obj, Spec) and obj is not Spec
+
+
 def process_docstring(app, what, name, obj, options, lines) -> None:
+    if what == "class" and _is_spec(obj):
+        lines += ["", "**Fields**", ""] + spec_table(obj) + [""]
+        return
     if what != "class" or not _is_concrete_component(obj):
         return
     family = obj.family.__name__
@@ -120,8 +142,14 @@ def process_docstring(app, what, name, obj, options, lines) -> None:
 
 
 def skip_member(app, what, name, obj, skip, options):
-    if what == "class" and name in ("Spec", "kind", "family", "examples"):
-        return True
+    if what == "class" and (name in ("Spec", "kind", "family", "examples") or name.startswith("model_")):
+        return True  # component plumbing and pydantic's model_* machinery
+    return None
+
+
+def process_signature(app, what, name, obj, options, signature, return_annotation):
+    if what == "class" and _is_spec(obj):
+        return "(**fields)", None  # the fields are tabulated in the docstring
     return None
 
 
@@ -214,6 +242,7 @@ class ProgramOutput(SphinxDirective):
 def setup(app):
     app.connect("autodoc-process-docstring", process_docstring)
     app.connect("autodoc-skip-member", skip_member)
+    app.connect("autodoc-process-signature", process_signature)
     app.add_directive("gd-abstract-members", AbstractMembers)
     app.add_directive("gd-registry", RegistryTable)
     app.add_directive("gd-program-output", ProgramOutput)
