@@ -10,8 +10,9 @@
   subclass must provide, with the first line of each docstring.
 * ``.. gd-registry::`` tabulates the registered kinds of every family.
 * ``.. gd-program-output:: python examples/custom_group.py`` runs a command
-  from the repository root while the page is built and shows what it printed;
-  a non-zero exit is a build error, so shown output is always real output.
+  from the repository root while the page is built and shows what it printed
+  (with ``:timed:``, also its wall time); a non-zero exit is a build error, so
+  shown output is always real output.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import typing
 from pathlib import Path
 
 from docutils import nodes
+from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
@@ -219,7 +221,7 @@ class ProgramOutput(SphinxDirective):
 
     required_arguments = 1
     final_argument_whitespace = True
-    option_spec = {"timeout": int}
+    option_spec = {"timeout": int, "timed": directives.flag}
 
     def run(self):
         command = self.arguments[0]
@@ -235,6 +237,8 @@ class ProgramOutput(SphinxDirective):
             raise self.error(f"{command!r} exited with {proc.returncode}:\n{(proc.stdout + proc.stderr)[-3000:]}")
         text = f"$ {command}\n{proc.stdout.rstrip()}"
         block = nodes.literal_block(text, text, language="text")
+        if "timed" not in self.options:
+            return [block]
         note = nodes.paragraph(text=f"(Run while this page was built: {elapsed:.1f} s of wall time.)")
         return [block, note]
 
