@@ -35,7 +35,7 @@ def test_predictor_corrector_without_corrector_is_euler_maruyama_in_distribution
 
 
 # schedules whose marginal at T is within ~1e-4 nats of the prior for this data
-CLOSE_PRIORS = [{"kind": "vp", "beta_max": 40.0}, {"kind": "ve", "sigma_max": 5000.0}]
+CLOSE_PRIORS = [{"kind": "vp", "beta_max": 40.0}, {"kind": "ve", "sigma_max": 20000.0}]
 
 
 @pytest.mark.parametrize("process_spec", CLOSE_PRIORS, ids=["vp", "ve"])
@@ -45,7 +45,7 @@ def test_log_likelihood_of_exact_score_equals_exact_log_density(process_spec, es
     what is left is ODE tolerance and the mismatch between p_T and the prior."""
     process = gd.build(process_spec)
     oracle = GaussianScore(process, MEAN, COV)
-    x = torch.distributions.MultivariateNormal(MEAN, COV).sample((64,)).to(torch.float64)
+    x = MEAN + torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) @ torch.linalg.cholesky(COV).T
     options = ODEOptions(eps=1e-3, rtol=1e-8, atol=1e-8)
     exact = oracle.log_prob(torch.tensor(1e-3, dtype=torch.float64), x)
     if estimator == "exact":
