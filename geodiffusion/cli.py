@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="the small variant (tests, smoke runs)")
     run.add_argument("--seed", type=int, help="master seed and training seed")
     run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
-    run.add_argument("--threads", type=int, help="torch intra-op threads (torch.set_num_threads)")
+    run.add_argument(
+        "--threads", type=int, help="torch intra-op threads (default: the experiment's choice, else torch's default)"
+    )
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--dry-run", action="store_true", help="print the resolved spec and exit")
     return parser
@@ -89,10 +91,11 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(f"invalid device {args.device!r}: {err}")
     if device.type == "cuda" and not torch.cuda.is_available():
         return _fail(f"device {args.device!r} requested but CUDA is not available")
-    if args.threads is not None:
-        if args.threads < 1:
-            return _fail(f"--threads: expected a positive count, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    threads = args.threads if args.threads is not None else cls.threads
+    if threads is not None:
+        if threads < 1:
+            return _fail(f"--threads: expected a positive count, got {threads}")
+        torch.set_num_threads(threads)
 
     out_dir = args.out or Path("runs") / f"{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment = build(spec, Experiment)

@@ -56,8 +56,10 @@ def test_list_prints_experiments_and_every_family(capsys):
 
 def test_run_quick_writes_spec_metrics_checkpoints_and_plots(tmp_path, tiny_config, capsys):
     out = tmp_path / "run"
+    torch.set_num_threads(2)
     code = main(["run", "quickstart", "--quick", "--config", str(tiny_config), "--out", str(out), "--seed", "3", "--no-progress"])
     assert code == 0
+    assert torch.get_num_threads() == QuickstartExperiment.threads == 1  # the experiment's choice, no --threads given
     printed = capsys.readouterr().out
     assert str(out.resolve()) in printed and "nll_frame_averaged" in printed
 
@@ -87,6 +89,7 @@ def test_bad_config_field_fails_with_exit_code_2_naming_the_field(tmp_path, caps
         (["run", "nope"], "unknown experiment 'nope'"),
         (["run", "quickstart", "--config", "/no/such/file.json"], "not found"),
         (["run", "quickstart", "--device", "warp:0"], "invalid device"),
+        (["run", "quickstart", "--threads", "0"], "--threads"),
     ],
 )
 def test_usage_errors_exit_with_code_2(argv, message, capsys):

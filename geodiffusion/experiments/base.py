@@ -100,6 +100,9 @@ class Experiment(Component, family=True):
     """
 
     quick_overrides: ClassVar[dict[str, Any]] = {}
+    threads: ClassVar[int | None] = None
+    """torch intra-op threads the command line uses for this experiment unless ``--threads`` is given
+    (None: torch's default)."""
 
     @abstractmethod
     def run(self, out_dir: Path, *, device: torch.device, progress: bool) -> dict[str, float]:

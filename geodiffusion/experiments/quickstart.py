@@ -56,6 +56,10 @@ class QuickstartExperiment(Experiment, kind="quickstart"):
     Plots: ``samples.png``, ``density.png`` (if ``grid_size`` > 0), ``loss.png``.
     """
 
+    # 2-D MLPs: intra-op parallelism gains little, and on shared cores extra threads oversubscribe
+    # (measured 10x slower on a loaded 2-core machine with 2 threads than with 1)
+    threads = 1
+
     quick_overrides = {
         "n_train": 4000,
         "n_test": 500,
