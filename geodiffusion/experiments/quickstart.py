@@ -91,7 +91,7 @@ class QuickstartExperiment(Experiment, kind="quickstart"):
         n_samples: int = Field(2000, ge=2, description="samples drawn from each model")
         n_equivariance: int = Field(512, ge=1, description="held-out points at which the equivariance error is measured")
         equivariance_times: tuple[float, ...] = Field((0.01, 0.1, 0.5, 1.0), min_length=1, description="times t of s(t, x)")
-        grid_size: int = Field(64, ge=0, description="side of the grid of the learned-density plot (0: no plot)")
+        grid_size: int = Field(48, ge=0, description="side of the grid of the learned-density plot (0: no plot)")
         dtype: Literal["float32", "float64"] = Field("float32", description="dtype of data and models")
 
         @model_validator(mode="after")
