@@ -25,6 +25,7 @@ TINY = {
     "training": {"steps": 20, "batch_size": 64, "checkpoint_every": 10, "log_every": 5},
     "sampler": {"kind": "probability_flow", "method": "rk4", "steps": 8},
     "likelihood": {"method": "rk4", "steps": 8},
+    "density_likelihood": {"steps": 8},
 }
 
 

@@ -92,6 +92,9 @@ class QuickstartExperiment(Experiment, kind="quickstart"):
         n_equivariance: int = Field(512, ge=1, description="held-out points at which the equivariance error is measured")
         equivariance_times: tuple[float, ...] = Field((0.01, 0.1, 0.5, 1.0), min_length=1, description="times t of s(t, x)")
         grid_size: int = Field(48, ge=0, description="side of the grid of the learned-density plot (0: no plot)")
+        density_likelihood: ODEOptions = Field(
+            ODEOptions(method="rk4", steps=50), description="ODE of the density plot (a picture: fixed steps suffice)"
+        )
         dtype: Literal["float32", "float64"] = Field("float32", description="dtype of data and models")
 
         @model_validator(mode="after")
@@ -232,7 +235,7 @@ class QuickstartExperiment(Experiment, kind="quickstart"):
         grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
         fields = {"true density": s.data.log_prob(grid)}
         for name, model in models.items():
-            fields[f"{name} density"] = log_likelihood(model, process, grid, options=s.likelihood)
+            fields[f"{name} density"] = log_likelihood(model, process, grid, options=s.density_likelihood)
         fig = Figure(figsize=(4 * len(fields), 4), layout="constrained")
         vmax = math.exp(float(fields["true density"].max()))
         for ax, (title, logp) in zip(fig.subplots(1, len(fields)), fields.items(), strict=True):
