@@ -26,6 +26,7 @@ class Sphere(Manifold, kind="sphere"):
     extension with gradient :math:`\nabla f` and Hessian :math:`H`, :math:`P = I - xx^\top`."""
 
     compact = True
+    has_heat_kernel = True
 
     class Spec(Spec):
         """Unit sphere S^n embedded in R^(n+1)."""
@@ -102,3 +103,8 @@ class Sphere(Manifold, kind="sphere"):
             (hx,) = torch.autograd.grad((grad * x.detach()).sum(), x, retain_graph=True)
             x_h_x = _dot(hx, x.detach()).squeeze(-1)
         return (trace - x_h_x - radial).detach()
+
+    def _heat_kernel(self, **options):
+        from geodiffusion.heat.sphere import SphereHeatKernel
+
+        return SphereHeatKernel(manifold=self.spec, **options)
