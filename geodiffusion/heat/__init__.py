@@ -3,5 +3,6 @@
 from geodiffusion.heat.base import HeatKernel
 from geodiffusion.heat.euclidean import EuclideanHeatKernel
 from geodiffusion.heat.sphere import SphereHeatKernel, geodesic_random_walk
+from geodiffusion.heat.torus import TorusHeatKernel
 
-__all__ = ["HeatKernel", "EuclideanHeatKernel", "SphereHeatKernel", "geodesic_random_walk"]
+__all__ = ["HeatKernel", "EuclideanHeatKernel", "SphereHeatKernel", "TorusHeatKernel", "geodesic_random_walk"]

@@ -3,5 +3,6 @@
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.manifolds.euclidean import Euclidean
 from geodiffusion.manifolds.sphere import Sphere
+from geodiffusion.manifolds.torus import Torus
 
-__all__ = ["Manifold", "Euclidean", "Sphere"]
+__all__ = ["Manifold", "Euclidean", "Sphere", "Torus"]

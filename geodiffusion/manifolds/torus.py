@@ -1,0 +1,91 @@
+"""The flat torus T^n, with points stored as angles."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from geodiffusion._random import rand
+from geodiffusion.manifolds.base import Manifold
+from geodiffusion.spec import Spec
+
+__all__ = ["Torus", "wrap"]
+
+
+def wrap(a: Tensor) -> Tensor:
+    r"""Angles reduced to :math:`[-\pi, \pi)`."""
+    return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
+
+
+class Torus(Manifold, kind="torus"):
+    r""":math:`T^n = (\mathbb{R}/2\pi\mathbb{Z})^n` with the flat metric. A point is a tensor of ``n`` angles in
+    :math:`[-\pi, \pi)` (not an embedding in :math:`\mathbb{R}^{2n}`); tangent vectors are any real ``n``-vectors.
+    :math:`\exp_x v = \mathrm{wrap}(x + v)`, :math:`\log_x y = \mathrm{wrap}(y - x)`,
+    :math:`d(x, y) = \|\mathrm{wrap}(y - x)\|`, volume :math:`(2\pi)^n`. The angle coordinates are isometric
+    (``flat``), so the Laplace–Beltrami operator is the coordinate Laplacian.
+
+    >>> torus = Torus(dim=2)
+    >>> torus.exp(torch.tensor([3.0, 0.0]), torch.tensor([0.5, -0.25]))
+    tensor([-2.7832, -0.2500])
+    """
+
+    compact = True
+    has_heat_kernel = True
+    flat = True
+
+    class Spec(Spec):
+        """Flat torus T^n, points as angles in [-pi, pi)^n."""
+
+        dim: int = Field(ge=1, description="dimension n (number of angles)")
+
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(dim=1), cls.Spec(dim=3)]
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    @property
+    def point_shape(self) -> tuple[int, ...]:
+        return (self.spec.dim,)
+
+    @property
+    def log_volume(self) -> float:
+        r""":math:`\log |T^n| = n \log 2\pi`."""
+        return self.spec.dim * math.log(2 * math.pi)
+
+    def random_point(self, n, generator=None, *, device=None, dtype=None) -> Tensor:
+        """Uniform angles in [-pi, pi)."""
+        u = rand((n, self.spec.dim), generator, dtype=dtype, device=device)
+        return wrap(2 * math.pi * u - math.pi)
+
+    def reference_log_prob(self, x: Tensor) -> Tensor:
+        """Uniform: :math:`-n \\log 2\\pi`."""
+        self.check_point("x", x)
+        return torch.full(x.shape[:-1], -self.log_volume, dtype=x.dtype, device=x.device)
+
+    def proj(self, x: Tensor, v: Tensor) -> Tensor:
+        self.check_point("x", x)
+        return v
+
+    def exp(self, x: Tensor, v: Tensor) -> Tensor:
+        self.check_point("x", x)
+        return wrap(x + v)
+
+    def log(self, x: Tensor, y: Tensor) -> Tensor:
+        self.check_point("x", x)
+        return wrap(y - x)
+
+    def belongs(self, x: Tensor, atol: float = 1e-6) -> Tensor:
+        """Finite angles in :math:`[-\\pi - \\text{atol}, \\pi + \\text{atol}]` (pi itself is the same point as -pi)."""
+        self.check_point("x", x)
+        return (torch.isfinite(x) & (x >= -math.pi - atol) & (x <= math.pi + atol)).all(-1)
+
+    def _heat_kernel(self, **options):
+        from geodiffusion.heat.torus import TorusHeatKernel
+
+        return TorusHeatKernel(manifold=self.spec, **options)
