@@ -7,6 +7,9 @@ score and a :class:`Sampler` runs the reverse dynamics. Every concrete class is
 built from a pydantic spec with :func:`build` and listed by :func:`registry`.
 """
 
+# subpackages whose components register themselves on import
+from geodiffusion import experiments, metrics, training  # noqa: E402, F401
+from geodiffusion.experiments import Experiment  # noqa: E402
 from geodiffusion.groups import (
     CyclicGroup,
     DihedralGroup,
@@ -34,6 +37,7 @@ from geodiffusion.samplers import (
     log_likelihood,
 )
 from geodiffusion.spec import ComponentSpec, Spec, component_spec
+from geodiffusion.training import Trainer, TrainingSpec  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -79,5 +83,8 @@ __all__ = [
     "ProbabilityFlowSampler",
     "ODEOptions",
     "log_likelihood",
+    "Experiment",
+    "Trainer",
+    "TrainingSpec",
     "__version__",
 ]

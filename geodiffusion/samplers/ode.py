@@ -41,11 +41,11 @@ def _check_eps(eps: float, process: Process) -> None:
         raise ValueError(f"eps: expected a value in [0, T={process.T}), got {eps}")
 
 
-def _within(t: Tensor, process: Process) -> Tensor:
+def _within(t: Tensor, process: Process, eps: float) -> Tensor:
     # Adaptive RK solvers step past the last output time and interpolate back;
-    # the vector field is continued as constant beyond [0, T] so that overshoot
-    # never evaluates sqrt(beta(t < 0)).
-    return t.clamp(0.0, process.T)
+    # the vector field is continued as constant beyond [eps, T] so that overshoot
+    # never evaluates sqrt(beta(t < 0)) or a score preconditioned by 1/sigma_0.
+    return t.clamp(eps, process.T)
 
 
 class ProbabilityFlowSampler(Sampler, kind="probability_flow"):
@@ -63,7 +63,7 @@ class ProbabilityFlowSampler(Sampler, kind="probability_flow"):
         batch = x.shape[0]
 
         def velocity(t: Tensor, y: Tensor) -> Tensor:
-            tb = _within(t, process).to(y.dtype).expand(batch)
+            tb = _within(t, process, s.eps).to(y.dtype).expand(batch)
             return process.probability_flow_drift(y, tb, counted(tb, y))
 
         ts = torch.tensor([process.T, s.eps], dtype=x.dtype, device=x.device)
@@ -119,7 +119,7 @@ def log_likelihood(
 
     def augmented(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         y = state[0]
-        tb = _within(t, process).to(y.dtype).expand(batch)
+        tb = _within(t, process, options.eps).to(y.dtype).expand(batch)
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             v = process.probability_flow_drift(y, tb, score(tb, y))
