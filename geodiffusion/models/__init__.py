@@ -2,9 +2,12 @@
 
 from geodiffusion.models.base import ScoreModel
 from geodiffusion.models.frame_averaging import FrameAveraged
+from geodiffusion.models.group_conv import GroupConv2d, GroupNorm, GroupPool, LiftingConv2d
 from geodiffusion.models.layers import SinusoidalTimeEmbedding
 from geodiffusion.models.mlp import TimeMLP
 from geodiffusion.models.preconditioning import NoisePredictor
 from geodiffusion.models.sets import SetTransformer
+from geodiffusion.models.unet import EquivariantUNet, UNet
 
 __all__ = ["ScoreModel", "TimeMLP", "FrameAveraged", "NoisePredictor", "SetTransformer", "SinusoidalTimeEmbedding"]
+__all__ += ["UNet", "EquivariantUNet", "LiftingConv2d", "GroupConv2d", "GroupPool", "GroupNorm"]
