@@ -40,9 +40,22 @@ class Kernel(Component, family=True):
         r"""Shapes: ``x1 [..., n1, m]``, ``x2 [..., n2, m]`` :math:`\to` ``[..., n1, n2, d, d]``."""
 
     def output_representation(self, g: Tensor) -> Tensor:
-        r""":math:`\rho(g)` ``[..., d, d]``: how outputs transform; the identity (invariant kernel) unless overridden."""
-        eye = torch.eye(self.output_dim, dtype=torch.get_default_dtype(), device=g.device)
+        r""":math:`\rho(g)` ``[..., d, d]``: how outputs transform; the identity (invariant kernel) unless overridden.
+
+        Follows ``g``'s device and (floating) dtype; integer elements (finite groups) give the default dtype."""
+        dtype = g.dtype if g.is_floating_point() else torch.get_default_dtype()
+        eye = torch.eye(self.output_dim, dtype=dtype, device=g.device)
         return eye.expand(g.shape[: g.dim() - len(self.group.element_shape)] + eye.shape)
+
+    def check_pair(self, x1: Tensor, x2: Tensor) -> None:
+        """Raise ValueError unless ``x1 [..., n1, m]`` and ``x2 [..., n2, m]`` are floating inputs of dimension m."""
+        for name, x in (("x1", x1), ("x2", x2)):
+            if not isinstance(x, Tensor) or not x.is_floating_point():
+                raise ValueError(f"{name}: expected a floating torch.Tensor, got {type(x).__name__}")
+            if x.dim() < 2 or x.shape[-1] != self.input_dim:
+                raise ValueError(f"{name}: expected shape [..., n, {self.input_dim}], got {list(x.shape)}")
+        if x1.dtype != x2.dtype or x1.device != x2.device:
+            raise ValueError(f"x1 ({x1.dtype}, {x1.device}) and x2 ({x2.dtype}, {x2.device}) must share dtype and device")
 
     def gram(self, x: Tensor) -> Tensor:
         """The Gram matrix :math:`K(x, x)` flattened to ``[..., n*d, n*d]`` (point-major)."""

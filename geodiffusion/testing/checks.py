@@ -226,22 +226,34 @@ def check_heat_kernel(
 
 def kernel_errors(kernel: Kernel, *, n: int = 7, seed: int = 0, dtype: torch.dtype = torch.float64) -> dict[str, float]:
     r"""Symmetry :math:`k(x, x') = k(x', x)^\top`, PSD Gram matrices (most negative eigenvalue,
-    relative), and equivariance :math:`k(gx, gx') = \rho(g) k(x, x') \rho(g)^\top` on random elements."""
+    relative), and equivariance :math:`k(gx, gx') = \rho(g) k(x, x') \rho(g)^\top` on random elements;
+    also the contract: output ``[n1, n2, d, d]`` in the inputs' dtype, batched call = stacked calls,
+    :math:`\rho(g)` in the elements' dtype."""
     gen = _gen(seed)
     x1 = torch.randn((n, kernel.input_dim), generator=gen, dtype=dtype)
     x2 = torch.randn((n + 2, kernel.input_dim), generator=gen, dtype=dtype)
     k12 = kernel(x1, x2)
-    errors = {"symmetry k(x, x') = k(x', x)^T": _err(k12, kernel(x2, x1).transpose(0, 1).transpose(-1, -2))}
+    d = kernel.output_dim
+    if tuple(k12.shape) != (n, n + 2, d, d) or k12.dtype != dtype:
+        # the other identities are meaningless on a wrongly shaped output (broadcasting would hide the error)
+        return {f"output of shape [n1, n2, {d}, {d}] and the inputs' dtype": 1.0}
+    errors = {f"output of shape [n1, n2, {d}, {d}] and the inputs' dtype": 0.0}
+    errors["symmetry k(x, x') = k(x', x)^T"] = _err(k12, kernel(x2, x1).transpose(0, 1).transpose(-1, -2))
+    batched = kernel(torch.stack([x1, x1.flip(0)]), torch.stack([x2, x2.flip(0)]))
+    errors["batched call equals stacked single calls"] = _err(batched, torch.stack([k12, kernel(x1.flip(0), x2.flip(0))]))
     gram = kernel.gram(torch.cat([x1, x2]))
     eig = torch.linalg.eigvalsh(0.5 * (gram + gram.transpose(-1, -2)))
     errors["positive semi-definite Gram"] = float((-eig.min()).clamp_min(0) / eig.abs().max().clamp_min(1e-300))
     group = kernel.group
-    worst = 0.0
+    worst, rho_dtype_ok = 0.0, True
     for g in group.sample(4, gen, dtype=dtype):
-        rho = kernel.output_representation(g).to(dtype)
+        rho = kernel.output_representation(g)
+        rho_dtype_ok &= rho.dtype == dtype or not g.is_floating_point()
+        rho = rho.to(dtype)
         lhs = kernel(group.act(g, x1), group.act(g, x2))
         worst = max(worst, _err(lhs, rho @ k12 @ rho.transpose(-1, -2)))
     errors["equivariance k(gx, gx') = rho k rho^T"] = worst
+    errors["output_representation follows the elements' dtype"] = float(not rho_dtype_ok)
     return errors
 
 
