@@ -1,7 +1,9 @@
 """Samplers of the reverse dynamics, and likelihoods by the probability flow."""
 
 from geodiffusion.samplers.base import Sampler
+from geodiffusion.samplers.equivariant_noise import EquivariantNoiseSampler, equivariant_noise, frame_elements
 from geodiffusion.samplers.ode import ODEOptions, ProbabilityFlowSampler, divergence, log_likelihood
 from geodiffusion.samplers.sde import PredictorCorrector, SDESampler
 
 __all__ = ["Sampler", "SDESampler", "PredictorCorrector", "ProbabilityFlowSampler", "ODEOptions", "log_likelihood", "divergence"]
+__all__ += ["EquivariantNoiseSampler", "equivariant_noise", "frame_elements"]
