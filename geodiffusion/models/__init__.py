@@ -1,6 +1,7 @@
 """Score models."""
 
 from geodiffusion.models.base import ScoreModel
+from geodiffusion.models.edge import EdgeConv, EdgeScoreModel
 from geodiffusion.models.frame_averaging import FrameAveraged
 from geodiffusion.models.group_conv import GroupConv2d, GroupNorm, GroupPool, LiftingConv2d
 from geodiffusion.models.layers import SinusoidalTimeEmbedding
@@ -10,4 +11,5 @@ from geodiffusion.models.sets import SetTransformer
 from geodiffusion.models.unet import EquivariantUNet, UNet
 
 __all__ = ["ScoreModel", "TimeMLP", "FrameAveraged", "NoisePredictor", "SetTransformer", "SinusoidalTimeEmbedding"]
+__all__ += ["EdgeScoreModel", "EdgeConv"]
 __all__ += ["UNet", "EquivariantUNet", "LiftingConv2d", "GroupConv2d", "GroupPool", "GroupNorm"]

@@ -1,6 +1,7 @@
 """Forward noising processes."""
 
 from geodiffusion.processes.base import LinearGaussianProcess, Process, ScoreFn, TorchsdeReverse
+from geodiffusion.processes.distance import DistanceVEProcess, NoncentralChi3
 from geodiffusion.processes.distributions import DiagonalGaussian
 from geodiffusion.processes.euclidean import SubVPProcess, VEProcess, VPProcess
 
@@ -13,4 +14,6 @@ __all__ = [
     "VPProcess",
     "SubVPProcess",
     "VEProcess",
+    "DistanceVEProcess",
+    "NoncentralChi3",
 ]
