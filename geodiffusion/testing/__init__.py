@@ -23,6 +23,7 @@ from geodiffusion.testing.checks import (
     process_errors,
     sampler_errors,
 )
+from geodiffusion.testing.invariance import check_invariance_conditions, invariance_condition_errors
 from geodiffusion.testing.oracles import GaussianScore
 from geodiffusion.testing.tolerances import TOLERANCES, tolerance
 
@@ -47,3 +48,4 @@ __all__ = [
     "check_sampler",
     "sampler_errors",
 ]
+__all__ += ["check_invariance_conditions", "invariance_condition_errors"]
