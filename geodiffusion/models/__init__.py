@@ -8,8 +8,10 @@ from geodiffusion.models.layers import SinusoidalTimeEmbedding
 from geodiffusion.models.mlp import TimeMLP
 from geodiffusion.models.preconditioning import NoisePredictor
 from geodiffusion.models.sets import SetTransformer
+from geodiffusion.models.tangent import TangentMLP
 from geodiffusion.models.unet import EquivariantUNet, UNet
 
 __all__ = ["ScoreModel", "TimeMLP", "FrameAveraged", "NoisePredictor", "SetTransformer", "SinusoidalTimeEmbedding"]
 __all__ += ["EdgeScoreModel", "EdgeConv"]
 __all__ += ["UNet", "EquivariantUNet", "LiftingConv2d", "GroupConv2d", "GroupPool", "GroupNorm"]
+__all__ += ["TangentMLP"]

@@ -4,6 +4,7 @@ from geodiffusion.processes.base import LinearGaussianProcess, Process, ScoreFn,
 from geodiffusion.processes.distance import DistanceVEProcess, NoncentralChi3
 from geodiffusion.processes.distributions import DiagonalGaussian
 from geodiffusion.processes.euclidean import SubVPProcess, VEProcess, VPProcess
+from geodiffusion.processes.riemannian import BrownianProcess, HeatKernelMarginal, HeatKernelScore, UniformPrior
 
 __all__ = [
     "Process",
@@ -16,4 +17,8 @@ __all__ = [
     "VEProcess",
     "DistanceVEProcess",
     "NoncentralChi3",
+    "BrownianProcess",
+    "HeatKernelMarginal",
+    "UniformPrior",
+    "HeatKernelScore",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +12,9 @@ from torch import Tensor, nn
 from geodiffusion._validation import check_finite, check_time, expand_time
 from geodiffusion.processes.distributions import DiagonalGaussian
 from geodiffusion.registry import Component
+
+if TYPE_CHECKING:
+    from geodiffusion.manifolds.base import Manifold
 
 __all__ = ["Process", "LinearGaussianProcess", "ScoreFn", "TorchsdeReverse"]
 
@@ -24,7 +27,17 @@ class Process(Component, family=True):
 
     The reverse-time SDE :math:`dX = [f - g^2 \nabla \log p_t]\,dt + g\,d\bar W` and the
     probability-flow ODE :math:`\dot x = f - \tfrac12 g^2 \nabla \log p_t` are derived here.
+
+    The declared capability :attr:`manifold` says where :math:`X_t` lives: None means :math:`\mathbb{R}^d` in
+    its ambient coordinates; a :class:`~geodiffusion.manifolds.Manifold` means that ``x`` are its points, ``f``
+    and scores are tangent vectors, :math:`W` is Brownian motion on it, and the checks and samplers use its
+    ``proj``, ``exp``, metric and Laplace–Beltrami operator.
     """
+
+    @property
+    def manifold(self) -> Manifold | None:
+        r"""The manifold :math:`M` the process lives on; None for :math:`\mathbb{R}^d` (flat, ambient coordinates)."""
+        return None
 
     @property
     @abstractmethod

@@ -4,8 +4,17 @@ from geodiffusion.samplers.base import Sampler
 from geodiffusion.samplers.equivariant_noise import EquivariantNoiseSampler, equivariant_noise, frame_elements
 from geodiffusion.samplers.ode import ODEOptions, ProbabilityFlowSampler, divergence, log_likelihood
 from geodiffusion.samplers.projection_free import DistanceToCoordinates, ProjectionFreeSampler
+from geodiffusion.samplers.riemannian import (
+    ChartODEOptions,
+    GeodesicEulerMaruyama,
+    RiemannianProbabilityFlow,
+    riemannian_divergence,
+    riemannian_log_likelihood,
+)
 from geodiffusion.samplers.sde import PredictorCorrector, SDESampler
 
 __all__ = ["Sampler", "SDESampler", "PredictorCorrector", "ProbabilityFlowSampler", "ODEOptions", "log_likelihood", "divergence"]
 __all__ += ["EquivariantNoiseSampler", "equivariant_noise", "frame_elements"]
 __all__ += ["ProjectionFreeSampler", "DistanceToCoordinates"]
+__all__ += ["GeodesicEulerMaruyama", "RiemannianProbabilityFlow", "ChartODEOptions"]
+__all__ += ["riemannian_divergence", "riemannian_log_likelihood"]

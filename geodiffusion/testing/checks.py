@@ -267,7 +267,44 @@ def check_kernel(kernel: Kernel, *, n: int = 7, seed: int = 0, dtype: torch.dtyp
 
 
 def _example_data(process: Process, n: int, gen: torch.Generator, dtype: torch.dtype) -> Tensor:
+    if process.manifold is not None:
+        return process.manifold.random_point(n, gen, dtype=dtype)
     return torch.randn((n,) + (3,) * process.event_ndim, generator=gen, dtype=dtype)
+
+
+def _manifold_score_and_fokker_planck(process: Process, x0: Tensor, gen: torch.Generator) -> tuple[float, float | None]:
+    r"""Worst errors of :math:`s = P_x \nabla \log p` and of the Fokker–Planck equation on :math:`M`,
+    :math:`\partial_t \log p = -\mathrm{div}_M f - \langle f, s\rangle + \tfrac12 g^2(\Delta_M \log p + |s|^2)`
+    (None when the manifold does not define its Laplace–Beltrami operator)."""
+    from geodiffusion.samplers.riemannian import riemannian_divergence
+
+    m = process.manifold
+    n, dtype = x0.shape[0], x0.dtype
+    fp_worst: float | None = 0.0
+    score_worst = 0.0
+    for frac in (0.05, 0.3, 0.8):
+        t = torch.full((n,), frac * process.T, dtype=dtype)
+        marginal = process.marginal(x0, t)
+        x = marginal.sample(gen)
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            tr = t.detach().requires_grad_(True)
+            grad_x, grad_t = torch.autograd.grad(process.marginal(x0, tr).log_prob(xr).sum(), (xr, tr))
+            drift = process.drift(xr, t)
+            div = riemannian_divergence(m, drift, xr) if drift.requires_grad else torch.zeros(n, dtype=dtype)
+        score = m.proj(x, grad_x)
+        score_worst = max(score_worst, _err(marginal.score(x), score))
+        if fp_worst is None:
+            continue
+        try:
+            lap = m.laplace_beltrami(lambda z, t=t: process.marginal(x0, t).log_prob(z), x)
+        except NotImplementedError:
+            fp_worst = None
+            continue
+        drift = drift.detach()
+        rhs = -div - m.inner(x, drift, score) + 0.5 * process.diffusion(t) ** 2 * (lap + m.inner(x, score, score))
+        fp_worst = max(fp_worst, _err(grad_t, rhs))
+    return score_worst, fp_worst
 
 
 def process_errors(
@@ -276,13 +313,20 @@ def process_errors(
     r"""For the transition law :math:`p_t = p_{t|0}(\cdot \mid x_0)`: its score equals autograd of its
     log-density; it solves the Fokker–Planck equation
     :math:`\partial_t \log p = -\nabla\cdot f - f\cdot\nabla\log p + \tfrac12 g^2(\Delta \log p + |\nabla \log p|^2)`
-    of the declared drift and diffusion; and :math:`\mathrm{KL}(p_T \| \pi)` per dimension is small."""
+    of the declared drift and diffusion; and :math:`\mathrm{KL}(p_T \| \pi)` per dimension is small.
+    For a process on a manifold (``process.manifold``) the data are its points, the score is the projected
+    gradient, and the equation uses the Riemannian divergence, metric and Laplace–Beltrami operator."""
     gen = _gen(seed)
     x0 = _example_data(process, n, gen, dtype)
     T = process.T
     errors: dict[str, float] = {}
     fp_worst = score_worst = 0.0
-    for frac in (0.05, 0.3, 0.8):
+    # Euclidean processes: the loop below; on a manifold, the Riemannian score, divergence and Laplacian
+    frac_loop = (0.05, 0.3, 0.8) if process.manifold is None else ()
+    if process.manifold is not None:
+        score_worst, fp_worst = _manifold_score_and_fokker_planck(process, x0, gen)
+    t = torch.full((n,), 0.8 * T, dtype=dtype)
+    for frac in frac_loop:
         t = torch.full((n,), frac * T, dtype=dtype)
         marginal = process.marginal(x0, t)
         x = marginal.sample(gen)
@@ -309,13 +353,15 @@ def process_errors(
         rhs = -div - (drift * grad_x).flatten(1).sum(-1) + 0.5 * g2 * (lap + sq)
         fp_worst = max(fp_worst, _err(grad_t, rhs))
     errors["marginal score = grad log marginal"] = score_worst
-    errors["Fokker-Planck equation of drift and diffusion"] = fp_worst
+    if fp_worst is not None:
+        errors["Fokker-Planck equation of drift and diffusion"] = fp_worst
     # KL(p_T(.|x0) || prior) by Monte Carlo, per dimension
     xs = x0[:1].expand((n_mc,) + x0.shape[1:])
     marginal_T = process.marginal(xs, T)
     samples = marginal_T.sample(gen)
     prior = process.prior(tuple(samples.shape), dtype=dtype)
-    kl = (marginal_T.log_prob(samples) - prior.log_prob(samples)).mean() / x0[0].numel()
+    dim = process.manifold.dim if process.manifold is not None else x0[0].numel()
+    kl = (marginal_T.log_prob(samples) - prior.log_prob(samples)).mean() / dim
     errors["KL(marginal at T || prior) per dimension"] = float(kl.abs())
     shapes_ok = process.drift(x0, t).shape == x0.shape and process.drift(x0, t).dtype == dtype
     errors["drift has the shape and dtype of x"] = float(not shapes_ok)

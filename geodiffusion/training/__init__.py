@@ -3,6 +3,7 @@
 from geodiffusion.training.checkpoint import load_checkpoint, save_checkpoint
 from geodiffusion.training.ema import EMA
 from geodiffusion.training.losses import WEIGHTINGS, Weighting, dsm_loss
+from geodiffusion.training.riemannian import RIEMANNIAN_WEIGHTINGS, RiemannianWeighting, riemannian_dsm_loss
 from geodiffusion.training.trainer import Trainer, TrainingSpec, derive_seed
 
 __all__ = [
@@ -16,3 +17,4 @@ __all__ = [
     "TrainingSpec",
     "derive_seed",
 ]
+__all__ += ["riemannian_dsm_loss", "RiemannianWeighting", "RIEMANNIAN_WEIGHTINGS"]
