@@ -2,7 +2,18 @@
 
 from geodiffusion.heat.base import HeatKernel
 from geodiffusion.heat.euclidean import EuclideanHeatKernel
+from geodiffusion.heat.lie import SO3HeatKernel, SUHeatKernel
+from geodiffusion.heat.product import ProductHeatKernel
 from geodiffusion.heat.sphere import SphereHeatKernel, geodesic_random_walk
 from geodiffusion.heat.torus import TorusHeatKernel
 
-__all__ = ["HeatKernel", "EuclideanHeatKernel", "SphereHeatKernel", "TorusHeatKernel", "geodesic_random_walk"]
+__all__ = [
+    "HeatKernel",
+    "EuclideanHeatKernel",
+    "SphereHeatKernel",
+    "TorusHeatKernel",
+    "geodesic_random_walk",
+    "SO3HeatKernel",
+    "SUHeatKernel",
+    "ProductHeatKernel",
+]

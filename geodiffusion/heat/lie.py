@@ -1,0 +1,640 @@
+r"""Heat kernels of SO(3) and SU(n) (Frobenius bi-invariant metric, generator :math:`\Delta/2`) and exact sampling.
+
+Notation of Lou et al., *Scaling Riemannian diffusion models* (2310.20030). A heat kernel of a compact group is a
+class function, :math:`p_t(x_0, x) = p_t(g)`, :math:`g = x_0^H x`, so it lives on the maximal torus: the
+eigenangles :math:`\theta` of :math:`g`. Two exact series:
+
+eigen (characters, Weyl formula)
+    :math:`p_t(g) = \mathrm{vol}(G)^{-1}\sum_\lambda d_\lambda\, e^{-C(\lambda)t/2}\chi_\lambda(g)`, with
+    :math:`\chi_\lambda = s_\lambda(e^{i\theta})` the Schur polynomial (Weyl character formula), evaluated as
+    :math:`\det[h_{\mu_k - j}(z_1, \dots, z_{j+1})]` (divided differences of the bialternant), so coincident
+    eigenvalues (the identity, walls of the Weyl chamber) need no division. Truncated where the remaining
+    weights :math:`d_\lambda^2 e^{-C(\lambda)t/2}` fall below :math:`e^{-42}` of the largest.
+sum_over_paths (maximal torus)
+    :math:`p_t(e^H) = (2\pi t)^{-D/2}e^{|\rho|^2t/2}\sum_{\gamma}\prod_{\alpha>0}
+    \frac{\alpha(H+\gamma)}{2\sin(\alpha(H+\gamma)/2)}e^{-|H+\gamma|^2/2t}` over the coroot lattice
+    :math:`\gamma \in 2\pi\{m \in \mathbb Z^n: \sum m = 0\}`: exact, and fast at small :math:`t`.
+varadhan
+    :math:`(2\pi t)^{-D/2}e^{-d(x_0, x)^2/2t}`, the leading small-time term (not normalised).
+
+For SO(3) and SU(2) (rank one) both series reduce to the unit-sphere :math:`S^3` kernel
+:math:`P_s(\psi)`: SU(2) is :math:`S^3` of radius :math:`\sqrt2`, so :math:`p_t(\phi) = 2^{-3/2}P_{t/2}(\phi)`;
+SO(3) is :math:`S^3(2\sqrt2)/\{\pm1\}`, so :math:`p_t(\theta) = 2^{-9/2}[P_{t/8}(\theta/2) + P_{t/8}(\pi - \theta/2)]`
+(:math:`\theta` the rotation angle). The sum over paths is evaluated with the images paired
+(:math:`k \leftrightarrow -k` near :math:`\psi = 0`, :math:`k \leftrightarrow -k-1` near :math:`\psi = \pi`), so
+:math:`\theta = 0` and :math:`\theta = \pi` are regular points of the formula.
+
+``auto``: SO(3)/SU(2) sum over paths for :math:`s \le 2` (S^3 time), eigen beyond; SU(n), n >= 3, sum over paths
+for :math:`t \le 0.5` where it is well conditioned, eigen elsewhere. Everything in float64 and log space.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+
+from geodiffusion._random import rand, randn
+from geodiffusion._validation import check_same_device_dtype, check_tensor
+from geodiffusion.heat.base import HeatKernel
+from geodiffusion.manifolds.base import Manifold
+from geodiffusion.manifolds.lie import SO3, SU, real_dtype, su_casimir, su_dimension, su_partitions
+from geodiffusion.registry import build
+from geodiffusion.spec import Spec, component_spec
+
+__all__ = ["SO3HeatKernel", "SUHeatKernel", "s3_log_kernel"]
+
+Estimator = Literal["auto", "eigen", "varadhan", "sum_over_paths"]
+_LOG_2PI = math.log(2 * math.pi)
+_CUT = 42.0  # a weight below e^-42 of the largest changes no float64 digit of a positive sum
+_RANK_ONE_PATHS_UP_TO = 2.0  # S^3 time s
+_SU_PATHS_UP_TO = 0.5
+_MAX_PROPOSALS = 64.0
+_ODE_TOL = 1e-9
+
+
+# --- rank one: the unit S^3 kernel ----------------------------------------------------------------------
+
+
+def _x_over_sin(x: Tensor) -> Tensor:
+    """x / sin(x) for |x| < pi, with the series at 0 (autograd-safe)."""
+    small = x.abs() < 1e-4
+    safe = torch.where(small, torch.ones_like(x), x)
+    return torch.where(small, 1 + x**2 / 6, safe / torch.sin(safe))
+
+
+def _one_minus_exp_over(y: Tensor) -> Tensor:
+    """(1 - e^{-2y}) / y for y >= 0, with the limit 2 at 0."""
+    small = y < 1e-8
+    safe = torch.where(small, torch.ones_like(y), y)
+    return torch.where(small, 2 - 2 * y, -torch.expm1(-2 * safe) / safe)
+
+
+def _s3_paths(psi: Tensor, s: Tensor) -> Tensor:
+    r""":math:`\log P_s(\psi)`,
+    :math:`P_s = (2\pi s)^{-3/2}e^{s/2}\sum_k \frac{\psi + 2\pi k}{\sin\psi}e^{-(\psi+2\pi k)^2/2s}`."""
+    K = int(math.ceil((math.pi + math.sqrt(92 * float(s.detach().max()))) / (2 * math.pi))) + 1
+    lower = psi <= 0.5 * math.pi
+    # near 0: pair k and -k; P = e^{-psi^2/2s} (psi/sin psi) (1 + sum_k T_k)
+    psi_a = torch.where(lower, psi, torch.zeros_like(psi))
+    b = 2 * math.pi * torch.arange(1, K + 1, dtype=psi.dtype, device=psi.device)
+    x = b * psi_a[..., None] / s[..., None]
+    lead = torch.exp(-(b**2 - 2 * b * psi_a[..., None]) / (2 * s[..., None]))
+    ratio = (b**2 / s[..., None]) * _one_minus_exp_over(x)  # 2 (b/psi) sinh(x) e^{-x}, finite at psi = 0
+    t_k = lead * ((1 + torch.exp(-2 * x)) - ratio)
+    log_a = -(psi_a**2) / (2 * s) + torch.log(_x_over_sin(psi_a)) + torch.log1p(t_k.sum(-1))
+    # near pi: eta = pi - psi, pair k >= 0 with -k-1, a = (2k+1) pi
+    eta = torch.where(lower, torch.zeros_like(psi), math.pi - psi)
+    a = math.pi * (2 * torch.arange(0, K + 1, dtype=psi.dtype, device=psi.device) + 1)
+    y = a * eta[..., None] / s[..., None]
+    bracket = (a**2 / s[..., None]) * _one_minus_exp_over(y) - 1 - torch.exp(-2 * y)
+    expo = -((a - eta[..., None]) ** 2) / (2 * s[..., None])
+    log_b = torch.log(_x_over_sin(eta)) + torch.logsumexp(expo + torch.log(bracket), -1)
+    return -1.5 * (_LOG_2PI + torch.log(s)) + 0.5 * s + torch.where(lower, log_a, log_b)
+
+
+def _s3_eigen_terms(s_min: float) -> int:
+    l = 1
+    while 2 * math.log(l + 1) - 0.5 * l * (l + 2) * s_min > -_CUT - 5 or l < 3:
+        l += 1
+    return l
+
+
+def _s3_eigen(psi: Tensor, s: Tensor) -> Tensor:
+    r""":math:`\log P_s(\psi)`, :math:`P_s = \tfrac{1}{2\pi^2}\sum_{l\ge0}(l+1)e^{-l(l+2)s/2}U_l(\cos\psi)`, with the
+    Chebyshev polynomials :math:`U_l(\cos\psi) = \sin((l+1)\psi)/\sin\psi` from their recurrence."""
+    L = _s3_eigen_terms(float(s.detach().min()))
+    u = torch.cos(psi)
+    lhat = torch.clamp(torch.sqrt(2.0 / s.detach()) - 1, min=0.0)  # maximiser of log(l+1)^2 - l(l+2)s/2
+    shift = 2 * torch.log(lhat + 1) - 0.5 * lhat * (lhat + 2) * s.detach()
+    u_prev, u_cur = torch.zeros_like(u), torch.ones_like(u)
+    total = torch.zeros_like(u)
+    for l in range(L + 1):
+        w = torch.exp(math.log(l + 1) - 0.5 * l * (l + 2) * s - shift)
+        total = total + w * u_cur
+        u_prev, u_cur = u_cur, 2 * u * u_cur - u_prev
+    return torch.log(total.clamp_min(1e-300)) + shift - math.log(2 * math.pi**2)
+
+
+def s3_log_kernel(psi: Tensor, s: Tensor, estimator: str = "auto") -> Tensor:
+    r""":math:`\log P_s(\psi)` of the unit sphere :math:`S^3` (generator :math:`\Delta/2`), float64 tensors."""
+    if estimator == "sum_over_paths":
+        return _s3_paths(psi, s)
+    if estimator == "eigen":
+        return _s3_eigen(psi, s)
+    if estimator == "varadhan":
+        return -(psi**2) / (2 * s) - 1.5 * (_LOG_2PI + torch.log(s))
+    small = s <= _RANK_ONE_PATHS_UP_TO
+    out = torch.zeros_like(psi)
+    if bool(small.any()):
+        out = out.masked_scatter(small, _s3_paths(psi[small], s[small]))
+    if bool((~small).any()):
+        out = out.masked_scatter(~small, _s3_eigen(psi[~small], s[~small]))
+    return out
+
+
+# --- SU(n): characters and the sum over the coroot lattice -------------------------------------------------
+
+
+def _centred(phi: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Representatives of the eigenangles with the branch cut in the middle of the widest gap between
+    eigenvalues, so nearly equal eigenvalues get nearly equal angles (spread < :math:`2\pi(1-1/n)`), and
+    :math:`k = \sum_j\phi_j / 2\pi`."""
+    ang = torch.remainder(phi.detach(), 2 * math.pi)
+    srt, _ = ang.sort(-1)
+    gaps = torch.cat([srt[..., 1:] - srt[..., :-1], (srt[..., :1] + 2 * math.pi - srt[..., -1:])], -1)
+    j = gaps.argmax(-1, keepdim=True)
+    cut = torch.gather(srt, -1, j) + 0.5 * torch.gather(gaps, -1, j)
+    shift = 2 * math.pi * torch.floor((cut - phi.detach()) / (2 * math.pi)) + 2 * math.pi
+    out = phi + shift  # in (cut - 2 pi, cut): a detached multiple of 2 pi added, so gradients pass through
+    k = torch.round(out.detach().sum(-1) / (2 * math.pi))
+    return out, k
+
+
+def _pairs(n: int) -> tuple[list[int], list[int]]:
+    jj, kk = zip(*itertools.combinations(range(n), 2), strict=True)
+    return list(jj), list(kk)
+
+
+@functools.lru_cache(maxsize=256)
+def _lattice(n: int, k: int, radius: float) -> Tensor:
+    """Lattice vectors m in Z^n with sum(m) = -k and |m| <= radius (float64 rows)."""
+    M = int(math.floor(radius))
+    pts = [m for m in itertools.product(range(-M, M + 1), repeat=n) if sum(m) == -k and sum(v * v for v in m) <= radius**2]
+    return torch.tensor(pts, dtype=torch.float64).reshape(-1, n)
+
+
+class _SUTorus:
+    """Heat kernel of SU(n) as a function of the eigenangles (float64)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.dim = n * n - 1
+        self.rho2 = n * (n * n - 1) / 12
+        self.log_volume = SU(n=n).log_volume
+
+    # sum over paths ---------------------------------------------------------------------------------
+
+    def paths(self, phi: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log p, valid)``; ``valid`` is False where terms cancel too much (walls at larger t)."""
+        phi, k = _centred(phi)
+        log_p = torch.zeros_like(t)
+        valid = torch.zeros_like(t, dtype=torch.bool)
+        for kv in torch.unique(k).tolist():
+            sel = k == kv
+            lp, ok = self._paths_k(phi[sel], t[sel], int(kv))
+            log_p = log_p.masked_scatter(sel, lp)
+            valid = valid.masked_scatter(sel, ok)
+        return log_p, valid
+
+    def _paths_k(self, phi: Tensor, t: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        n = self.n
+        # images with |phi + 2 pi m|^2 within 92 t of the smallest: |2 pi m| <= 2 |phi| + 2 pi |k| + sqrt(92 t)
+        reach = 2 * float(phi.detach().norm(dim=-1).max()) + 2 * math.pi * abs(k) + math.sqrt(92 * float(t.detach().max()))
+        box = _lattice(n, k, math.ceil(2 * reach / (2 * math.pi)) / 2).to(phi.device)
+        sign = (-1.0) ** ((n + 1) * k)
+        ok = torch.ones(phi.shape[0], box.shape[0], dtype=torch.bool, device=phi.device)
+        phim = phi[:, None, :] + 2 * math.pi * box[None]  # [P, T, n]
+        expo = -(phim**2).sum(-1) / (2 * t[:, None])
+        expo = torch.where(ok, expo, torch.full_like(expo, -math.inf))
+        shift = expo.detach().amax(-1, keepdim=True)
+        jj, kk = _pairs(n)
+        delta = phi[:, jj] - phi[:, kk]  # [P, pairs], |delta| < 2 pi
+        mjk = box[:, jj] - box[:, kk]  # [T, pairs]
+        delta_m = delta[:, None, :] + 2 * math.pi * mjk[None]
+        near = delta.detach().abs() < 1e-3
+        safe = torch.where(delta.abs() < 1e-300, torch.full_like(delta, 1e-300), delta)
+        ratio_f = torch.where(mjk[None] == 0, torch.ones_like(delta_m), delta_m / safe[:, None, :])
+        singular = ((mjk[None] != 0) & near[:, None, :]).any(-1)  # [P, T]
+        weight = torch.exp(expo - shift)
+        terms = ratio_f.prod(-1) * weight
+        regular = torch.where(singular, torch.zeros_like(terms), terms).sum(-1)
+        # a singular group of images (a ratio 1/delta at a wall) cancels to at most its derivative scale
+        scale = torch.where(
+            (mjk[None] != 0) & near[:, None, :],
+            1 + delta_m.detach().abs() * (phim.detach().norm(dim=-1, keepdim=True) + 1) / t[:, None, None],
+            ratio_f.detach().abs(),
+        ).prod(-1)
+        drop = singular & (scale * weight.detach() < 1e-19 * regular.detach().abs()[:, None])
+        keep = ~singular | ~drop
+        kept = torch.where(keep, terms, torch.zeros_like(terms))
+        total = kept.sum(-1) * sign
+        cancel = kept.detach().abs().sum(-1) / total.detach().abs().clamp_min(1e-300)
+        hard = (singular & keep & (delta.detach().abs().amin(-1, keepdim=True) < 1e-7)).any(-1)
+        valid = (total.detach() > 0) & (cancel < 1e6) & ~hard
+        main = torch.log(_x_over_sin(0.5 * delta).abs()).sum(-1)  # prod delta / (2 sin(delta/2))
+        log_p = (
+            -0.5 * self.dim * (_LOG_2PI + torch.log(t))
+            + 0.5 * self.rho2 * t
+            + shift[:, 0]
+            + main
+            + torch.log(torch.where(valid, total, torch.ones_like(total)))
+        )
+        return log_p, valid
+
+    # characters ---------------------------------------------------------------------------------------
+
+    def eigen_rows(self, t_min: float) -> int:
+        L = 2
+        while True:
+            shell = [lam for lam in su_partitions(self.n, L) if lam[0] == L]
+            worst = max(2 * math.log(su_dimension(lam)) - 0.5 * su_casimir(lam) * t_min for lam in shell)
+            if worst < -_CUT - 5 and su_casimir((L,) + (0,) * (self.n - 1)) * t_min > 2 * self.n:
+                return L
+            L += 1
+
+    def eigen(self, phi: Tensor, t: Tensor, rows: int | None = None) -> tuple[Tensor, Tensor]:
+        """``(log p, cancellation)`` by the character expansion."""
+        n = self.n
+        L = rows or self.eigen_rows(float(t.detach().min()))
+        lams = su_partitions(n, L)
+        mu = torch.tensor([[l + n - 1 - j for j, l in enumerate(lam)] for lam in lams], dtype=torch.long, device=phi.device)
+        logd = torch.tensor([math.log(su_dimension(lam)) for lam in lams], dtype=phi.dtype, device=phi.device)
+        cas = torch.tensor([su_casimir(lam) for lam in lams], dtype=phi.dtype, device=phi.device)
+        z = torch.polar(torch.ones_like(phi), phi)  # [P, n]
+        top = L + n
+        # h_m(z_1..z_j) for m < top, j = 1..n, by h_m(z_1..z_j) = h_m(z_1..z_{j-1}) + z_j h_{m-1}(z_1..z_j)
+        rows_h = []
+        prev = None
+        for j in range(n):
+            cols = []
+            for m in range(top):
+                below = prev[m] if prev is not None else (torch.ones_like(z[:, 0]) if m == 0 else torch.zeros_like(z[:, 0]))
+                cols.append(below + z[:, j] * cols[m - 1] if m > 0 else below)
+            prev = cols
+            rows_h.append(torch.stack(cols, -1))
+        h = torch.stack(rows_h, 1)  # [P, n, top]
+        h = torch.cat([h, torch.zeros_like(h[..., :1])], -1)  # index -1 -> 0
+        idx = mu[:, None, :] - torch.arange(n, device=phi.device)[None, :, None]  # [R, j, k]
+        idx = torch.where(idx < 0, torch.full_like(idx, top), idx)
+        log_w = logd[None] - 0.5 * cas[None] * t[:, None]  # [P, R]
+        shift = log_w.detach().amax(-1, keepdim=True)
+        w = torch.exp(log_w - shift)
+        sgn = (-1.0) ** (n * (n - 1) // 2)
+        total = torch.zeros_like(phi[:, 0])
+        absum = torch.zeros_like(phi[:, 0])
+        for start in range(0, len(lams), 256):
+            sl = slice(start, start + 256)
+            ii = idx[sl]  # [r, n, n]
+            d = torch.gather(h[:, None].expand(-1, ii.shape[0], -1, -1), -1, ii[None].expand(h.shape[0], -1, -1, -1))
+            chi = sgn * torch.linalg.det(d)  # [P, r]
+            total = total + (w[:, sl] * chi.real).sum(-1)
+            absum = absum + (w[:, sl] * chi.detach().abs()).sum(-1)
+        log_p = shift[:, 0] + torch.log(total.clamp_min(1e-300)) - self.log_volume
+        cancel = torch.where(total.detach() > 0, absum / total.detach().clamp_min(1e-300), torch.full_like(absum, math.inf))
+        return log_p, cancel
+
+    def varadhan(self, phi: Tensor, t: Tensor) -> Tensor:
+        from geodiffusion.manifolds.lie import su_angles
+
+        theta = su_angles(torch.polar(torch.ones_like(phi), phi))
+        return -(theta**2).sum(-1) / (2 * t) - 0.5 * self.dim * (_LOG_2PI + torch.log(t))
+
+    def log_p(self, phi: Tensor, t: Tensor, estimator: str = "auto") -> Tensor:
+        """log p_t at eigenangles ``phi`` [P, n] (any representatives) and times ``t`` [P]."""
+        if phi.shape[0] == 0:
+            return phi.sum(-1)
+        if estimator == "eigen":
+            return self.eigen(phi, t)[0]
+        if estimator == "sum_over_paths":
+            return self.paths(phi, t)[0]
+        if estimator == "varadhan":
+            return self.varadhan(phi, t)
+        out = torch.zeros_like(t)
+        small = t <= _SU_PATHS_UP_TO
+        done = torch.zeros_like(small)
+        if bool(small.any()):
+            lp, valid = self.paths(phi[small], t[small])
+            idx = small.nonzero()[:, 0][valid]
+            out = out.index_put((idx,), lp[valid])
+            done = done.index_put((idx,), torch.ones_like(idx, dtype=torch.bool))
+        rest = ~done
+        if bool(rest.any()):
+            lp, _ = self.eigen(phi[rest], t[rest])
+            out = out.masked_scatter(rest, lp)
+        return out
+
+    def grad(self, phi: Tensor, t: Tensor, estimator: str = "auto") -> Tensor:
+        """Gradient of log p_t in the eigenangles, projected onto sum zero (the torus of SU(n))."""
+        with torch.enable_grad():
+            p = phi.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.log_p(p, t.detach(), estimator).sum(), p)
+        return g - g.mean(-1, keepdim=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _su_torus(n: int) -> _SUTorus:
+    return _SUTorus(n)
+
+
+# --- the kernels ----------------------------------------------------------------------------------------
+
+
+def _time(t, batch: torch.Size, like: Tensor) -> Tensor:
+    """t as a float64 tensor of shape ``batch``; rejects non-finite, t <= 0 and shapes that are not a prefix."""
+    if not isinstance(t, Tensor):
+        t = torch.as_tensor(t, dtype=torch.float64, device=like.device)
+    elif t.device != like.device:
+        raise ValueError(f"t is on {t.device} but x is on {like.device}")
+    if t.is_complex():
+        raise ValueError("t: expected real times")
+    t = t.to(torch.float64)
+    if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+        raise ValueError("t: the heat kernel needs finite times t > 0")
+    if t.dim() > len(batch) or tuple(t.shape) != tuple(batch[: t.dim()]):
+        raise ValueError(f"t: expected shape [] or a prefix of the batch shape {list(batch)}, got {list(t.shape)}")
+    return t.reshape(t.shape + (1,) * (len(batch) - t.dim())).expand(batch)
+
+
+class _LieHeatKernel(HeatKernel):
+    """Common input handling: points on the group, broadcasting, float64 inside."""
+
+    _group: type
+
+    def __init__(self, spec=None, /, **fields) -> None:
+        super().__init__(spec, **fields)
+        manifold = build(self.spec.manifold, Manifold)
+        if not isinstance(manifold, self._group):
+            raise ValueError(f"{type(self).__name__} needs a {self._group.__name__}, got {type(manifold).__name__}")
+        self._manifold = manifold
+
+    @property
+    def manifold(self):
+        return self._manifold
+
+    def _inputs(self, x0: Tensor, x: Tensor, t) -> tuple[Tensor, Tensor, Tensor]:
+        m = self._manifold
+        check_tensor("x0", x0)
+        check_tensor("x", x)
+        m.check_point("x0", x0)
+        m.check_point("x", x)
+        check_same_device_dtype(x0=x0, x=x)
+        tol = max(1e-6, 1e3 * torch.finfo(real_dtype(x.dtype)).eps)
+        for name, v in (("x0", x0), ("x", x)):
+            if not (v.is_floating_point() or v.is_complex()) or not bool(m.belongs(v, atol=tol).all()):
+                raise ValueError(f"{name}: points must lie on {m!r} (to {tol:.0e})")
+        try:
+            batch = torch.broadcast_shapes(x0.shape[:-2], x.shape[:-2])
+        except RuntimeError as err:
+            raise ValueError(f"x0 and x: batch shapes {list(x0.shape[:-2])} and {list(x.shape[:-2])} do not broadcast") from err
+        tt = _time(t, batch, x)
+        wide = torch.complex128 if x.is_complex() else torch.float64
+        shape = batch + tuple(m.point_shape)
+        return x0.to(wide).expand(shape), x.to(wide).expand(shape), tt
+
+    def score(self, x0: Tensor, x: Tensor, t) -> Tensor:
+        r""":math:`\nabla_x \log p_t = \partial_d \log p_t\,(-\log_x x_0)/d`, the radial derivative in closed form."""
+        a, b, tt = self._inputs(x0, x, t)
+        with torch.no_grad():
+            out = self._score(a, b, tt)
+        return out.to(x.dtype)
+
+    def sample(self, x0: Tensor, t, generator: torch.Generator | None = None) -> Tensor:
+        r"""Exact draws :math:`x = x_0\,V e^{i\Theta}V^H`: eigenangles from the exact law on the maximal torus,
+        conjugated by a Haar-random :math:`V`."""
+        m = self._manifold
+        check_tensor("x0", x0)
+        m.check_point("x0", x0)
+        tol = max(1e-6, 1e3 * torch.finfo(real_dtype(x0.dtype)).eps)
+        if not bool(m.belongs(x0, atol=tol).all()):
+            raise ValueError(f"x0: points must lie on {m!r} (to {tol:.0e})")
+        batch = x0.shape[:-2]
+        tt = _time(t, batch, x0).reshape(-1)
+        g = self._sample_g(tt, generator).reshape(batch + tuple(m.point_shape))
+        wide = torch.complex128 if x0.is_complex() else torch.float64
+        return (x0.to(wide) @ g.to(wide)).to(x0.dtype)
+
+
+class SO3HeatKernel(_LieHeatKernel, kind="so3_heat"):
+    r"""Heat kernel of SO(3): :math:`p_t(\theta) = 2^{-9/2}[P_{t/8}(\theta/2) + P_{t/8}(\pi - \theta/2)]` with
+    :math:`P_s` the unit-:math:`S^3` kernel (module docstring); equivalently
+    :math:`\frac{1}{16\sqrt2\pi^2}\sum_l (2l+1)e^{-l(l+1)t/4}\frac{\sin((l+1/2)\theta)}{\sin(\theta/2)}`.
+
+    >>> k = SO3().heat_kernel()
+    >>> e = torch.eye(3, dtype=torch.float64)
+    >>> round(float(k.log_prob(e, e, 50.0).exp()) * 16 * 2**0.5 * math.pi**2, 6)  # uniform at large t
+    1.0
+    """
+
+    _group = SO3
+
+    class Spec(Spec):
+        """Heat kernel of SO(3) (Frobenius metric, generator Laplacian/2)."""
+
+        manifold: component_spec(Manifold) = Field(default_factory=lambda: SO3.Spec())
+        estimator: Estimator = Field("auto", description="eigen | sum_over_paths | varadhan | auto (per t)")
+
+        @model_validator(mode="after")
+        def _check(self):
+            kind = getattr(self.manifold, "kind", None)
+            if kind != "so3":
+                raise ValueError(f"SO3HeatKernel needs an so3 manifold spec, got kind {kind!r}")
+            return self
+
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(), cls.Spec(estimator="eigen")]
+
+    def radial_log_prob(self, theta: Tensor, t: Tensor) -> Tensor:
+        r""":math:`\log p_t` at rotation angles :math:`\theta \in [0, \pi]` (float64, broadcast)."""
+        theta, t = torch.broadcast_tensors(theta.to(torch.float64), t.to(torch.float64))
+        est = self.spec.estimator
+        if est == "varadhan":
+            return -(theta**2) / t - 1.5 * (_LOG_2PI + torch.log(t))
+        s = t / 8
+        a = s3_log_kernel(0.5 * theta, s, est)
+        b = s3_log_kernel(math.pi - 0.5 * theta, s, est)
+        return torch.logaddexp(a, b) - 4.5 * math.log(2.0)
+
+    def log_prob(self, x0: Tensor, x: Tensor, t) -> Tensor:
+        a, b, tt = self._inputs(x0, x, t)
+        theta = self._manifold.rotation_angle(a, b)
+        return self.radial_log_prob(theta, tt).to(x.dtype)
+
+    def _score(self, a: Tensor, b: Tensor, tt: Tensor) -> Tensor:
+        theta = self._manifold.rotation_angle(a, b)
+        with torch.enable_grad():
+            th = theta.clamp_min(1e-8).detach().requires_grad_(True)
+            (d,) = torch.autograd.grad(self.radial_log_prob(th, tt).sum(), th)
+        # d = sqrt(2) theta: (d log p / dd) / d = (d log p / d theta) / (2 theta)
+        per = d / (2 * th.detach())
+        return per[..., None, None] * -self._manifold.log(b, a)
+
+    def _sample_g(self, t: Tensor, generator) -> Tensor:
+        from geodiffusion.heat.sphere import _radial_for, _sample_theta
+
+        psi = _sample_theta(_radial_for(3), t / 8, generator)
+        theta = 2 * torch.minimum(psi, math.pi - psi)
+        axis = randn((t.numel(), 3), generator, dtype=torch.float64, device=t.device)
+        axis = axis / axis.norm(dim=-1, keepdim=True)
+        hat = torch.zeros(t.numel(), 3, 3, dtype=torch.float64, device=t.device)
+        hat[:, 0, 1], hat[:, 0, 2], hat[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+        hat = hat - hat.mT
+        return torch.linalg.matrix_exp(theta[:, None, None] * hat)
+
+
+class SUHeatKernel(_LieHeatKernel, kind="su_heat"):
+    r"""Heat kernel of SU(n): for n = 2, :math:`p_t(\phi) = 2^{-3/2}P_{t/2}(\phi)` (eigenvalues
+    :math:`e^{\pm i\phi}`); for n >= 3 the character expansion or the sum over the coroot lattice on the
+    maximal torus (module docstring), score by differentiating the torus function in the eigenangles.
+
+    >>> k = SU(n=3).heat_kernel()
+    >>> e = torch.eye(3, dtype=torch.complex128)
+    >>> round(float(k.log_prob(e, e, 30.0).exp()) * math.exp(SU(n=3).log_volume), 6)  # uniform at large t
+    1.0
+    """
+
+    _group = SU
+
+    class Spec(Spec):
+        """Heat kernel of SU(n) (Frobenius metric, generator Laplacian/2)."""
+
+        manifold: component_spec(Manifold) = Field(default_factory=lambda: SU.Spec(n=2))
+        estimator: Estimator = Field("auto", description="eigen | sum_over_paths | varadhan | auto (per t)")
+
+        @model_validator(mode="after")
+        def _check(self):
+            kind = getattr(self.manifold, "kind", None)
+            if kind != "su":
+                raise ValueError(f"SUHeatKernel needs an su manifold spec, got kind {kind!r}")
+            return self
+
+    @classmethod
+    def examples(cls):
+        # SU(3) is checked in tests/test_heat_lie.py with fewer Monte Carlo points: its sampler at t = 0.3
+        # (probability-flow ODE) is too slow for the contract suite's 20000 draws
+        return [cls.Spec(), cls.Spec(estimator="eigen")]
+
+    @property
+    def n(self) -> int:
+        return self._manifold.n
+
+    def torus_log_prob(self, phi: Tensor, t: Tensor) -> Tensor:
+        r""":math:`\log p_t` at eigenangles ``phi`` ``[..., n]`` (any representatives of a group element)."""
+        phi, t = phi.to(torch.float64), t.to(torch.float64)
+        batch = phi.shape[:-1]
+        t = t.expand(batch).reshape(-1)
+        phi = phi.reshape(-1, self.n)
+        est = self.spec.estimator
+        if self.n == 2:
+            from geodiffusion.manifolds.lie import su_angles
+
+            ang = su_angles(torch.polar(torch.ones_like(phi), phi))
+            half = 0.5 * (ang[:, 0] - ang[:, 1]).abs()  # in [0, pi]
+            if est == "varadhan":
+                out = -(half**2) / t - 1.5 * (_LOG_2PI + torch.log(t))
+            else:
+                out = s3_log_kernel(half, t / 2, est) - 1.5 * math.log(2.0)
+        else:
+            out = _su_torus(self.n).log_p(phi, t, est)
+        return out.reshape(batch)
+
+    def log_prob(self, x0: Tensor, x: Tensor, t) -> Tensor:
+        a, b, tt = self._inputs(x0, x, t)
+        phi = torch.angle(torch.linalg.eigvals(a.mH @ b))
+        return self.torus_log_prob(phi, tt).to(real_dtype(x.dtype))
+
+    def _score(self, a: Tensor, b: Tensor, tt: Tensor) -> Tensor:
+        vals, vecs = torch.linalg.eig(a.mH @ b)
+        phi = torch.angle(vals)
+        with torch.enable_grad():
+            p = phi.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.torus_log_prob(p, tt).sum(), p)
+        g = g - g.mean(-1, keepdim=True)
+        # grad on the group at g = V e^{i phi} V^-1 is g V diag(i dlogp/dphi) V^-1 (left-invariant), then x0 in front
+        alg = vecs @ torch.diag_embed((1j * g).to(vecs.dtype)) @ torch.linalg.inv(vecs)
+        return self._manifold.proj(b, b @ alg)
+
+    # exact sampling ---------------------------------------------------------------------------------------
+
+    def _log_peak(self, t: Tensor) -> Tensor:
+        """log(vol * p_t(e)): the rejection bound of Haar proposals (p_t is largest at the identity)."""
+        zero = torch.zeros(t.shape + (self.n,), dtype=torch.float64, device=t.device)
+        return self.torus_log_prob(zero, t) + self._manifold.log_volume
+
+    def _sample_g(self, t: Tensor, generator) -> Tensor:
+        n = self.n
+        if n == 2:
+            from geodiffusion.heat.sphere import _radial_for, _sample_theta
+
+            half = _sample_theta(_radial_for(3), t / 2, generator)
+            phi = torch.stack([half, -half], -1)
+        else:
+            phi = self._sample_angles(t, generator)
+        v = SU(n=n).random_point(t.numel(), generator, dtype=torch.float64, device=t.device)
+        return v @ torch.diag_embed(torch.polar(torch.ones_like(phi), phi)) @ v.mH
+
+    def _sample_angles(self, t: Tensor, generator) -> Tensor:
+        out = torch.empty(t.shape + (self.n,), dtype=torch.float64, device=t.device)
+        times, index = torch.unique(t, return_inverse=True)
+        log_m = self._log_peak(times)[index]
+        direct = log_m <= math.log(_MAX_PROPOSALS)
+        if bool(direct.any()):
+            out[direct] = self._rejection(t[direct], log_m[direct], generator)
+        if bool((~direct).any()):
+            s0 = _flow_start(self)
+            s0_t = torch.full_like(t[~direct], s0)
+            start = self._rejection(s0_t, self._log_peak(s0_t), generator)
+            out[~direct] = self._flow(start, s0_t, t[~direct])
+        return out
+
+    def _rejection(self, t: Tensor, log_m: Tensor, generator) -> Tensor:
+        """Haar proposals accepted with probability p_t(g) / p_t(e)."""
+        out = torch.empty(t.shape + (self.n,), dtype=torch.float64, device=t.device)
+        todo = torch.arange(t.numel(), device=t.device)
+        su = SU(n=self.n)
+        for _ in range(10_000):
+            if todo.numel() == 0:
+                return out
+            k = int(min(_MAX_PROPOSALS, max(1.0, math.ceil(2 * math.exp(float(log_m[todo].max()))))))
+            g = su.random_point(todo.numel() * k, generator, dtype=torch.float64, device=t.device)
+            phi = torch.angle(torch.linalg.eigvals(g))
+            tk = t[todo][:, None].expand(-1, k).reshape(-1)
+            log_acc = self.torus_log_prob(phi, tk) + su.log_volume - log_m[todo][:, None].expand(-1, k).reshape(-1)
+            accept = (torch.log(rand(log_acc.shape, generator, dtype=torch.float64, device=t.device)) < log_acc).reshape(-1, k)
+            hit = accept.any(-1)
+            first = accept.float().argmax(-1)
+            out[todo[hit]] = phi.reshape(-1, k, self.n)[hit, first[hit]]
+            todo = todo[~hit]
+        raise RuntimeError("rejection sampling on SU(n) did not finish")
+
+    def _flow(self, phi: Tensor, s0: Tensor, t: Tensor) -> Tensor:
+        r"""Probability-flow ODE of the eigenangle process, :math:`d\phi/ds = -\tfrac12\nabla_\phi\log p_s(\phi)`
+        (the radial drift :math:`\nabla\log|\Delta|` cancels against the Weyl density :math:`|\Delta|^2`), from
+        exact draws at ``s0`` to times ``t``, by Dormand–Prince 5(4) in log-time (rtol = atol = 1e-9)."""
+        from torchdiffeq import odeint
+
+        torus = _su_torus(self.n)
+        tau0, span = torch.log(s0), torch.log(t) - torch.log(s0)
+
+        def velocity(lam: Tensor, y: Tensor) -> Tensor:
+            s = torch.exp(tau0 + lam * span)
+            return -0.5 * span[:, None] * s[:, None] * torus.grad(y, s)
+
+        grid = torch.tensor([0.0, 1.0], dtype=torch.float64, device=phi.device)
+        with torch.no_grad():
+            return odeint(velocity, phi, grid, method="dopri5", rtol=_ODE_TOL, atol=_ODE_TOL)[-1]
+
+
+@functools.lru_cache(maxsize=16)
+def _flow_start_n(n: int) -> float:
+    kernel = SUHeatKernel(manifold={"kind": "su", "n": n})
+    lo, hi = 1e-4, 10.0
+    target = math.log(_MAX_PROPOSALS / 4)
+    for _ in range(40):
+        mid = math.sqrt(lo * hi)
+        if float(kernel._log_peak(torch.tensor([mid], dtype=torch.float64))[0]) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _flow_start(kernel: SUHeatKernel) -> float:
+    """The time at which Haar-proposal rejection needs MAX_PROPOSALS / 4 proposals per draw."""
+    return _flow_start_n(kernel.n)
