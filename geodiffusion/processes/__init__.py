@@ -4,9 +4,13 @@ from geodiffusion.processes.base import LinearGaussianProcess, Process, ScoreFn,
 from geodiffusion.processes.distance import DistanceVEProcess, NoncentralChi3
 from geodiffusion.processes.distributions import DiagonalGaussian
 from geodiffusion.processes.euclidean import SubVPProcess, VEProcess, VPProcess
+from geodiffusion.processes.gp import FullGaussian, KernelFactor, OUGaussianProcess
 from geodiffusion.processes.riemannian import BrownianProcess, HeatKernelMarginal, HeatKernelScore, UniformPrior
 
 __all__ = [
+    "OUGaussianProcess",
+    "KernelFactor",
+    "FullGaussian",
     "Process",
     "LinearGaussianProcess",
     "ScoreFn",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +82,16 @@ class Process(Component, family=True):
         Cheap (no range check, no host sync): for inner loops whose inputs were validated once."""
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         return expand_time(t, x)
+
+    def example_context(self, x0: Tensor, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Keyword context the methods need besides the state, for example data ``x0`` (property tests):
+        none by default; the OU process on function values returns their ``inputs``."""
+        return {}
+
+    def noise_covariance(self, v: Tensor, t: Tensor | float, **context: Any) -> Tensor:
+        r""":math:`g g^\top v`, the diffusion's covariance applied to ``v`` (shaped like ``x``): :math:`g(t)^2 v` for
+        scalar noise; processes with correlated noise override it (the Fokker–Planck check uses it)."""
+        return self.diffusion(self.time_like(t, v)) ** 2 * v
 
     def reverse_drift(self, x: Tensor, t: Tensor | float, score: Tensor) -> Tensor:
         r"""Drift of the reverse SDE, :math:`f(x, t) - g(t)^2 s(t, x)`, in forward time."""

@@ -312,12 +312,15 @@ def process_errors(
 ) -> dict[str, float]:
     r"""For the transition law :math:`p_t = p_{t|0}(\cdot \mid x_0)`: its score equals autograd of its
     log-density; it solves the Fokker–Planck equation
-    :math:`\partial_t \log p = -\nabla\cdot f - f\cdot\nabla\log p + \tfrac12 g^2(\Delta \log p + |\nabla \log p|^2)`
-    of the declared drift and diffusion; and :math:`\mathrm{KL}(p_T \| \pi)` per dimension is small.
+    :math:`\partial_t \log p = -\nabla\cdot f - f\cdot\nabla\log p
+    + \tfrac12 \mathrm{tr}(D \nabla^2 \log p) + \tfrac12 \nabla\log p^\top D \nabla\log p`
+    of the declared drift and noise covariance :math:`D = g g^\top` (:math:`g^2 I` for scalar noise), the methods
+    given ``process.example_context``; and :math:`\mathrm{KL}(p_T \| \pi)` per dimension is small.
     For a process on a manifold (``process.manifold``) the data are its points, the score is the projected
     gradient, and the equation uses the Riemannian divergence, metric and Laplace–Beltrami operator."""
     gen = _gen(seed)
     x0 = _example_data(process, n, gen, dtype)
+    ctx = process.example_context(x0, gen)
     T = process.T
     errors: dict[str, float] = {}
     fp_worst = score_worst = 0.0
@@ -328,12 +331,12 @@ def process_errors(
     t = torch.full((n,), 0.8 * T, dtype=dtype)
     for frac in frac_loop:
         t = torch.full((n,), frac * T, dtype=dtype)
-        marginal = process.marginal(x0, t)
+        marginal = process.marginal(x0, t, **ctx)
         x = marginal.sample(gen)
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
             tr = t.detach().requires_grad_(True)
-            logp = process.marginal(x0, tr).log_prob(xr)
+            logp = process.marginal(x0, tr, **ctx).log_prob(xr)
             grad_x, grad_t = torch.autograd.grad(logp.sum(), (xr, tr), create_graph=True)
             score = marginal.score(x)
             score_worst = max(score_worst, _err(score, grad_x))
@@ -344,29 +347,29 @@ def process_errors(
             flat_grad, flat_drift = grad_x.flatten(1), drift.flatten(1)
             for i in range(flat_grad.shape[1]):
                 (second,) = torch.autograd.grad(flat_grad[:, i].sum(), xr, retain_graph=True)
-                lap = lap + second.flatten(1)[:, i]
+                # tr(D H) row by row: (D H_i)_i, with D applied by the process
+                lap = lap + process.noise_covariance(second, t, **ctx).flatten(1)[:, i]
                 if drift_depends_on_x:
                     (ddrift,) = torch.autograd.grad(flat_drift[:, i].sum(), xr, retain_graph=True)
                     div = div + ddrift.flatten(1)[:, i]
-        g2 = process.diffusion(t) ** 2
-        sq = (grad_x**2).flatten(1).sum(-1)
-        rhs = -div - (drift * grad_x).flatten(1).sum(-1) + 0.5 * g2 * (lap + sq)
+        sq = (grad_x * process.noise_covariance(grad_x, t, **ctx)).flatten(1).sum(-1)
+        rhs = -div - (drift * grad_x).flatten(1).sum(-1) + 0.5 * (lap + sq)
         fp_worst = max(fp_worst, _err(grad_t, rhs))
     errors["marginal score = grad log marginal"] = score_worst
     if fp_worst is not None:
         errors["Fokker-Planck equation of drift and diffusion"] = fp_worst
     # KL(p_T(.|x0) || prior) by Monte Carlo, per dimension
     xs = x0[:1].expand((n_mc,) + x0.shape[1:])
-    marginal_T = process.marginal(xs, T)
+    marginal_T = process.marginal(xs, T, **ctx)
     samples = marginal_T.sample(gen)
-    prior = process.prior(tuple(samples.shape), dtype=dtype)
+    prior = process.prior(tuple(samples.shape), dtype=dtype, **ctx)
     dim = process.manifold.dim if process.manifold is not None else x0[0].numel()
     kl = (marginal_T.log_prob(samples) - prior.log_prob(samples)).mean() / dim
     errors["KL(marginal at T || prior) per dimension"] = float(kl.abs())
     shapes_ok = process.drift(x0, t).shape == x0.shape and process.drift(x0, t).dtype == dtype
     errors["drift has the shape and dtype of x"] = float(not shapes_ok)
     try:
-        process.marginal(x0, 1.5 * T)
+        process.marginal(x0, 1.5 * T, **ctx)
         errors["t > T is rejected"] = 1.0
     except ValueError:
         errors["t > T is rejected"] = 0.0

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from geodiffusion.processes.base import LinearGaussianProcess
 
-__all__ = ["GaussianScore"]
+__all__ = ["GaussianScore", "GPScore"]
 
 
 class GaussianScore:
@@ -47,3 +47,73 @@ class GaussianScore:
         diff = (x - m).unsqueeze(-1)
         maha = (diff.transpose(-1, -2) @ torch.linalg.solve(c, diff)).squeeze(-1).squeeze(-1)
         return -0.5 * (maha + torch.logdet(c) + x.shape[-1] * math.log(2 * math.pi))
+
+
+class GPScore:
+    r"""Exact scores when the data are GP samples :math:`y_0 \sim \mathcal{N}(m_0, K_0)` at inputs :math:`x`,
+    noised by :class:`~geodiffusion.processes.gp.OUGaussianProcess` (limit :math:`\mathcal{N}(m, K)`): with
+    :math:`a_t = e^{-B(t)/2}`, :math:`p_t = \mathcal{N}(m + a_t (m_0 - m),\ a_t^2 K_0 + (1 - a_t^2) K)`.
+
+    Called like a score network, ``oracle(t, y, inputs=x)`` returns the output in the process's
+    parametrisation; :meth:`score` is :math:`\nabla_y \log p_t`. The data kernel gets the process's jitter too.
+    Shapes: ``t [B]`` or ``[]``, ``y [B, n, d]``, ``inputs [n, m]`` or ``[B, n, m]``.
+    """
+
+    def __init__(self, process, kernel=None, mean: float | None = None) -> None:
+        from geodiffusion.processes.gp import OUGaussianProcess
+
+        if not isinstance(process, OUGaussianProcess):
+            raise ValueError(f"GPScore needs an OUGaussianProcess, got {type(process).__name__}")
+        self.process = process
+        self.kernel = process.kernel if kernel is None else kernel
+        self.data_mean = process.spec.mean if mean is None else float(mean)
+        if self.kernel.input_dim != process.kernel.input_dim or self.kernel.output_dim != process.kernel.output_dim:
+            raise ValueError("kernel: expected the input and output dimensions of the process's kernel")
+
+    def _data_gram(self, inputs: Tensor) -> Tensor:
+        gram = self.kernel.gram(inputs.to(torch.float64))
+        return gram + self.process.spec.jitter * torch.eye(gram.shape[-1], dtype=torch.float64, device=gram.device)
+
+    def marginal_moments(self, t: Tensor | float, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Mean ``[..., n*d]`` and covariance ``[..., n*d, n*d]`` (point-major, float64) of :math:`p_t` at ``inputs``."""
+        t = torch.as_tensor(t, dtype=torch.float64, device=inputs.device)
+        # a batch sharing one time and one input set (as in samplers) needs one factorisation, not B
+        if t.dim() == 1 and t.numel() > 1 and bool((t == t[0]).all()):
+            t = t[:1]
+        if inputs.dim() == 3 and inputs.shape[0] > 1 and bool((inputs == inputs[:1]).all()):
+            inputs = inputs[:1]
+        a2 = torch.exp(-self.process.integrated_beta(t))[..., None, None]
+        cov = a2 * self._data_gram(inputs) + (1 - a2) * self.process.factor(inputs).gram
+        m = self.process.spec.mean
+        mean = m + torch.sqrt(a2[..., 0]) * (self.data_mean - m)
+        n_flat = cov.shape[-1]
+        return mean.expand(cov.shape[:-2] + (n_flat,)), cov
+
+    def log_prob(self, t: Tensor | float, y: Tensor, *, inputs: Tensor) -> Tensor:
+        r""":math:`\log p_t(y)` at ``inputs``."""
+        mean, cov = self.marginal_moments(t, inputs)
+        flat = y.to(torch.float64).flatten(-2)
+        return torch.distributions.MultivariateNormal(mean, covariance_matrix=cov).log_prob(flat).to(y.dtype)
+
+    def score(self, t: Tensor | float, y: Tensor, *, inputs: Tensor) -> Tensor:
+        r""":math:`\nabla_y \log p_t(y) = -\Sigma_t^{-1}(y - \mu_t)`."""
+        mean, cov = self.marginal_moments(t, inputs)
+        diff = (y.to(torch.float64).flatten(-2) - mean).unsqueeze(-1)
+        s = -torch.cholesky_solve(diff, torch.linalg.cholesky(cov)).squeeze(-1)
+        return s.reshape(y.shape).to(y.dtype)
+
+    def __call__(self, t: Tensor, y: Tensor, *, inputs: Tensor) -> Tensor:
+        return self.process.output_from_score(self.score(t, y, inputs=inputs), t, inputs=inputs)
+
+    def posterior(self, context_inputs: Tensor, context_values: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The exact GP posterior of the data at ``inputs [n, m]`` given ``context_values [nc, d]`` at
+        ``context_inputs [nc, m]``: mean ``[n*d]`` and covariance ``[n*d, n*d]`` (point-major, float64),
+        :math:`\mu_* + K_{*c} K_{cc}^{-1}(y_c - \mu_c)`, :math:`K_{**} - K_{*c} K_{cc}^{-1} K_{c*}`."""
+        nc = context_inputs.shape[-2] * self.kernel.output_dim
+        gram = self._data_gram(torch.cat([context_inputs, inputs], -2))
+        k_cc, k_tc, k_tt = gram[..., :nc, :nc], gram[..., nc:, :nc], gram[..., nc:, nc:]
+        chol = torch.linalg.cholesky(k_cc)
+        resid = (context_values.to(torch.float64).flatten(-2) - self.data_mean).unsqueeze(-1)
+        mean = self.data_mean + (k_tc @ torch.cholesky_solve(resid, chol)).squeeze(-1)
+        cov = k_tt - k_tc @ torch.cholesky_solve(k_tc.mT, chol)
+        return mean, cov

@@ -1,0 +1,240 @@
+"""OU process to a GP: closed-form marginals against torch and simulation, score parametrisations, the exact
+GP oracle, conditional sampling against the exact GP posterior, and probability-flow likelihoods."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchsde
+from pydantic import ValidationError
+
+import geodiffusion as gd
+from geodiffusion.kernels import Matern52
+from geodiffusion.processes.gp import OUGaussianProcess
+from geodiffusion.samplers.conditional import (
+    LangevinConditional,
+    ReplacementConditional,
+    conditional_log_likelihood,
+    marginal_log_likelihood,
+)
+from geodiffusion.samplers.ode import ODEOptions
+from geodiffusion.testing import tolerance
+from geodiffusion.testing.oracles import GPScore
+
+F64 = torch.float64
+NOISY_SE = {
+    "kind": "sum",
+    "kernels": [{"kind": "squared_exponential", "lengthscale": 0.5}, {"kind": "white_noise", "variance": 0.05}],
+}
+PARAMETRISATIONS = ["plain", "kernel_preconditioned", "st_preconditioned"]
+
+
+def _inputs(n: int, seed: int, m: int = 1) -> torch.Tensor:
+    return 2 * torch.rand(n, m, generator=torch.Generator().manual_seed(seed), dtype=F64) - 1
+
+
+def test_marginal_is_the_stated_gaussian():
+    process = OUGaussianProcess(kernel={"kind": "curl_free"}, mean=0.3, beta_min=0.2, beta_max=12.0)
+    x = _inputs(4, 0, m=2)
+    y0 = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=F64)
+    law = process.marginal(y0, t, inputs=x)
+    y = law.sample(torch.Generator().manual_seed(2))
+    big_b = 0.2 * t + 0.5 * 11.8 * t**2
+    mean = 0.3 + torch.exp(-big_b / 2)[:, None, None] * (y0 - 0.3)
+    cov = (1 - torch.exp(-big_b))[:, None, None] * (process.kernel.gram(x) + 1e-6 * torch.eye(8, dtype=F64))
+    reference = torch.distributions.MultivariateNormal(mean.flatten(1), covariance_matrix=cov)
+    torch.testing.assert_close(law.log_prob(y), reference.log_prob(y.flatten(1)), atol=1e-9, rtol=1e-12)
+    prior = process.prior((3, 4, 2), inputs=x, dtype=F64)
+    limit = torch.distributions.MultivariateNormal(
+        torch.full((8,), 0.3, dtype=F64), covariance_matrix=cov[0] / (1 - torch.exp(-big_b[0]))
+    )
+    torch.testing.assert_close(prior.log_prob(y), limit.log_prob(y.flatten(1)), atol=1e-9, rtol=1e-12)
+
+
+def test_marginal_matches_simulated_forward_sde_with_kernel_noise():
+    """Euler-Maruyama on dY = -1/2 beta (Y - m) dt + sqrt(beta) L dW (torchsde, general noise) against the closed form."""
+    process = OUGaussianProcess(kernel=NOISY_SE, mean=-0.5)
+    x = _inputs(3, 3)
+    factor = process.factor(x)
+
+    class Forward(torch.nn.Module):
+        noise_type, sde_type = "general", "ito"
+
+        def f(self, t, y):
+            return process.drift(y, t)
+
+        def g(self, t, y):
+            return (process.diffusion(t) * factor.cholesky).expand(y.shape[0], 3, 3)
+
+    n = 6000
+    y0 = torch.tensor([1.0, 0.0, -1.0], dtype=F64).expand(n, 3).contiguous()
+    bm = torchsde.BrownianInterval(0.0, 0.4, size=(n, 3), dtype=F64, entropy=11)
+    y = torchsde.sdeint(Forward(), y0, torch.tensor([0.0, 0.4], dtype=F64), bm=bm, dt=1e-3, method="euler")[-1]
+    law = process.marginal(y0[:1, :, None], 0.4, inputs=factor)
+    cov = process.std(torch.tensor(0.4, dtype=F64)) ** 2 * factor.gram
+    se_mean = cov.diagonal().sqrt() / math.sqrt(n)
+    assert float(((y.mean(0) - law.mean[0, :, 0]) / se_mean).abs().max()) < 5
+    se_cov = ((cov.diagonal()[:, None] * cov.diagonal()[None] + cov**2) / n).sqrt()
+    assert float(((torch.cov(y.T) - cov) / se_cov).abs().max()) < 5
+
+
+@pytest.mark.parametrize("parametrisation", PARAMETRISATIONS)
+def test_score_parametrisations_invert_each_other(parametrisation):
+    process = OUGaussianProcess(kernel=NOISY_SE, parametrisation=parametrisation)
+    x = _inputs(5, 4)
+    y0 = torch.randn(2, 5, 1, generator=torch.Generator().manual_seed(5), dtype=F64)
+    t = torch.tensor([0.2, 0.7], dtype=F64)
+    law = process.marginal(y0, t, inputs=x)
+    y = law.sample(torch.Generator().manual_seed(6))
+    score = law.score(y)
+    output = process.output_from_score(score, t, inputs=x)
+    tol = tolerance(F64, "autograd")
+    torch.testing.assert_close(process.score_from_output(output, t, inputs=x), score, atol=tol, rtol=tol)
+    torch.testing.assert_close(process.kernel_score(output, t, inputs=x), process.factor(x).matvec(score), atol=tol, rtol=tol)
+    if parametrisation == "st_preconditioned":
+        # S_t^T grad log p_{t|0}(y_t | y_0) = -xi for y_t = mu_t + S_t xi
+        xi = process.factor(x).sqrt_solve(y - law.mean) / process.std(t)[:, None, None]
+        torch.testing.assert_close(output, -xi, atol=tol, rtol=tol)
+
+
+def test_gp_oracle_is_the_noised_data_gp_and_its_posterior_is_gaussian_conditioning():
+    process = OUGaussianProcess(kernel=NOISY_SE, mean=0.2)
+    data_kernel = Matern52(lengthscale=0.8, variance=1.5)
+    oracle = GPScore(process, data_kernel, mean=-0.4)
+    x = _inputs(5, 7)
+    mean0, cov0 = oracle.marginal_moments(0.0, x)
+    torch.testing.assert_close(cov0, data_kernel.gram(x) + 1e-6 * torch.eye(5, dtype=F64))
+    torch.testing.assert_close(mean0, torch.full((5,), -0.4, dtype=F64))
+    y = torch.randn(3, 5, 1, generator=torch.Generator().manual_seed(8), dtype=F64)
+    t = torch.tensor([0.05, 0.3, 0.9], dtype=F64)
+    with torch.enable_grad():
+        yr = y.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(oracle.log_prob(t, yr, inputs=x).sum(), yr)
+    torch.testing.assert_close(oracle.score(t, y, inputs=x), grad, atol=1e-10, rtol=1e-10)
+    # posterior by conditioning the joint Gaussian with torch's MVN precision blocks
+    mean_post, cov_post = oracle.posterior(x[:3], y[0, :3], x[3:])
+    precision = torch.linalg.inv(cov0)
+    cov_ref = torch.linalg.inv(precision[3:, 3:])
+    mean_ref = -0.4 - cov_ref @ precision[3:, :3] @ (y[0, :3, 0] + 0.4)
+    torch.testing.assert_close(cov_post, cov_ref, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(mean_post, mean_ref, atol=1e-9, rtol=1e-9)
+
+
+# --- conditional sampling -------------------------------------------------------------------------------
+
+X_CONTEXT = torch.tensor([[-1.0], [0.0], [0.8]], dtype=F64)
+Y_CONTEXT = torch.tensor([[0.5], [-0.7], [1.0]], dtype=F64)
+X_TARGET = torch.tensor([[-0.5], [0.3], [1.5]], dtype=F64)
+
+
+def _posterior_z_scores(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> tuple[float, float]:
+    """Worst |z| of the sample mean and of the entries of the sample covariance against the exact moments."""
+    n = samples.shape[0]
+    flat = samples.flatten(1)
+    var = cov.diagonal()
+    z_mean = (flat.mean(0) - mean) / (var / n).sqrt()
+    z_cov = (torch.cov(flat.T) - cov) / ((var[:, None] * var[None] + cov**2) / n).sqrt()
+    return float(z_mean.abs().max()), float(z_cov.abs().max())
+
+
+def test_langevin_conditional_reproduces_exact_gp_posterior_and_replacement_does_not():
+    """Data = the limiting GP, so the exact score is known at every t; the Langevin scheme must land on the
+    exact posterior. With this stationary p_t the replacement scheme's targets decouple from the context (the
+    target block of K grad log p_t = -(y - m) ignores y_c), so it returns the prior instead."""
+    process = OUGaussianProcess(kernel=NOISY_SE)
+    oracle = GPScore(process)
+    mean, cov = oracle.posterior(X_CONTEXT, Y_CONTEXT, X_TARGET)
+    kwargs = dict(context_inputs=X_CONTEXT, context_values=Y_CONTEXT, n_samples=2000)
+    langevin = LangevinConditional(steps=50, inner_steps=100, psi=10.0, tau=0.03)
+    samples = langevin.sample(oracle, process, X_TARGET, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert samples.shape == (2000, 3, 1) and samples.dtype == F64
+    z_mean, z_cov = _posterior_z_scores(samples, mean, cov)
+    assert z_mean < 4.5 and z_cov < 4.5, (z_mean, z_cov)
+    replaced = ReplacementConditional(steps=50).sample(
+        oracle, process, X_TARGET, generator=torch.Generator().manual_seed(0), **kwargs
+    )
+    z_mean_replacement, _ = _posterior_z_scores(replaced, mean, cov)
+    assert z_mean_replacement > 10, z_mean_replacement
+
+
+def test_unconditional_reverse_sde_recovers_a_different_data_gp():
+    """No context: the outer loop is Euler-Maruyama on the reverse SDE with kernel noise; with the exact score of
+    Matern-5/2 data noised towards a squared-exponential GP it must return the data GP (at eps)."""
+    process = OUGaussianProcess(kernel=NOISY_SE, parametrisation="st_preconditioned")
+    oracle = GPScore(process, Matern52(lengthscale=0.8, variance=1.5), mean=0.6)
+    x = _inputs(3, 9)
+    samples = ReplacementConditional(steps=200).sample(
+        oracle, process, x, n_samples=2000, generator=torch.Generator().manual_seed(1)
+    )
+    mean, cov = oracle.marginal_moments(1e-3, x)
+    z_mean, z_cov = _posterior_z_scores(samples, mean, cov)
+    assert z_mean < 4.5 and z_cov < 4.5, (z_mean, z_cov)
+
+
+def test_conditional_sampler_follows_dtype_and_rejects_bad_input():
+    process = OUGaussianProcess(kernel=NOISY_SE)
+    oracle = GPScore(process)
+    sampler = LangevinConditional(steps=3, inner_steps=1)
+    out = sampler.sample(
+        oracle, process, X_TARGET.float(), context_inputs=X_CONTEXT.float(), context_values=Y_CONTEXT.float(), n_samples=4
+    )
+    assert out.dtype == torch.float32 and out.shape == (4, 3, 1)
+    with pytest.raises(ValueError, match="pass both or neither"):
+        sampler.sample(oracle, process, X_TARGET, context_inputs=X_CONTEXT)
+    with pytest.raises(ValueError, match="context_values"):
+        sampler.sample(oracle, process, X_TARGET, context_inputs=X_CONTEXT, context_values=Y_CONTEXT[:2])
+    with pytest.raises(ValueError, match="OUGaussianProcess"):
+        sampler.sample(oracle, gd.VPProcess(), X_TARGET)
+    with pytest.raises(ValidationError, match="inner_steps"):
+        LangevinConditional(inner_steps=-1)
+
+
+def test_bad_process_input_is_rejected_before_work():
+    with pytest.raises(ValidationError, match="beta_max"):
+        OUGaussianProcess(beta_min=5.0, beta_max=1.0)
+    with pytest.raises(ValidationError, match="parametrisation"):
+        OUGaussianProcess(parametrisation="K")
+    process = OUGaussianProcess(jitter=0.0)
+    with pytest.raises(ValueError, match="jitter"):
+        process.factor(torch.zeros(3, 1, dtype=F64))
+    with pytest.raises(ValueError, match=r"\[\.\.\., n, 1\]"):
+        process.factor(torch.zeros(3, 2, dtype=F64))
+    with pytest.raises(ValueError, match="values"):
+        process.marginal(torch.zeros(2, 4, 1, dtype=F64), 0.5, inputs=_inputs(3, 0))
+    with pytest.raises(ValueError, match="times"):
+        process.marginal(torch.zeros(2, 3, 1, dtype=F64), 2.0, inputs=_inputs(3, 0))
+
+
+# --- likelihoods -----------------------------------------------------------------------------------------
+
+
+def _likelihood_setup(parametrisation: str):
+    # beta_max = 60 makes p_T = pi to e^{-30}, so the probability-flow likelihood is exact up to the ODE solver
+    process = OUGaussianProcess(kernel=NOISY_SE, beta_max=60.0, parametrisation=parametrisation)
+    oracle = GPScore(process, Matern52(lengthscale=0.8, variance=1.5), mean=0.7)
+    x = _inputs(6, 10)
+    mean, cov = oracle.marginal_moments(0.0, x)
+    y = torch.distributions.MultivariateNormal(mean, cov).sample((2,)).reshape(2, 6, 1)
+    return process, oracle, x, y
+
+
+def test_joint_and_conditional_likelihoods_by_probability_flow_equal_exact_gp_densities():
+    torch.manual_seed(0)
+    process, oracle, x, y = _likelihood_setup("kernel_preconditioned")
+    options = ODEOptions(eps=1e-3, rtol=1e-6, atol=1e-6)
+    joint = marginal_log_likelihood(oracle, process, y, x, options=options)
+    torch.testing.assert_close(joint, oracle.log_prob(1e-3, y, inputs=x), atol=1e-4, rtol=0)
+    conditional = conditional_log_likelihood(oracle, process, y[:, 4:], x[4:], y[:, :4], x[:4], options=options)
+    exact = oracle.log_prob(1e-3, y, inputs=x) - oracle.log_prob(1e-3, y[:, :4], inputs=x[:4])
+    torch.testing.assert_close(conditional, exact, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("parametrisation", ["plain", "st_preconditioned"])
+def test_likelihood_is_independent_of_the_score_parametrisation(parametrisation):
+    torch.manual_seed(1)
+    process, oracle, x, y = _likelihood_setup(parametrisation)
+    ll = marginal_log_likelihood(oracle, process, y[:, :3], x[:3], options=ODEOptions(eps=1e-3, rtol=1e-6, atol=1e-6))
+    torch.testing.assert_close(ll, oracle.log_prob(1e-3, y[:, :3], inputs=x[:3]), atol=1e-4, rtol=0)
