@@ -319,3 +319,48 @@ def test_short_training_on_s2_beats_the_uniform_density():
     exact_nll = -oracle.log_prob(torch.tensor(1e-3, dtype=F64), test.double()).mean()
     assert float(nll) < math.log(4 * math.pi) - 1.0, f"NLL {float(nll):.3f} vs uniform {math.log(4 * math.pi):.3f}"
     assert float(nll) > float(exact_nll) - 0.3, f"NLL {float(nll):.3f} below the true NLL {float(exact_nll):.3f}"
+
+
+# --- complex points: SU(2) ------------------------------------------------------------------------------------
+
+SU2 = {"kind": "su", "n": 2}
+
+
+@pytest.fixture(scope="module")
+def su2_process():
+    import geodiffusion.manifolds.lie  # noqa: F401  (registers so3 / su)
+
+    return _process(SU2, beta_max=30.0)
+
+
+def test_brownian_process_on_su2_passes_check_process(su2_process):
+    check_process(su2_process, n_mc=500)
+
+
+def test_samplers_and_nll_on_su2_with_exact_score(su2_process):
+    oracle = _oracle(su2_process, s0=0.2)
+    manifold = su2_process.manifold
+    x = gd.build({"kind": "geodesic_euler_maruyama", "steps": 100}).sample(
+        oracle, su2_process, (600, 2, 2), generator=_gen(0), dtype=F64
+    )
+    assert x.is_complex() and bool(manifold.belongs(x, atol=1e-6).all())
+    reference = _exact_draws(oracle, 1e-3, 600, _gen(1))
+    assert ks_2samp(_dist_to_mu(oracle, x).numpy(), _dist_to_mu(oracle, reference).numpy()).pvalue > KS_LEVEL
+    data = oracle.sample_data(6, _gen(2))
+    log_p = riemannian_log_likelihood(oracle, su2_process, data, options=ChartODEOptions(steps=20))
+    assert float((log_p - oracle.log_prob(torch.tensor(1e-3, dtype=F64), data)).abs().max()) < NLL_TOL
+
+
+def test_tangent_mlp_and_dsm_loss_on_su2(su2_process):
+    torch.manual_seed(0)
+    model = TangentMLP(manifold=SU2, hidden=16, depth=1, process=su2_process.spec).double()
+    x = su2_process.manifold.random_point(5, _gen(), dtype=F64)
+    out = model(torch.full((5,), 0.5, dtype=F64), x)
+    assert out.is_complex() and out.shape == x.shape
+    torch.testing.assert_close(su2_process.manifold.proj(x, out), out, rtol=0, atol=tolerance(F64, "exact"))
+    oracle = _oracle(su2_process, s0=0.0)
+    x0 = oracle.sample_data(64)
+    assert float(riemannian_dsm_loss(oracle, su2_process, x0, generator=_gen(0))) < 1e-20
+    loss = riemannian_dsm_loss(model, su2_process, x0, generator=_gen(0))
+    loss.backward()
+    assert loss.item() > 0 and all(p.grad is not None for p in model.parameters())

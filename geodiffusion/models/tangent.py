@@ -72,7 +72,9 @@ class TangentMLP(ScoreModel, kind="tangent_mlp"):
         self.process = build(s.process, Process) if s.process is not None else None
         if self.process is not None and not callable(getattr(self.process, "sigma", None)):
             raise ValueError(f"process: {type(self.process).__name__} has no sigma(t) to precondition by")
-        n_ambient = math.prod(self.manifold.point_shape)
+        # complex points (SU(n)) enter and leave the network as real and imaginary parts
+        self._complex = self.manifold.random_point(1).is_complex()
+        n_ambient = math.prod(self.manifold.point_shape) * (2 if self._complex else 1)
         width = (2 * n_ambient if s.features == "angles" else n_ambient) + s.time_embedding_dim
         self.time_embedding = SinusoidalTimeEmbedding(s.time_embedding_dim)
         layers: list[nn.Module] = []
@@ -86,10 +88,12 @@ class TangentMLP(ScoreModel, kind="tangent_mlp"):
         shape = tuple(self.manifold.point_shape)
         if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
             raise ValueError(f"TangentMLP: expected x of shape [B, {', '.join(map(str, shape))}], got {list(x.shape)}")
-        t = torch.as_tensor(t, device=x.device).to(x.dtype).expand(x.shape[0])
-        flat = x.flatten(1)
+        real = x.real.dtype
+        t = torch.as_tensor(t, device=x.device).to(real).expand(x.shape[0])
+        flat = (torch.view_as_real(x) if x.is_complex() else x).flatten(1)
         phi = torch.cat([torch.cos(flat), torch.sin(flat)], -1) if self.spec.features == "angles" else flat
-        out = self.net(torch.cat([phi, self.time_embedding(t).to(x.dtype)], -1)).reshape(x.shape)
+        out = self.net(torch.cat([phi, self.time_embedding(t).to(real)], -1))
+        out = torch.view_as_complex(out.reshape(x.shape + (2,))) if x.is_complex() else out.reshape(x.shape)
         out = self.manifold.proj(x, out)
         if self.process is not None:
             out = out / self.process.sigma(t).reshape((-1,) + (1,) * len(shape))

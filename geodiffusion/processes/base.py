@@ -68,19 +68,23 @@ class Process(Component, family=True):
     # --- template methods -------------------------------------------------
 
     def check_inputs(self, x: Tensor, t: Tensor | float, *, name: str = "x") -> Tensor:
-        """Validate ``x`` (finite, at least ``event_ndim`` axes) and ``t`` in [0, T]; return ``t`` broadcast to ``x``."""
+        """Validate ``x`` (finite, at least ``event_ndim`` axes) and ``t`` in [0, T]; return ``t`` broadcast to ``x``.
+
+        Complex ``x`` (points of SU(n)) is accepted; times are then real, of the matching real dtype."""
         check_finite(name, x)
-        if not x.is_floating_point():
-            raise TypeError(f"{name}: expected a floating tensor, got {x.dtype}")
+        if x.is_complex():
+            check_finite(name, torch.view_as_real(x))
+        if not (x.is_floating_point() or x.is_complex()):
+            raise TypeError(f"{name}: expected a floating (real or complex) tensor, got {x.dtype}")
         if x.dim() < self.event_ndim:
             raise ValueError(f"{name}: expected at least {self.event_ndim} axes, got shape {list(x.shape)}")
-        return expand_time(check_time(t, self.T, x), x)
+        return expand_time(check_time(t, self.T, x.real), x)
 
     def time_like(self, t: Tensor | float, x: Tensor) -> Tensor:
-        """``t`` as a tensor on ``x``'s device and dtype, broadcast against ``x``.
+        """``t`` as a tensor on ``x``'s device and (real) dtype, broadcast against ``x``.
 
         Cheap (no range check, no host sync): for inner loops whose inputs were validated once."""
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        t = torch.as_tensor(t, dtype=x.real.dtype, device=x.device)
         return expand_time(t, x)
 
     def example_context(self, x0: Tensor, generator: torch.Generator | None = None) -> dict[str, Any]:

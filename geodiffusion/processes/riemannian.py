@@ -220,7 +220,7 @@ class HeatKernelScore:
 
     def _args(self, t, x: Tensor) -> tuple[Tensor, Tensor]:
         batch = x.shape[: x.dim() - len(self.process.manifold.point_shape)]
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        t = torch.as_tensor(t, dtype=x.real.dtype, device=x.device)
         return self.mu.to(x).expand(x.shape), self.time(t).expand(batch)
 
     def __call__(self, t: Tensor, x: Tensor) -> Tensor:
@@ -243,5 +243,5 @@ class HeatKernelScore:
         if self.s0 == 0:
             return mu.clone()
         return self.process.heat_kernel.sample(
-            mu, torch.full((n,), self.s0, dtype=self.mu.dtype, device=self.mu.device), generator
+            mu, torch.full((n,), self.s0, dtype=self.mu.real.dtype, device=self.mu.device), generator
         )

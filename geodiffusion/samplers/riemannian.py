@@ -61,6 +61,25 @@ def _event_view(flags: Tensor, x: Tensor) -> Tensor:
     return flags.reshape(flags.shape + (1,) * (x.dim() - flags.dim()))
 
 
+def _ambient_normal(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal ambient vectors shaped like ``x``; for complex points (SU(n), metric Re tr(u^H v)) the real and
+    imaginary parts are independent standard normals: the real coordinates are orthonormal."""
+    if x.is_complex():
+        parts = randn((2,) + tuple(x.shape), generator, dtype=x.real.dtype, device=x.device)
+        return torch.complex(parts[0], parts[1])
+    return randn(x.shape, generator, dtype=x.dtype, device=x.device)
+
+
+def _real_basis(x: Tensor) -> Tensor:
+    """Orthonormal basis ``[K, *x.shape[1:]]`` of the ambient space of one point, as a real vector space (K = numel, or
+    2 numel for complex points: 1 and i per entry)."""
+    n = x[0].numel()
+    eye = torch.eye(n, dtype=x.real.dtype, device=x.device)
+    if x.is_complex():
+        eye = torch.cat([eye.to(x.dtype), 1j * eye.to(x.dtype)])
+    return eye.reshape((-1,) + tuple(x.shape[1:]))
+
+
 def riemannian_divergence(manifold: Manifold | None, v: Tensor, x: Tensor, probes: Tensor | None = None) -> Tensor:
     r"""Riemannian divergence :math:`\mathrm{div}_M v(x) = \mathrm{tr}(P_x\,\partial v/\partial x)` per sample of a
     tangent field ``v`` computed from ``x`` (which requires grad); :math:`P_x` is ``manifold.proj`` (the identity for
@@ -73,18 +92,17 @@ def riemannian_divergence(manifold: Manifold | None, v: Tensor, x: Tensor, probe
     (:math:`\mathbb E[zz^\top] = I`). Shapes: ``x, v [B, *point_shape]`` -> ``[B]``.
     """
     xd = x.detach()
+    # complex points: torch's vector-Jacobian products are the real-linear adjoints for <a, b> = Re sum(conj(a) b)
     if probes is not None:
         z = _proj(manifold, xd, probes)
         (vjp,) = torch.autograd.grad(v, x, z, retain_graph=True)
-        return (vjp * z).flatten(1).sum(-1)
-    n_ambient = x[0].numel()
-    eye = torch.eye(n_ambient, dtype=x.dtype, device=x.device)
-    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for j in range(n_ambient):
-        # row j of P J is the vector-Jacobian product with P e_j (P is symmetric)
-        cotangent = _proj(manifold, xd, eye[j].reshape(x.shape[1:]).expand_as(x))
+        return (vjp.conj() * z).real.flatten(1).sum(-1)
+    total = torch.zeros(x.shape[0], dtype=x.real.dtype, device=x.device)
+    for e in _real_basis(x):
+        # <e, P J e> is the vector-Jacobian product with P e (P is self-adjoint), read off along e
+        cotangent = _proj(manifold, xd, e.expand_as(x))
         (row,) = torch.autograd.grad(v, x, cotangent, retain_graph=True)
-        total = total + row.flatten(1)[:, j]
+        total = total + (row.conj() * e).real.flatten(1).sum(-1)
     return total
 
 
@@ -111,16 +129,20 @@ def _chart_step(
     """One step of the flow from ``t0`` to ``t1`` in normal coordinates at ``x``; returns the new point and, when
     ``with_density``, the integral of the divergence along the step (from ``t0`` to ``t1``)."""
 
+    # complex charts (SU(n)) are integrated in real coordinates
+    to_real = torch.view_as_real if x.is_complex() else (lambda a: a)
+    from_real = torch.view_as_complex if x.is_complex() else (lambda a: a)
+
     def velocity(t: Tensor, state):
-        u = state[0] if with_density else state
+        u = from_real(state[0] if with_density else state)
         y = _exp(manifold, x, u)
         w, div = field(t, y)
-        du = _chart_velocity(manifold, x, w, y, u)
+        du = to_real(_chart_velocity(manifold, x, w, y, u))
         return (du, div) if with_density else du
 
-    u0 = torch.zeros_like(x)
-    state0 = (u0, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)) if with_density else u0
-    ts = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
+    u0 = to_real(torch.zeros_like(x))
+    state0 = (u0, torch.zeros(x.shape[0], dtype=u0.dtype, device=x.device)) if with_density else u0
+    ts = torch.tensor([t0, t1], dtype=u0.dtype, device=x.device)
     kwargs: dict = {"method": options.method}
     if options.method in ADAPTIVE_METHODS:
         kwargs.update(rtol=options.rtol, atol=options.atol)
@@ -129,7 +151,7 @@ def _chart_step(
         u, integral = out[0][-1], out[1][-1]
     else:
         u, integral = out[-1], None
-    return _exp(manifold, x, u), integral
+    return _exp(manifold, x, from_real(u.contiguous())), integral
 
 
 def _check_eps(eps: float, process: Process) -> None:
@@ -170,8 +192,8 @@ class GeodesicEulerMaruyama(Sampler, kind="geodesic_euler_maruyama"):
         try:
             for t_now, t_next in zip(times[:-1], times[1:], strict=True):
                 dt = t_now - t_next
-                t = torch.full((batch,), t_now, dtype=x.dtype, device=x.device)
-                z = randn(x.shape, generator, dtype=x.dtype, device=x.device)
+                t = torch.full((batch,), t_now, dtype=x.real.dtype, device=x.device)
+                z = _ambient_normal(x, generator)
                 g = process.diffusion(process.time_like(t, x))
                 step = -process.reverse_drift(x, t, counted(t, x)) * dt + g * math.sqrt(dt) * z
                 x = _exp(manifold, x, _proj(manifold, x, step))
@@ -202,7 +224,7 @@ def _flow_field(process: Process, score: ScoreFn, batch: int, eps: float):
 
     def field(t: Tensor, y: Tensor) -> Tensor:
         # adaptive solvers may overshoot [eps, T]: continue the field as constant there
-        tb = t.clamp(eps, process.T).to(y.dtype).expand(batch)
+        tb = t.clamp(eps, process.T).to(y.real.dtype).expand(batch)
         return _proj(manifold, y, process.probability_flow_drift(y, tb, score(tb, y)))
 
     return field
@@ -257,7 +279,7 @@ def riemannian_log_likelihood(
     manifold = process.manifold
     if manifold is not None:
         manifold.check_point("x", x)
-        off = ~manifold.belongs(x, atol=max(1e-6, 1e3 * torch.finfo(x.dtype).eps))
+        off = ~manifold.belongs(x, atol=max(1e-6, 1e3 * torch.finfo(x.real.dtype).eps))
         if bool(off.any()):
             raise ValueError(f"x: {int(off.sum())} of {len(x)} points are not on {type(manifold).__name__}")
     if estimator == "auto":
@@ -266,7 +288,8 @@ def riemannian_log_likelihood(
         raise ValueError(f"estimator: expected 'auto', 'exact' or 'hutchinson', got {estimator!r}")
     probes = None
     if estimator == "hutchinson":
-        probes = rand(x.shape, generator, dtype=x.dtype, device=x.device).lt(0.5).to(x.dtype) * 2 - 1
+        signs = rand((2,) + tuple(x.shape), generator, dtype=x.real.dtype, device=x.device).lt(0.5).to(x.real.dtype) * 2 - 1
+        probes = torch.complex(signs[0], signs[1]) if x.is_complex() else signs[0]
     flow = _flow_field(process, score, x.shape[0], options.eps)
 
     def field(t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -277,7 +300,7 @@ def riemannian_log_likelihood(
         return w.detach(), div.detach()
 
     times = _time_grid(process, options.eps, options.steps)[::-1]
-    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    total = torch.zeros(x.shape[0], dtype=x.real.dtype, device=x.device)
     for t0, t1 in zip(times[:-1], times[1:], strict=True):
         x, integral = _chart_step(manifold, x, field, t0, t1, options, True)
         total = total + integral

@@ -55,6 +55,8 @@ def _gen(seed: int) -> torch.Generator:
 
 def _err(a: Tensor, b: Tensor) -> float:
     r"""Mixed absolute/relative error :math:`\max|a - b| / \max(1, \max|b|)` in float64."""
+    if a.is_complex() or b.is_complex():  # complex tensors (SU(n) points): compare real and imaginary parts
+        a, b = (torch.view_as_real(v.detach().to(torch.complex128).resolve_conj().contiguous()) for v in (a, b))
     a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
     if a64.shape != b64.shape:
         a64, b64 = torch.broadcast_tensors(a64, b64)
@@ -279,7 +281,7 @@ def _manifold_score_and_fokker_planck(process: Process, x0: Tensor, gen: torch.G
     from geodiffusion.samplers.riemannian import riemannian_divergence
 
     m = process.manifold
-    n, dtype = x0.shape[0], x0.dtype
+    n, dtype = x0.shape[0], x0.real.dtype  # times and densities are real, also for complex points (SU(n))
     fp_worst: float | None = 0.0
     score_worst = 0.0
     for frac in (0.05, 0.3, 0.8):
@@ -366,7 +368,7 @@ def process_errors(
     dim = process.manifold.dim if process.manifold is not None else x0[0].numel()
     kl = (marginal_T.log_prob(samples) - prior.log_prob(samples)).mean() / dim
     errors["KL(marginal at T || prior) per dimension"] = float(kl.abs())
-    shapes_ok = process.drift(x0, t).shape == x0.shape and process.drift(x0, t).dtype == dtype
+    shapes_ok = process.drift(x0, t).shape == x0.shape and process.drift(x0, t).dtype == x0.dtype
     errors["drift has the shape and dtype of x"] = float(not shapes_ok)
     try:
         process.marginal(x0, 1.5 * T, **ctx)

@@ -61,12 +61,12 @@ def riemannian_dsm_loss(
         raise ValueError(
             f"x0: expected a non-empty batch of points [B, {', '.join(map(str, manifold.point_shape))}], got {list(x0.shape)}"
         )
-    off = ~manifold.belongs(x0, atol=max(1e-6, 1e3 * torch.finfo(x0.dtype).eps))
+    off = ~manifold.belongs(x0, atol=max(1e-6, 1e3 * torch.finfo(x0.real.dtype).eps))
     if bool(off.any()):
         raise ValueError(f"x0: {int(off.sum())} of {len(x0)} points are not on {type(manifold).__name__}")
 
     batch = x0.shape[0]
-    t = eps + (process.T - eps) * rand((batch,), generator, dtype=x0.dtype, device=x0.device)
+    t = eps + (process.T - eps) * rand((batch,), generator, dtype=x0.real.dtype, device=x0.device)
     marginal = process.marginal(x0, t)
     x_t = marginal.sample(generator)
     target = marginal.score(x_t)
