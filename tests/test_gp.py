@@ -25,7 +25,7 @@ from geodiffusion.testing.oracles import GPScore
 
 F64 = torch.float64
 NOISY_SE = {
-    "kind": "sum",
+    "kind": "kernel_sum",
     "kernels": [{"kind": "squared_exponential", "lengthscale": 0.5}, {"kind": "white_noise", "variance": 0.05}],
 }
 PARAMETRISATIONS = ["plain", "kernel_preconditioned", "st_preconditioned"]

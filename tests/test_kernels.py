@@ -97,8 +97,8 @@ def test_combinations_declare_the_group_all_terms_respect():
 
 
 def test_nested_combination_round_trips_and_evaluates():
-    product = {"kind": "product", "kernels": [{"kind": "matern12"}, {"kind": "periodic"}]}
-    spec = {"kind": "sum", "kernels": [product, {"kind": "white_noise"}]}
+    product = {"kind": "kernel_product", "kernels": [{"kind": "matern12"}, {"kind": "periodic"}]}
+    spec = {"kind": "kernel_sum", "kernels": [product, {"kind": "white_noise"}]}
     kernel = gd.build(spec)
     again = gd.build(kernel.spec.model_dump_json())
     x = torch.linspace(0, 1, 4, dtype=torch.float64)[:, None]

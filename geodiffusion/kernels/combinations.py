@@ -72,7 +72,7 @@ class _Combination(Kernel):
         return self._rho_of(self._carrier()[0], g, self._group)
 
 
-class Sum(_Combination, kind="sum"):
+class Sum(_Combination, kind="kernel_sum"):
     r""":math:`k = \sum_i k_i` (all with the same output dimension); equivariant under the smallest of the
     terms' groups on which their output representations agree."""
 
@@ -103,10 +103,16 @@ class Sum(_Combination, kind="sum"):
         return out
 
 
-class Product(_Combination, kind="product"):
+class Product(_Combination, kind="kernel_product"):
     r""":math:`k = \prod_i k_i` where every factor but at most one is scalar (output_dim 1): scalar kernels
     multiply the matrix-valued one, e.g. the weakly periodic :math:`k_{SE} k_{per}`. PSD by the Schur product
-    theorem; outputs transform as the matrix-valued factor's."""
+    theorem; outputs transform as the matrix-valued factor's.
+
+    >>> import geodiffusion as gd
+    >>> weakly_periodic = gd.build({"kind": "kernel_product", "kernels": [{"kind": "squared_exponential"}, {"kind": "periodic"}]})
+    >>> type(weakly_periodic.group).__name__  # SE is E(1)-invariant, the periodic kernel only translation-invariant
+    'Translations'
+    """
 
     class Spec(_CombinationSpec):
         """Product of kernels (at most one matrix-valued)."""

@@ -128,6 +128,14 @@ class OUGaussianProcess(Process, kind="ou_gp"):
     ``plain`` :math:`o = \nabla \log p_t`; ``kernel_preconditioned`` :math:`o = K \nabla \log p_t` (the paper's
     best: the reverse drift needs no solve); ``st_preconditioned`` :math:`o = S_t^\top \nabla\log p_t` (for the
     transition, :math:`-\xi` in :math:`y_t = \mu_t + S_t \xi`).
+
+    >>> import torch, geodiffusion as gd
+    >>> process = gd.build({"kind": "ou_gp", "kernel": {"kind": "matern52", "lengthscale": 0.5}})
+    >>> x = torch.linspace(-1, 1, 4, dtype=torch.float64).reshape(4, 1)
+    >>> y0 = process.prior((2, 4, 1), inputs=x, dtype=torch.float64).sample(torch.Generator().manual_seed(0))
+    >>> law = process.marginal(y0, 0.5, inputs=x)  # N(m + e^{-B/2}(y0 - m), (1 - e^{-B}) K)
+    >>> law.sample().shape, law.log_prob(y0).shape
+    (torch.Size([2, 4, 1]), torch.Size([2]))
     """
 
     class Spec(Spec):
@@ -158,7 +166,7 @@ class OUGaussianProcess(Process, kind="ou_gp"):
         # as e^{-B(T)/2} relative to K's smallest eigenvalue, so K is kept well conditioned (a noise term).
         se = {"kind": "squared_exponential", "lengthscale": 0.5, "output_dim": 3}
         return [
-            cls.Spec(kernel={"kind": "sum", "kernels": [se, {"kind": "white_noise", "variance": 0.1, "output_dim": 3}]}),
+            cls.Spec(kernel={"kind": "kernel_sum", "kernels": [se, {"kind": "white_noise", "variance": 0.1, "output_dim": 3}]}),
             cls.Spec(kernel={"kind": "curl_free", "dim": 3}, mean=0.5, jitter=0.05, parametrisation="st_preconditioned"),
         ]
 
