@@ -94,6 +94,9 @@ def test_score_parametrisations_invert_each_other(parametrisation):
     tol = tolerance(F64, "autograd")
     torch.testing.assert_close(process.score_from_output(output, t, inputs=x), score, atol=tol, rtol=tol)
     torch.testing.assert_close(process.kernel_score(output, t, inputs=x), process.factor(x).matvec(score), atol=tol, rtol=tol)
+    y_t, target = process.denoising_pair(y0, t, inputs=x, generator=torch.Generator().manual_seed(7))
+    expected = process.output_from_score(process.marginal(y0, t, inputs=x).score(y_t), t, inputs=x)
+    torch.testing.assert_close(target, expected, atol=tol, rtol=tol)
     if parametrisation == "st_preconditioned":
         # S_t^T grad log p_{t|0}(y_t | y_0) = -xi for y_t = mu_t + S_t xi
         xi = process.factor(x).sqrt_solve(y - law.mean) / process.std(t)[:, None, None]

@@ -276,6 +276,25 @@ class OUGaussianProcess(Process, kind="ou_gp"):
 
     # --- score parametrisations --------------------------------------------------
 
+    def denoising_pair(
+        self, y0: Tensor, t: Tensor | float, *, inputs: Tensor | KernelFactor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        r"""A draw :math:`y_t = \mu_t + \sigma_t L \xi` from :math:`p_{t|0}(\cdot \mid y_0)` and the denoising
+        score-matching target for a network in ``spec.parametrisation``: the output for
+        :math:`\nabla \log p_{t|0}(y_t \mid y_0)`, i.e. :math:`-L^{-\top}\xi/\sigma_t`, :math:`-L\xi/\sigma_t` or :math:`-\xi`."""
+        law = self.marginal(y0, t, inputs=inputs)
+        xi = randn(y0.shape, generator, dtype=torch.float64, device=y0.device)
+        sigma = _event_coef(law.std)
+        y_t = (law.mean.to(torch.float64) + sigma * law.factor.sqrt_matvec(xi)).to(y0.dtype)
+        kind = self.spec.parametrisation
+        if kind == "st_preconditioned":
+            target = -xi
+        elif kind == "kernel_preconditioned":
+            target = -law.factor.sqrt_matvec(xi) / sigma
+        else:
+            target = -law.factor.sqrt_t_solve(xi) / sigma
+        return y_t, target.to(y0.dtype)
+
     def kernel_score(self, output: Tensor, t: Tensor | float, *, inputs: Tensor | KernelFactor) -> Tensor:
         r""":math:`K \nabla \log p_t` from a network output in ``spec.parametrisation``: :math:`Ko`, :math:`o`,
         or :math:`L o / \sigma_t` (since :math:`K S_t^{-\top} = L / \sigma_t`); no linear solve in any case."""
