@@ -151,7 +151,8 @@ def _chart_step(
         u, integral = out[0][-1], out[1][-1]
     else:
         u, integral = out[-1], None
-    return _exp(manifold, x, from_real(u.contiguous())), integral
+    # a fresh tensor: solver outputs may be views at odd offsets, which view_as_complex rejects
+    return _exp(manifold, x, from_real(u.clone())), integral
 
 
 def _check_eps(eps: float, process: Process) -> None:
