@@ -1,6 +1,18 @@
 """Experiments: specs that train, sample and evaluate, writing everything into one folder."""
 
 from geodiffusion.experiments.base import Experiment, ExperimentSpec, merge_spec_dicts, write_json
+from geodiffusion.experiments.earth import EarthEarthquake, EarthExperiment, EarthFire, EarthFlood, EarthVolcano
 from geodiffusion.experiments.quickstart import QuickstartExperiment
 
-__all__ = ["Experiment", "ExperimentSpec", "QuickstartExperiment", "merge_spec_dicts", "write_json"]
+__all__ = [
+    "EarthExperiment",
+    "EarthVolcano",
+    "EarthEarthquake",
+    "EarthFlood",
+    "EarthFire",
+    "Experiment",
+    "ExperimentSpec",
+    "QuickstartExperiment",
+    "merge_spec_dicts",
+    "write_json",
+]
