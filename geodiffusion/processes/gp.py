@@ -28,7 +28,7 @@ from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
 from geodiffusion.spec import Spec, component_spec
 
-__all__ = ["OUGaussianProcess", "KernelFactor", "FullGaussian", "Parametrisation"]
+__all__ = ["OUGaussianProcess", "KernelFactor", "FullGaussian", "Parametrisation", "shared_inputs"]
 
 Parametrisation = Literal["plain", "kernel_preconditioned", "st_preconditioned"]
 
@@ -72,6 +72,14 @@ class KernelFactor:
     def logdet(self) -> Tensor:
         r""":math:`\log\det K` ``[...]``."""
         return 2 * torch.log(torch.diagonal(self.cholesky, dim1=-2, dim2=-1)).sum(-1)
+
+
+def shared_inputs(inputs: Tensor) -> Tensor:
+    """``inputs [B, n, m]`` as ``[1, n, m]`` when every batch entry holds the same input set (an expanded
+    tensor, as samplers pass to score networks), so that K is built and factorised once, not B times."""
+    if inputs.dim() == 3 and inputs.shape[0] > 1 and (inputs.stride(0) == 0 or bool((inputs == inputs[:1]).all())):
+        return inputs[:1]
+    return inputs
 
 
 def _flat(v: Tensor) -> Tensor:
@@ -211,7 +219,7 @@ class OUGaussianProcess(Process, kind="ou_gp"):
         check_finite("inputs", inputs)
         if not inputs.is_floating_point() or inputs.dim() < 2 or inputs.shape[-1] != self.kernel.input_dim:
             raise ValueError(f"inputs: expected a floating tensor [..., n, {self.kernel.input_dim}], got {list(inputs.shape)}")
-        x64 = inputs.to(torch.float64)
+        x64 = shared_inputs(inputs).to(torch.float64)
         gram = self.kernel.gram(x64)
         gram = gram + self.spec.jitter * torch.eye(gram.shape[-1], dtype=torch.float64, device=gram.device)
         chol, info = torch.linalg.cholesky_ex(gram)

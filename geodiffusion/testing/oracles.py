@@ -7,7 +7,9 @@ import math
 import torch
 from torch import Tensor
 
+from geodiffusion.kernels.base import Kernel
 from geodiffusion.processes.base import LinearGaussianProcess
+from geodiffusion.processes.gp import OUGaussianProcess, shared_inputs
 
 __all__ = ["GaussianScore", "GPScore"]
 
@@ -59,9 +61,7 @@ class GPScore:
     Shapes: ``t [B]`` or ``[]``, ``y [B, n, d]``, ``inputs [n, m]`` or ``[B, n, m]``.
     """
 
-    def __init__(self, process, kernel=None, mean: float | None = None) -> None:
-        from geodiffusion.processes.gp import OUGaussianProcess
-
+    def __init__(self, process: OUGaussianProcess, kernel: Kernel | None = None, mean: float | None = None) -> None:
         if not isinstance(process, OUGaussianProcess):
             raise ValueError(f"GPScore needs an OUGaussianProcess, got {type(process).__name__}")
         self.process = process
@@ -80,8 +80,7 @@ class GPScore:
         # a batch sharing one time and one input set (as in samplers) needs one factorisation, not B
         if t.dim() == 1 and t.numel() > 1 and bool((t == t[0]).all()):
             t = t[:1]
-        if inputs.dim() == 3 and inputs.shape[0] > 1 and bool((inputs == inputs[:1]).all()):
-            inputs = inputs[:1]
+        inputs = shared_inputs(inputs)
         a2 = torch.exp(-self.process.integrated_beta(t))[..., None, None]
         cov = a2 * self._data_gram(inputs) + (1 - a2) * self.process.factor(inputs).gram
         m = self.process.spec.mean
