@@ -24,13 +24,14 @@ from geodiffusion.testing.checks import (
     sampler_errors,
 )
 from geodiffusion.testing.invariance import check_invariance_conditions, invariance_condition_errors
-from geodiffusion.testing.oracles import GaussianScore
+from geodiffusion.testing.oracles import GaussianScore, GPScore
 from geodiffusion.testing.tolerances import TOLERANCES, tolerance
 
 __all__ = [
     "strategies",
     "CheckError",
     "GaussianScore",
+    "GPScore",
     "TOLERANCES",
     "tolerance",
     "check_group",
