@@ -2,6 +2,7 @@
 
 from geodiffusion.experiments.base import Experiment, ExperimentSpec, merge_spec_dicts, write_json
 from geodiffusion.experiments.earth import EarthEarthquake, EarthExperiment, EarthFire, EarthFlood, EarthVolcano
+from geodiffusion.experiments.hypersphere import HypersphereExperiment, VMFMixture
 from geodiffusion.experiments.quickstart import QuickstartExperiment
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "EarthFlood",
     "EarthFire",
     "Experiment",
+    "HypersphereExperiment",
+    "VMFMixture",
     "ExperimentSpec",
     "QuickstartExperiment",
     "merge_spec_dicts",
