@@ -1,6 +1,16 @@
 """Forward noising processes."""
 
 from geodiffusion.processes.base import LinearGaussianProcess, Process, ScoreFn, TorchsdeReverse
+from geodiffusion.processes.bridges import (
+    DenoiserBridgeScore,
+    DiffusionBridge,
+    GaussianBridgeScore,
+    VEBridge,
+    VPBridge,
+    bridge_errors,
+    bridge_score_matching_loss,
+    check_bridge,
+)
 from geodiffusion.processes.distance import DistanceVEProcess, NoncentralChi3
 from geodiffusion.processes.distributions import DiagonalGaussian
 from geodiffusion.processes.euclidean import SubVPProcess, VEProcess, VPProcess
@@ -26,3 +36,5 @@ __all__ = [
     "UniformPrior",
     "HeatKernelScore",
 ]
+__all__ += ["DiffusionBridge", "VPBridge", "VEBridge", "DenoiserBridgeScore", "GaussianBridgeScore"]
+__all__ += ["bridge_score_matching_loss", "bridge_errors", "check_bridge"]

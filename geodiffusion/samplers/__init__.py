@@ -1,6 +1,7 @@
 """Samplers of the reverse dynamics, and likelihoods by the probability flow."""
 
 from geodiffusion.samplers.base import Sampler
+from geodiffusion.samplers.bridges import BridgeODESampler, BridgeSampler, BridgeSDESampler
 from geodiffusion.samplers.conditional import (
     ConditionalSampler,
     LangevinConditional,
@@ -27,3 +28,4 @@ __all__ += ["GeodesicEulerMaruyama", "RiemannianProbabilityFlow", "ChartODEOptio
 __all__ += ["riemannian_divergence", "riemannian_log_likelihood"]
 __all__ += ["ConditionalSampler", "LangevinConditional", "ReplacementConditional"]
 __all__ += ["marginal_log_likelihood", "conditional_log_likelihood"]
+__all__ += ["BridgeSampler", "BridgeSDESampler", "BridgeODESampler"]
