@@ -36,6 +36,17 @@ class ODEOptions(Spec):
         return {"method": self.method, "options": {"step_size": span / self.steps}}
 
 
+def _require_euclidean(process: Process, caller: str) -> None:
+    """Refuse a process on a manifold: the Euclidean dynamics would step off it and mis-measure densities."""
+    if process.manifold is not None:
+        raise ValueError(
+            f"{caller} integrates the reverse dynamics in flat ambient coordinates, but {type(process).__name__} lives on "
+            f"{type(process.manifold).__name__} (process.manifold is not None); use the Riemannian samplers: "
+            "geodesic_euler_maruyama (GeodesicEulerMaruyama), riemannian_probability_flow (RiemannianProbabilityFlow) "
+            "or riemannian_log_likelihood"
+        )
+
+
 def _check_eps(eps: float, process: Process) -> None:
     if not 0 <= eps < process.T:
         raise ValueError(f"eps: expected a value in [0, T={process.T}), got {eps}")
@@ -57,6 +68,7 @@ class ProbabilityFlowSampler(Sampler, kind="probability_flow"):
 
     def sample(self, score, process, shape, *, generator=None, device=None, dtype=None, x_T=None, progress=False) -> Tensor:
         s = self.spec
+        _require_euclidean(process, "probability_flow")
         _check_eps(s.eps, process)
         x = self.initial_state(process, shape, generator, device, dtype, x_T)
         counted = CountingScore(score, progress, None, f"probability flow ({s.method})")
@@ -105,6 +117,7 @@ def log_likelihood(
     estimator with one Rademacher probe per sample held fixed along the path (FFJORD).
     """
     options = options or ODEOptions()
+    _require_euclidean(process, "log_likelihood")
     _check_eps(options.eps, process)
     process.check_inputs(x, options.eps)
     batch = x.shape[0]

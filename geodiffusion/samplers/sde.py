@@ -14,6 +14,7 @@ from geodiffusion._random import randn, seed_from
 from geodiffusion.processes.base import Process, ScoreFn, TorchsdeReverse
 from geodiffusion.samplers._progress import CountingScore
 from geodiffusion.samplers.base import Sampler
+from geodiffusion.samplers.ode import _require_euclidean
 from geodiffusion.spec import Spec
 
 __all__ = ["SDESampler", "PredictorCorrector"]
@@ -44,6 +45,7 @@ class SDESampler(Sampler, kind="reverse_sde"):
 
     def sample(self, score, process, shape, *, generator=None, device=None, dtype=None, x_T=None, progress=False) -> Tensor:
         s = self.spec
+        _require_euclidean(process, "reverse_sde")
         _check_eps(s.eps, process)
         x = self.initial_state(process, shape, generator, device, dtype, x_T)
         event_shape = tuple(x.shape[1:])
@@ -82,6 +84,7 @@ class PredictorCorrector(Sampler, kind="predictor_corrector"):
 
     def sample(self, score, process, shape, *, generator=None, device=None, dtype=None, x_T=None, progress=False) -> Tensor:
         s = self.spec
+        _require_euclidean(process, "predictor_corrector")
         _check_eps(s.eps, process)
         x = self.initial_state(process, shape, generator, device, dtype, x_T)
         score = CountingScore(score, progress, s.steps * (1 + s.corrector_steps), "predictor-corrector")

@@ -18,8 +18,17 @@ from geodiffusion._validation import check_tensor
 from geodiffusion.processes.base import LinearGaussianProcess, Process
 from geodiffusion.spec import Spec
 from geodiffusion.training.checkpoint import load_checkpoint, save_checkpoint
+from geodiffusion.training.distributed import (
+    DistributedContext,
+    RankSlicedScore,
+    barrier,
+    broadcast_object,
+    local_device,
+    setup_distributed,
+)
 from geodiffusion.training.ema import EMA
 from geodiffusion.training.losses import Weighting, dsm_loss
+from geodiffusion.training.riemannian import riemannian_dsm_loss
 
 __all__ = ["TrainingSpec", "Trainer", "derive_seed"]
 
@@ -39,7 +48,9 @@ class TrainingSpec(Spec):
     """Optimisation settings of :class:`Trainer`."""
 
     steps: int = Field(2000, ge=1, description="number of optimiser steps")
-    batch_size: int = Field(256, ge=1, description="minibatch size (at most the number of data points)")
+    batch_size: int = Field(
+        256, ge=1, description="global minibatch size (at most the number of data points), split over the ranks of a DDP run"
+    )
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
     ema_decay: float = Field(0.999, ge=0, le=1, description="EMA decay beta (with warm-up min(beta, (1+n)/(10+n)))")
@@ -52,7 +63,9 @@ class TrainingSpec(Spec):
 
 
 class Trainer:
-    r"""Fits a score model :math:`s_\theta` to ``data`` by minimising :func:`dsm_loss` with AdamW.
+    r"""Fits a score model :math:`s_\theta` to ``data`` by minimising the DSM loss with AdamW: :func:`dsm_loss`
+    on :math:`\mathbb R^d`, :func:`~geodiffusion.training.riemannian_dsm_loss` (exact heat-kernel target, Riemannian
+    norm) when the process lives on a manifold (``process.manifold is not None``).
 
     Minibatches are consecutive slices of a per-epoch permutation drawn from a data generator
     (the tail of each epoch that does not fill a batch is skipped); times and noise come from a
@@ -60,6 +73,28 @@ class Trainer:
     with the model, its EMA, the optimiser, the permutation and the global RNG states, so that
     :meth:`fit` resumed from ``out_dir/checkpoints/last.pt`` ends bit-for-bit where an uninterrupted
     run ends (on CPU). Every ``log_every`` steps a JSON line goes to ``out_dir/train_log.jsonl``.
+
+    **Distributed data parallel.** Under ``torchrun`` (or with ``distributed=True`` in an initialised process
+    group) the model is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (gloo on CPU, NCCL on
+    GPU; a CUDA ``device`` without index becomes ``cuda:LOCAL_RANK``). ``spec.batch_size`` stays the *global*
+    batch: every rank draws the same permutation, times and noise, and runs the model on its contiguous slice
+    of the batch (:func:`~geodiffusion.training.distributed.batch_bounds`); the loss is the mean over the global
+    batch and DDP averages the gradients, so a step equals the single-process step to round-off (the
+    noising of the batch, which needs no model, is repeated on every rank). Only rank 0 writes checkpoints and
+    logs (a barrier follows each save); on resumption rank 0 reads the checkpoint and broadcasts it, so
+    ``out_dir`` need not be shared between nodes. Checkpoints hold the bare model (no ``module.`` prefix):
+    a DDP checkpoint resumes in a single process and vice versa. ``distributed=False`` trains alone even
+    under torchrun; models must use all their parameters in every forward (DDP's default) and should not
+    use batch statistics (BatchNorm sees a rank's slice only).
+
+    Launching ``geodiffusion run`` on several GPUs (the command line maps ``--device cuda`` to each worker's GPU
+    and lets only rank 0 write ``OUT``)::
+
+        # one node, 4 GPUs
+        torchrun --standalone --nproc_per_node=4 -m geodiffusion run quickstart --device cuda --out runs/q
+        # two nodes of 8 GPUs: run on each node, with its --node_rank (0 on the host at MASTER_ADDR)
+        torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 \
+            -m geodiffusion run quickstart --device cuda --out /shared/runs/q
 
     Shapes: ``data [N, *event_shape]``; the model maps ``(t [B], x [B, *event_shape])`` to ``[B, *event_shape]``.
     """
@@ -73,6 +108,7 @@ class Trainer:
         out_dir: str | Path | None = None,
         device: str | torch.device | None = None,
         progress: bool = True,
+        distributed: bool | None = None,
     ) -> None:
         spec = spec if isinstance(spec, TrainingSpec) else TrainingSpec.model_validate(spec)
         if not isinstance(model, nn.Module):
@@ -82,7 +118,13 @@ class Trainer:
         self._check_data(data, process, spec)
         if not spec.eps < process.T:
             raise ValueError(f"spec.eps ({spec.eps}) must be smaller than the process's T ({process.T})")
-        if spec.weighting == "sigma2" and not isinstance(process, LinearGaussianProcess):
+        if process.manifold is not None:
+            # Riemannian DSM: sigma_t^2 weighting needs the process's sigma(t); the marginal at t = 0 is a point mass
+            if spec.weighting == "sigma2" and not callable(getattr(process, "sigma", None)):
+                raise ValueError(f"weighting='sigma2' needs a process with sigma(t), got {type(process).__name__}")
+            if spec.eps <= 0:
+                raise ValueError(f"spec.eps must be positive for a process on a manifold (a point mass at t = 0), got {spec.eps}")
+        elif spec.weighting == "sigma2" and not isinstance(process, LinearGaussianProcess):
             raise ValueError(f"weighting='sigma2' needs a LinearGaussianProcess, got {type(process).__name__}")
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -93,11 +135,25 @@ class Trainer:
         self.spec = spec
         self.process = process
         self.device = torch.device(device) if device is not None else data.device
+        self.dist: DistributedContext | None = setup_distributed(self.device, distributed=distributed)
+        if self.dist is not None:
+            self.device = local_device(self.device)
+            if spec.batch_size < self.dist.world_size:
+                raise ValueError(
+                    f"batch_size ({spec.batch_size}) must be at least the world size ({self.dist.world_size}): "
+                    "every rank evaluates a slice of the global batch"
+                )
         self.model = model.to(self.device)
         self.data = data.to(self.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.progress = progress
+        self.progress = progress and (self.dist is None or self.dist.is_main)
         self._check_model_fits_data()
+        self._ddp: nn.Module | None = None
+        if self.dist is not None:
+            # DDP broadcasts rank 0's parameters and buffers at construction: every rank (and its EMA, copied
+            # below) starts from the same model whatever each rank initialised
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
         self.optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
         self.ema = EMA(self.model, spec.ema_decay)
@@ -157,6 +213,11 @@ class Trainer:
         return self.out_dir / "train_log.jsonl" if self.out_dir is not None else None
 
     @property
+    def is_main(self) -> bool:
+        """True on rank 0 of a distributed run and always in a single process: the writer of files."""
+        return self.dist is None or self.dist.is_main
+
+    @property
     def ema_model(self) -> nn.Module:
         """The EMA copy of the model (eval mode): the one to sample from."""
         return self.ema.model
@@ -183,6 +244,7 @@ class Trainer:
             "process_spec": spec_of(self.process),
             "history": list(self.history),
             "train_seconds": self.train_seconds,
+            "world_size": self.dist.world_size if self.dist is not None else 1,  # provenance only: resumable anywhere
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -212,7 +274,8 @@ class Trainer:
         self.train_seconds = float(state["train_seconds"])
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write a checkpoint atomically (default ``out_dir/checkpoints/last.pt``)."""
+        """Write a checkpoint atomically (default ``out_dir/checkpoints/last.pt``) from the calling rank
+        (:meth:`fit` calls it on rank 0 only)."""
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("no checkpoint path: pass one or give the Trainer an out_dir")
@@ -232,8 +295,36 @@ class Trainer:
         self._cursor += 1
         return self.data[idx.to(self.device)]
 
+    def _resume(self) -> bool:
+        """Load ``out_dir/checkpoints/last.pt`` if present (rank 0 reads it and broadcasts it to the other ranks)."""
+        if self.dist is None:
+            if self.checkpoint_path is not None and self.checkpoint_path.is_file():
+                self.load(self.checkpoint_path)
+                return True
+            return False
+        state = None
+        if self.dist.is_main and self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            # CPU tensors pickle to any rank's device; load_state_dict moves them to the parameters'
+            state = load_checkpoint(self.checkpoint_path, map_location="cpu")
+        state = broadcast_object(state, self.dist, self.device)
+        if state is not None:
+            self.load_state_dict(state)
+        return state is not None
+
+    def _checkpoint(self) -> None:
+        # every rank reaches the barrier at the same steps, whatever out_dir it was given
+        if self.is_main and self.checkpoint_path is not None:
+            self.save()
+        barrier(self.dist, self.device)
+
+    def _loss(self, x0: Tensor) -> Tensor:
+        # looked up at call time (module globals), so that the loss can be patched in tests
+        loss_fn = riemannian_dsm_loss if self.process.manifold is not None else dsm_loss
+        model = self.model if self._ddp is None else RankSlicedScore(self._ddp, self.dist)
+        return loss_fn(model, self.process, x0, generator=self.noise_generator, weighting=self.spec.weighting, eps=self.spec.eps)
+
     def _prepare_log(self, resumed: bool) -> None:
-        if self.log_path is None:
+        if self.log_path is None or not self.is_main:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         kept: list[str] = []
@@ -248,10 +339,7 @@ class Trainer:
         """Train to ``spec.steps`` (resuming from ``out_dir/checkpoints/last.pt`` when present);
         return the per-step loss history from step 1."""
         spec = self.spec
-        resumed = False
-        if self.step == 0 and self.checkpoint_path is not None and self.checkpoint_path.is_file():
-            self.load(self.checkpoint_path)
-            resumed = True
+        resumed = self._resume() if self.step == 0 else False
         self._prepare_log(resumed)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         bar = tqdm(total=spec.steps, initial=min(self.step, spec.steps), desc="training", unit="step", disable=not self.progress)
@@ -261,14 +349,17 @@ class Trainer:
         try:
             while self.step < spec.steps:
                 x0 = self._next_batch()
-                loss = dsm_loss(
-                    self.model, self.process, x0, generator=self.noise_generator, weighting=spec.weighting, eps=spec.eps
-                )
+                loss = self._loss(x0)
+                # the global-batch loss: the same value on every rank, so all ranks stop together on divergence
                 value = loss.item()
                 if not np.isfinite(value):
                     raise FloatingPointError(f"training diverged: loss is {value} at step {self.step + 1}")
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if self.dist is None:
+                    loss.backward()
+                else:
+                    # this rank's rows carry the gradient; DDP divides the sum over ranks by world_size
+                    (loss * self.dist.world_size).backward()
                 grad_norm = nn.utils.clip_grad_norm_(params, spec.grad_clip).item() if spec.grad_clip is not None else None
                 self.optimizer.step()
                 self.ema.update(self.model)
@@ -289,13 +380,13 @@ class Trainer:
                         }
                     )
                     window = []
-                if self.checkpoint_path is not None and (self.step % spec.checkpoint_every == 0 or self.step == spec.steps):
-                    self.save()
+                if self.step % spec.checkpoint_every == 0 or self.step == spec.steps:
+                    self._checkpoint()
         finally:
             bar.close()
         return list(self.history)
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.log_path is not None:
+        if self.log_path is not None and self.is_main:
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
