@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +17,7 @@ from pydantic import ValidationError
 from geodiffusion.experiments import Experiment
 from geodiffusion.registry import build, families, registry
 from geodiffusion.spec import load_spec_file
+from geodiffusion.training.distributed import env_world_size, launched_by_torchrun, local_device, setup_distributed
 
 __all__ = ["main", "build_parser"]
 
@@ -29,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="train, sample and evaluate an experiment",
         description="Train, sample and evaluate EXPERIMENT. The spec is the experiment's default (or its --quick variant), "
-        "with --config merged over it, then --seed; the resolved spec is written to OUT/spec.json.",
+        "with --config merged over it, then --seed; the resolved spec is written to OUT/spec.json. "
+        "Under torchrun (e.g. `torchrun --nproc_per_node=4 -m geodiffusion run EXPERIMENT --device cuda`) training is "
+        "data parallel over the workers (training.batch_size is the global batch), each worker uses cuda:LOCAL_RANK, "
+        "and only rank 0 writes OUT and prints.",
     )
     run.add_argument("experiment", help="registered experiment kind (see `geodiffusion list`)")
     run.add_argument("--config", type=Path, help="JSON or YAML file of spec fields merged over the default spec")
@@ -103,6 +109,19 @@ def _run(args: argparse.Namespace) -> int:
         experiment.check_out_dir(out_dir)
     except ValueError as err:
         return _fail(str(err))
+    if launched_by_torchrun() and env_world_size() > 1:
+        device = local_device(device)
+        if not torch.distributed.is_initialized():
+            # release the group we are about to create when the command ends
+            atexit.register(lambda: torch.distributed.destroy_process_group() if torch.distributed.is_initialized() else None)
+        # one process group for every trainer of the run (their DDP steps keep the workers in lockstep)
+        context = setup_distributed(device)
+        if context is not None and not context.is_main:
+            # ranks > 0 run the same experiment (their trainers take part in each step) into a scratch folder:
+            # rank 0 alone writes OUT (checkpoints, logs, metrics, plots) and prints
+            with tempfile.TemporaryDirectory(prefix=f"geodiffusion-rank{context.rank}-") as scratch:
+                experiment.execute(Path(scratch), device=device, progress=False)
+            return 0
     print(f"running {args.experiment}{' (quick)' if args.quick else ''} into {out_dir}", flush=True)
     start = time.perf_counter()
     metrics = experiment.execute(out_dir, device=device, progress=not args.no_progress)

@@ -3,6 +3,8 @@ checkpoints move between DDP and single-process runs; the Trainer dispatches to 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -14,8 +16,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import TINY_QUICKSTART
 
 import geodiffusion as gd
+from geodiffusion.cli import main
 from geodiffusion.training import Trainer, TrainingSpec, derive_seed, riemannian_dsm_loss
 from geodiffusion.training.distributed import RankSlicedScore, batch_bounds, setup_distributed
 
@@ -48,9 +52,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def torchrun_env(rank: int, port: int) -> None:
+    """The variables torchrun sets for worker ``rank`` of ``WORLD`` on one node."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
 def _worker(rank: int, port: int, root: str) -> None:
     """One torchrun-like worker: the Trainer finds the process group from the environment variables alone."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torchrun_env(rank, port)
     torch.set_num_threads(1)
     root_path = Path(root)
     process, data = gd.VPProcess(), gaussian_data()
@@ -73,9 +82,9 @@ def _worker(rank: int, port: int, root: str) -> None:
             dist.destroy_process_group()
 
 
-def run_workers(root: Path, timeout_s: float = 120.0) -> None:
+def run_workers(root: Path, worker=_worker, timeout_s: float = 120.0) -> None:
     # fork: the workers inherit the imported package (a fresh interpreter would spend ~15 s importing it)
-    context = mp.start_processes(_worker, args=(free_port(), str(root)), nprocs=WORLD, join=False, start_method="fork")
+    context = mp.start_processes(worker, args=(free_port(), str(root)), nprocs=WORLD, join=False, start_method="fork")
     deadline = time.monotonic() + timeout_s
     while not context.join(timeout=1.0):
         if time.monotonic() > deadline:
@@ -167,6 +176,43 @@ def test_a_single_process_checkpoint_resumes_under_ddp(runs):
     difference = max_difference(trainer_state(root / "from_single" / "checkpoints" / "last.pt"), single)
     assert difference < ROUND_OFF, difference
     assert runs["seconds"] < 60, runs["seconds"]
+
+
+def _cli_worker(rank: int, port: int, root: str) -> None:
+    """``torchrun --nproc_per_node=2 -m geodiffusion run quickstart ...``, one worker."""
+    torchrun_env(rank, port)
+    root_path = Path(root)
+    argv = ["run", "quickstart", "--quick", "--config", str(root_path / "tiny.json"), "--out", str(root_path / "out")]
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = main([*argv, "--no-progress"])
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    (root_path / f"stdout{rank}.txt").write_text(f"{code}\n{out.getvalue()}")
+
+
+def test_cli_run_under_torchrun_trains_data_parallel_and_only_rank_zero_writes(tmp_path):
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_QUICKSTART))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_workers(tmp_path, _cli_worker)
+    finally:
+        torch.set_num_threads(threads)
+    code0, *lines0 = (tmp_path / "stdout0.txt").read_text().splitlines()
+    assert code0 == "0" and "metrics:" in lines0
+    assert (tmp_path / "stdout1.txt").read_text() == "0\n"  # rank 1: exit code 0, nothing printed
+    out = tmp_path / "out"
+    assert {"spec.json", "metrics.json", "samples.png", "loss.png"} <= {p.name for p in out.iterdir()}
+    steps = TINY_QUICKSTART["training"]["steps"]
+    for name in ("mlp", "frame_averaged"):
+        state = torch.load(out / name / "checkpoints" / "last.pt", weights_only=True)
+        assert state["world_size"] == WORLD and state["step"] == steps
+        logged = [json.loads(line)["step"] for line in (out / name / "train_log.jsonl").read_text().splitlines()]
+        assert logged == list(range(5, steps + 1, 5))  # each step logged once: rank 0 only
+    assert all(v is None or math.isfinite(v) for v in json.loads((out / "metrics.json").read_text()).values())
 
 
 # --- the building blocks ---------------------------------------------------------------------------------
