@@ -1,6 +1,7 @@
 """Datasets: generated toy data with exact densities, and the earth-science events on S^2 shipped with the package."""
 
 from geodiffusion.data.earth import EARTH_DATASETS, lat_lon_to_sphere, load_earth, load_events, random_split, sphere_to_lat_lon
+from geodiffusion.data.functions import SCALAR_FUNCTIONS, VECTOR_FIELDS, data_kernel, sample_functions, sample_vector_fields
 from geodiffusion.data.toy import RingOfGaussians, ring_centres, ring_of_gaussians, ring_of_gaussians_log_prob
 
 __all__ = [
@@ -15,3 +16,4 @@ __all__ = [
     "ring_of_gaussians_log_prob",
     "ring_centres",
 ]
+__all__ += ["SCALAR_FUNCTIONS", "VECTOR_FIELDS", "data_kernel", "sample_functions", "sample_vector_fields"]

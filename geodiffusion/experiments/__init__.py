@@ -2,6 +2,7 @@
 
 from geodiffusion.experiments.base import Experiment, ExperimentSpec, merge_spec_dicts, write_json
 from geodiffusion.experiments.earth import EarthEarthquake, EarthExperiment, EarthFire, EarthFlood, EarthVolcano
+from geodiffusion.experiments.gp import GP1DExperiment, VectorField2DExperiment
 from geodiffusion.experiments.hypersphere import HypersphereExperiment, VMFMixture
 from geodiffusion.experiments.quickstart import QuickstartExperiment
 
@@ -19,3 +20,4 @@ __all__ = [
     "merge_spec_dicts",
     "write_json",
 ]
+__all__ += ["GP1DExperiment", "VectorField2DExperiment"]

@@ -1,0 +1,427 @@
+r"""Function-space experiments of Geometric Neural Diffusion Processes (Mathieu et al., 2023, Sec. 5):
+``gp-1d`` (1-d regression, NDP benchmarks) and ``vector-field-2d`` (equivariant vs non-equivariant networks on
+curl-free / divergence-free GP fields, data efficiency).
+
+Both train function score networks by DSM on :class:`~geodiffusion.processes.gp.OUGaussianProcess` (context keyword
+``inputs``) and report the conditional test log-likelihood per target point,
+:math:`\tfrac1{n_*}\log p_\varepsilon(y_* \mid y_c)` by the probability flow
+(:func:`~geodiffusion.samplers.conditional.conditional_log_likelihood`), against the exact GP posterior
+predictive where the data are a GP (an upper bound in expectation: it is the true law).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+
+from geodiffusion.data.functions import (
+    SCALAR_FUNCTIONS,
+    ScalarFunction,
+    VectorField,
+    data_kernel,
+    sample_functions,
+    sample_vector_fields,
+)
+from geodiffusion.experiments.base import Experiment, ExperimentSpec
+from geodiffusion.models.base import ScoreModel
+from geodiffusion.processes.base import Process
+from geodiffusion.processes.gp import OUGaussianProcess
+from geodiffusion.registry import build
+from geodiffusion.samplers.conditional import ConditionalSampler, ReplacementConditional, conditional_log_likelihood
+from geodiffusion.samplers.ode import ODEOptions
+from geodiffusion.spec import Spec, component_spec
+from geodiffusion.training.functions import FunctionTrainer, FunctionTrainingSpec, derive_function_seed
+
+__all__ = ["GP1DExperiment", "VectorField2DExperiment", "LikelihoodSpec", "gp_conditional_log_likelihood"]
+
+_WHITE_1D = {"kind": "white_noise", "variance": 0.05}
+_PROCESS_1D = {
+    "kind": "ou_gp",
+    "kernel": {"kind": "kernel_sum", "kernels": [{"kind": "squared_exponential", "lengthscale": 0.5}, _WHITE_1D]},
+}
+# an isotropic kernel k(x, x') I is E(2)-equivariant: the limiting GP, hence the whole model, keeps the symmetry
+_PROCESS_2D = {
+    "kind": "ou_gp",
+    "kernel": {
+        "kind": "kernel_sum",
+        "kernels": [
+            {"kind": "squared_exponential", "lengthscale": 1.0, "input_dim": 2, "output_dim": 2},
+            {"kind": "white_noise", "variance": 0.01, "input_dim": 2, "output_dim": 2},
+        ],
+    },
+}
+
+
+class LikelihoodSpec(Spec):
+    """How conditional log-likelihoods are computed by the probability flow."""
+
+    ode: ODEOptions = Field(ODEOptions(method="rk4", steps=50), description="probability-flow ODE integration")
+    exact_max_dim: int = Field(64, ge=0, description="exact divergence up to this many value coordinates, else Hutchinson")
+
+
+def gp_conditional_log_likelihood(
+    kernel, context_inputs: Tensor, context_values: Tensor, inputs: Tensor, values: Tensor
+) -> Tensor:
+    r""":math:`\log \mathcal{N}(y_* ; \mu_{*|c}, \Sigma_{*|c})` per function ``[B]`` of the exact zero-mean GP with
+    ``kernel`` (batched ``[B, n, m]`` / ``[B, n, d]`` tensors), in float64."""
+    nc = context_inputs.shape[-2] * kernel.output_dim
+    x = torch.cat([context_inputs, inputs], -2).to(torch.float64)
+    gram = kernel.gram(x)
+    gram = gram + 1e-9 * torch.eye(gram.shape[-1], dtype=torch.float64)
+    k_cc, k_tc, k_tt = gram[..., :nc, :nc], gram[..., nc:, :nc], gram[..., nc:, nc:]
+    chol = torch.linalg.cholesky(k_cc)
+    yc = context_values.to(torch.float64).flatten(-2).unsqueeze(-1)
+    mean = (k_tc @ torch.cholesky_solve(yc, chol)).squeeze(-1)
+    cov = k_tt - k_tc @ torch.cholesky_solve(k_tc.mT, chol)
+    law = torch.distributions.MultivariateNormal(mean, covariance_matrix=0.5 * (cov + cov.mT))
+    return law.log_prob(values.to(torch.float64).flatten(-2))
+
+
+class _FunctionExperiment(Experiment, register=False):
+    """Shared plumbing: seeded model building, training, conditional likelihoods, throughput."""
+
+    threads = 1  # small networks: extra intra-op threads only oversubscribe shared cores
+
+    def _train(self, model_spec, process, inputs, values, out_dir: Path, device, progress, *keys) -> tuple[ScoreModel, float]:
+        s = self.spec
+        dtype = getattr(torch, s.dtype)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_function_seed(s.seed, "init", *keys) % 2**31)
+            model = build(model_spec, ScoreModel).to(dtype)
+        training = s.training.model_copy(update={"seed": derive_function_seed(s.training.seed, *keys) % 2**31})
+        trainer = FunctionTrainer(model, process, inputs, values, training, out_dir, device, progress)
+        trainer.fit()
+        return trainer.ema_model, trainer.train_seconds
+
+    def _conditional_ll(self, score, process, xc, yc, xt, yt, *keys) -> float:
+        s = self.spec
+        gen = torch.Generator().manual_seed(derive_function_seed(s.seed, "likelihood", *keys))
+        ll = conditional_log_likelihood(
+            score, process, yt, xt, yc, xc, options=s.likelihood.ode, exact_max_dim=s.likelihood.exact_max_dim, generator=gen
+        )
+        return float(ll.mean()) / yt.shape[1]
+
+    def _throughput(self, model, process, inputs: Tensor) -> float:
+        """Functions per second drawn by the reverse SDE (no context) at ``inputs [n, m]``."""
+        s = self.spec
+        sampler = ReplacementConditional(steps=s.throughput_steps)
+        gen = torch.Generator().manual_seed(derive_function_seed(s.seed, "throughput"))
+        start = time.perf_counter()
+        with torch.no_grad():
+            sampler.sample(model, process, inputs, n_samples=s.throughput_batch, generator=gen)
+        return s.throughput_batch / (time.perf_counter() - start)
+
+
+class GP1DExperiment(_FunctionExperiment, kind="gp-1d"):
+    r"""1-d regression (Dutordoir et al., 2023; GeomNDP Sec. 5.1): for each dataset, the bi-dimensional attention
+    network and the non-equivariant MLP baseline are trained on functions with inputs in :math:`[-2, 2]` and
+    evaluated on test functions whose inputs lie in :math:`[-2, 2]` (``interpolation``) or :math:`[2, 6]`
+    (``generalisation``): the first ``n_context`` points are the context, the next ``n_target`` the targets.
+
+    Metrics per dataset ``D`` and split ``S`` (nats per target point): ``D/S/model_ll``, ``D/S/baseline_ll`` and, for
+    GP data, ``D/S/gp_ll`` (exact posterior predictive) and ``D/S/gap`` = gp - model; ``D/train_seconds``,
+    ``functions_per_second`` (reverse SDE, ``throughput_steps`` steps, 100 points). Plots: ``D_posterior.png``
+    (context, model conditional samples with a 2-std band, the exact GP band where available).
+    """
+
+    quick_overrides = {
+        "n_train": 256,
+        "n_points": 24,
+        "n_test": 8,
+        "n_context": 4,
+        "n_target": 6,
+        "model": {"hidden": 32, "heads": 4, "layers": 2},
+        "baseline": {"max_points": 24, "hidden": 128, "depth": 2},
+        "training": {"steps": 120, "batch_size": 16, "lr": 2e-3, "ema_decay": 0.95, "min_points": 4, "checkpoint_every": 120},
+        "likelihood": {"ode": {"method": "rk4", "steps": 6}, "exact_max_dim": 0},
+        "sampler": {"kind": "replacement_conditional", "steps": 30},
+        "n_plot_samples": 8,
+        "throughput_steps": 20,
+        "throughput_batch": 8,
+    }
+
+    class Spec(ExperimentSpec):
+        """1-d regression on SE, Matern-5/2, weakly periodic, sawtooth and step functions."""
+
+        datasets: list[ScalarFunction] = Field(list(SCALAR_FUNCTIONS), min_length=1, description="function families")
+        n_train: int = Field(4096, ge=1, description="training functions per dataset")
+        n_points: int = Field(50, ge=2, description="points per training function")
+        n_test: int = Field(64, ge=1, description="test functions per dataset and split")
+        n_context: int = Field(5, ge=1, description="context points per test function")
+        n_target: int = Field(20, ge=1, description="target points per test function")
+        noise: float = Field(0.05, ge=0, description="observation noise std of every dataset")
+        process: component_spec(Process) = Field(_PROCESS_1D, description="OU process with a GP limit")
+        model: component_spec(ScoreModel) = Field(
+            {"kind": "bidim_attention", "hidden": 64, "heads": 4, "layers": 4}, description="permutation-equivariant network"
+        )
+        baseline: component_spec(ScoreModel) = Field(
+            {"kind": "function_mlp", "max_points": 50, "hidden": 256, "depth": 3}, description="non-equivariant baseline"
+        )
+        sampler: component_spec(ConditionalSampler) = Field(
+            {"kind": "langevin_conditional"}, description="conditional sampler of the posterior plots"
+        )
+        training: FunctionTrainingSpec = Field(
+            FunctionTrainingSpec(steps=4000, batch_size=32, lr=1e-3, ema_decay=0.995, min_points=5),
+            description="optimisation settings (one run per dataset and network)",
+        )
+        likelihood: LikelihoodSpec = Field(LikelihoodSpec(), description="probability-flow likelihood settings")
+        n_plot_samples: int = Field(32, ge=1, description="conditional samples in the posterior plot")
+        throughput_steps: int = Field(100, ge=1, description="reverse-SDE steps of the throughput measurement")
+        throughput_batch: int = Field(64, ge=1, description="functions per batch of the throughput measurement")
+        dtype: Literal["float32", "float64"] = Field("float32", description="dtype of data and networks")
+
+        @model_validator(mode="after")
+        def _consistent(self):
+            if not isinstance(self.process, OUGaussianProcess.Spec):
+                raise ValueError(f"process: expected an ou_gp process, got {self.process!r}")
+            for name in ("model", "baseline"):
+                spec = getattr(self, name)
+                if getattr(spec, "input_dim", 1) != 1 or getattr(spec, "output_dim", 1) != 1:
+                    raise ValueError(f"{name}: expected a network of scalar functions on R (input_dim = output_dim = 1)")
+            if self.baseline.kind == "function_mlp" and self.baseline.max_points < max(
+                self.n_points, self.n_context + self.n_target
+            ):
+                raise ValueError(f"baseline.max_points ({self.baseline.max_points}) is below the largest set size")
+            if self.training.batch_size > self.n_train:
+                raise ValueError(f"training.batch_size ({self.training.batch_size}) exceeds n_train ({self.n_train})")
+            return self
+
+    def run(self, out_dir: Path, *, device: torch.device, progress: bool) -> dict[str, float]:
+        s = self.spec
+        dtype = getattr(torch, s.dtype)
+        process = build(s.process, Process)
+        metrics: dict[str, float] = {}
+        first_model = None
+        for name in s.datasets:
+            gen = torch.Generator().manual_seed(derive_function_seed(s.seed, "train", name))
+            x, y = sample_functions(name, s.n_train, s.n_points, noise=s.noise, generator=gen, dtype=dtype)
+            model, seconds = self._train(s.model, process, x, y, out_dir / name / "model", device, progress, name, "model")
+            baseline, b_seconds = self._train(
+                s.baseline, process, x, y, out_dir / name / "baseline", device, progress, name, "baseline"
+            )
+            if first_model is None:
+                first_model = model
+            metrics[f"{name}/train_seconds"] = seconds
+            metrics[f"{name}/baseline_train_seconds"] = b_seconds
+            kernel = data_kernel(name, s.noise)
+            for split, (low, high) in (("interpolation", (-2.0, 2.0)), ("generalisation", (2.0, 6.0))):
+                tgen = torch.Generator().manual_seed(derive_function_seed(s.seed, "test", name, split))
+                tx, ty = sample_functions(
+                    name, s.n_test, s.n_context + s.n_target, low=low, high=high, noise=s.noise, generator=tgen, dtype=dtype
+                )
+                tx, ty = tx.to(device), ty.to(device)
+                xc, yc, xt, yt = tx[:, : s.n_context], ty[:, : s.n_context], tx[:, s.n_context :], ty[:, s.n_context :]
+                key = f"{name}/{split}"
+                metrics[f"{key}/model_ll"] = self._conditional_ll(model, process, xc, yc, xt, yt, name, split)
+                metrics[f"{key}/baseline_ll"] = self._conditional_ll(baseline, process, xc, yc, xt, yt, name, split)
+                if kernel is not None:
+                    gp = float(gp_conditional_log_likelihood(kernel, xc.cpu(), yc.cpu(), xt.cpu(), yt.cpu()).mean()) / s.n_target
+                    metrics[f"{key}/gp_ll"] = gp
+                    metrics[f"{key}/gap"] = gp - metrics[f"{key}/model_ll"]
+                if split == "interpolation":
+                    self._plot_posterior(
+                        out_dir / f"{name}_posterior.png", name, model, process, kernel, xc[0], yc[0], device, dtype
+                    )
+        grid = torch.linspace(-2, 2, 100, dtype=dtype, device=device).unsqueeze(-1)
+        metrics["functions_per_second"] = self._throughput(first_model, process, grid)
+        return metrics
+
+    def _plot_posterior(self, path: Path, name: str, model, process, kernel, xc: Tensor, yc: Tensor, device, dtype) -> None:
+        from matplotlib.figure import Figure
+
+        s = self.spec
+        sampler = build(s.sampler, ConditionalSampler)
+        grid = torch.linspace(-2.5, 2.5, 60, dtype=dtype, device=device).unsqueeze(-1)
+        gen = torch.Generator().manual_seed(derive_function_seed(s.seed, "plot", name))
+        with torch.no_grad():
+            samples = sampler.sample(
+                model, process, grid, context_inputs=xc, context_values=yc, n_samples=s.n_plot_samples, generator=gen
+            )
+        g, smp = grid[:, 0].cpu().double(), samples[..., 0].cpu().double()
+        fig = Figure(figsize=(7, 3.6), layout="constrained")
+        ax = fig.subplots()
+        for row in smp[: min(8, len(smp))]:
+            ax.plot(g, row, color="C0", alpha=0.35, lw=0.8)
+        mean, std = smp.mean(0), smp.std(0) if len(smp) > 1 else torch.zeros_like(g)
+        ax.fill_between(g, mean - 2 * std, mean + 2 * std, color="C0", alpha=0.2, label="model mean ± 2 std")
+        if kernel is not None:
+            kt = kernel.gram(torch.cat([xc.cpu().double(), g.unsqueeze(-1)], 0))
+            nc = xc.shape[0]
+            chol = torch.linalg.cholesky(kt[:nc, :nc] + 1e-9 * torch.eye(nc, dtype=torch.float64))
+            mu = (kt[nc:, :nc] @ torch.cholesky_solve(yc.cpu().double(), chol)).squeeze(-1)
+            var = torch.diagonal(kt[nc:, nc:] - kt[nc:, :nc] @ torch.cholesky_solve(kt[:nc, nc:], chol)).clamp_min(0)
+            ax.plot(g, mu, "k--", lw=1, label="exact GP mean")
+            ax.plot(g, mu + 2 * var.sqrt(), "k:", lw=1)
+            ax.plot(g, mu - 2 * var.sqrt(), "k:", lw=1, label="exact GP ± 2 std")
+        ax.scatter(xc[:, 0].cpu(), yc[:, 0].cpu(), color="red", zorder=3, label="context")
+        ax.set_title(f"{name}: conditional samples")
+        ax.legend(fontsize=7, loc="upper right")
+        fig.savefig(path, dpi=100)
+
+
+class VectorField2DExperiment(_FunctionExperiment, kind="vector-field-2d"):
+    r"""Data efficiency on curl-free and divergence-free GP vector fields on :math:`\mathbb{R}^2` (GeomNDP Sec. 5.2):
+    the E(2)-equivariant EGNN and a non-equivariant network (bi-dimensional attention: permutation- but not
+    rotation-equivariant) are trained on ``train_sizes`` functions each and evaluated by the conditional
+    log-likelihood per target point (nats per 2-d vector) against the exact GP.
+
+    Metrics: ``D/n<size>/<network>_ll``, ``D/gp_ll``, ``D/n<size>/<network>_train_seconds``. Plots:
+    ``data_efficiency.png`` (likelihood vs training-set size) and ``D_fields.png`` (a test field, its context and the
+    networks' conditional means).
+    """
+
+    quick_overrides = {
+        "train_sizes": [16, 128],
+        "n_points": 12,
+        "n_test": 8,
+        "n_context": 4,
+        "n_target": 4,
+        "model": {"hidden": 32, "channels": 4, "layers": 2, "rbf": 8},
+        "baseline": {"hidden": 32, "heads": 4, "layers": 2},
+        "training": {"steps": 120, "batch_size": 16, "lr": 2e-3, "ema_decay": 0.95, "min_points": 4, "checkpoint_every": 120},
+        "likelihood": {"ode": {"method": "rk4", "steps": 6}, "exact_max_dim": 0},
+        "sampler": {"kind": "replacement_conditional", "steps": 30},
+        "n_plot_samples": 4,
+        "throughput_steps": 20,
+        "throughput_batch": 8,
+    }
+
+    class Spec(ExperimentSpec):
+        """Equivariant vs non-equivariant networks on curl-free and divergence-free GP fields."""
+
+        datasets: list[VectorField] = Field(["curl_free", "divergence_free"], min_length=1, description="field families")
+        train_sizes: list[int] = Field([32, 128, 512, 2048], min_length=1, description="numbers of training functions")
+        n_points: int = Field(30, ge=2, description="points per training field")
+        radius: float = Field(3.0, gt=0, description="inputs are uniform in the disc of this radius")
+        n_test: int = Field(32, ge=1, description="test fields per dataset")
+        n_context: int = Field(10, ge=1, description="context points per test field")
+        n_target: int = Field(10, ge=1, description="target points per test field")
+        noise: float = Field(0.05, ge=0, description="observation noise std")
+        process: component_spec(Process) = Field(_PROCESS_2D, description="OU process with an E(2)-equivariant GP limit")
+        model: component_spec(ScoreModel) = Field(
+            {"kind": "egnn", "hidden": 64, "channels": 8, "layers": 4}, description="E(2)-equivariant network"
+        )
+        baseline: component_spec(ScoreModel) = Field(
+            {"kind": "bidim_attention", "input_dim": 2, "output_dim": 2, "hidden": 64, "heads": 4, "layers": 4},
+            description="non-equivariant (under rotations) network",
+        )
+        sampler: component_spec(ConditionalSampler) = Field(
+            {"kind": "langevin_conditional"}, description="conditional sampler of the field plots"
+        )
+        training: FunctionTrainingSpec = Field(
+            FunctionTrainingSpec(steps=3000, batch_size=32, lr=1e-3, ema_decay=0.995, min_points=10),
+            description="optimisation settings (one run per dataset, size and network)",
+        )
+        likelihood: LikelihoodSpec = Field(LikelihoodSpec(), description="probability-flow likelihood settings")
+        n_plot_samples: int = Field(16, ge=1, description="conditional samples averaged in the field plots")
+        throughput_steps: int = Field(100, ge=1, description="reverse-SDE steps of the throughput measurement")
+        throughput_batch: int = Field(64, ge=1, description="fields per batch of the throughput measurement")
+        dtype: Literal["float32", "float64"] = Field("float32", description="dtype of data and networks")
+
+        @model_validator(mode="after")
+        def _consistent(self):
+            if not isinstance(self.process, OUGaussianProcess.Spec):
+                raise ValueError(f"process: expected an ou_gp process, got {self.process!r}")
+            for name in ("model", "baseline"):
+                spec = getattr(self, name)
+                if getattr(spec, "input_dim", None) != 2 or getattr(spec, "output_dim", None) != 2:
+                    raise ValueError(f"{name}: expected a network of vector fields R^2 -> R^2 (input_dim = output_dim = 2)")
+            if self.training.batch_size > min(self.train_sizes):
+                raise ValueError(f"training.batch_size ({self.training.batch_size}) exceeds the smallest training size")
+            return self
+
+    def run(self, out_dir: Path, *, device: torch.device, progress: bool) -> dict[str, float]:
+        s = self.spec
+        dtype = getattr(torch, s.dtype)
+        process = build(s.process, Process)
+        metrics: dict[str, float] = {}
+        sizes = sorted(s.train_sizes)
+        curves: dict[str, dict[str, list[float]]] = {}
+        for name in s.datasets:
+            gen = torch.Generator().manual_seed(derive_function_seed(s.seed, "train", name))
+            # nested training sets: the first n functions of one pool, so the curve measures data alone
+            pool_x, pool_y = sample_vector_fields(
+                name, sizes[-1], s.n_points, radius=s.radius, noise=s.noise, generator=gen, dtype=dtype
+            )
+            tgen = torch.Generator().manual_seed(derive_function_seed(s.seed, "test", name))
+            tx, ty = sample_vector_fields(
+                name, s.n_test, s.n_context + s.n_target, radius=s.radius, noise=s.noise, generator=tgen, dtype=dtype
+            )
+            tx, ty = tx.to(device), ty.to(device)
+            xc, yc, xt, yt = tx[:, : s.n_context], ty[:, : s.n_context], tx[:, s.n_context :], ty[:, s.n_context :]
+            gp = float(gp_conditional_log_likelihood(data_kernel(name, s.noise), xc.cpu(), yc.cpu(), xt.cpu(), yt.cpu()).mean())
+            metrics[f"{name}/gp_ll"] = gp / s.n_target
+            curves[name] = {"model": [], "baseline": []}
+            trained = {}
+            for n in sizes:
+                for which in ("model", "baseline"):
+                    net, seconds = self._train(
+                        getattr(s, which),
+                        process,
+                        pool_x[:n],
+                        pool_y[:n],
+                        out_dir / name / f"n{n}" / which,
+                        device,
+                        progress,
+                        name,
+                        n,
+                        which,
+                    )
+                    ll = self._conditional_ll(net, process, xc, yc, xt, yt, name, n, which)
+                    metrics[f"{name}/n{n}/{which}_ll"] = ll
+                    metrics[f"{name}/n{n}/{which}_train_seconds"] = seconds
+                    curves[name][which].append(ll)
+                    trained[which] = net
+            self._plot_fields(out_dir / f"{name}_fields.png", name, trained, process, xc[0], yc[0], xt[0], yt[0])
+            if "functions_per_second" not in metrics:
+                grid = sample_vector_fields(name, 1, 100, radius=s.radius, generator=gen, dtype=dtype)[0][0].to(device)
+                metrics["functions_per_second"] = self._throughput(trained["model"], process, grid)
+        self._plot_efficiency(out_dir / "data_efficiency.png", sizes, curves, metrics)
+        return metrics
+
+    def _plot_efficiency(self, path: Path, sizes: list[int], curves, metrics) -> None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4.2 * len(curves), 3.4), layout="constrained")
+        axes = fig.subplots(1, len(curves), squeeze=False)[0]
+        labels = {
+            "model": f"{self.spec.model.kind} (E(2)-equivariant)",
+            "baseline": f"{self.spec.baseline.kind} (not equivariant)",
+        }
+        for ax, (name, curve) in zip(axes, curves.items(), strict=True):
+            for which, values in curve.items():
+                ax.plot(sizes, values, "o-", label=labels[which])
+            ax.axhline(metrics[f"{name}/gp_ll"], color="k", ls="--", lw=1, label="exact GP")
+            ax.set_xscale("log")
+            ax.set_xlabel("training functions")
+            ax.set_ylabel("conditional log-lik. per target point")
+            ax.set_title(name)
+            ax.legend(fontsize=7)
+        fig.savefig(path, dpi=100)
+
+    def _plot_fields(self, path: Path, name: str, nets: dict, process, xc, yc, xt, yt) -> None:
+        from matplotlib.figure import Figure
+
+        s = self.spec
+        sampler = build(s.sampler, ConditionalSampler)
+        fig = Figure(figsize=(4 * (1 + len(nets)), 3.8), layout="constrained")
+        axes = fig.subplots(1, 1 + len(nets))
+        panels = [("test field", yt)]
+        for which, net in nets.items():
+            gen = torch.Generator().manual_seed(derive_function_seed(s.seed, "plot", name, which))
+            with torch.no_grad():
+                samples = sampler.sample(
+                    net, process, xt, context_inputs=xc, context_values=yc, n_samples=s.n_plot_samples, generator=gen
+                )
+            panels.append((f"{getattr(s, which).kind}: conditional mean", samples.mean(0)))
+        for ax, (title, field) in zip(axes, panels, strict=True):
+            ax.quiver(*xt.cpu().T, *field.detach().cpu().T, color="C0", angles="xy")
+            ax.quiver(*xc.cpu().T, *yc.cpu().T, color="red", angles="xy")
+            ax.set_aspect("equal")
+            ax.set_title(title, fontsize=9)
+        fig.savefig(path, dpi=100)

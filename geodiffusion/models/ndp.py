@@ -1,0 +1,204 @@
+r"""Score networks over sets of :math:`(x, y)` pairs: finite marginals of a function :math:`y = f(x)`.
+
+A function score network maps time :math:`t`, values ``y [B, N, d_out]`` and their inputs ``x [B, N, d_in]``
+(context keyword ``inputs``, as :class:`~geodiffusion.processes.gp.OUGaussianProcess` and the conditional samplers
+pass it) to an output ``[B, N, d_out]`` in the process's score parametrisation.
+
+Called without ``inputs``, the state is the *graph* :math:`\{(x_i, y_i)\}` packed as ``[B, N, d_in + d_out]`` and
+the output has the same layout with a zero input block (the inputs carry no noise, so the score of the graph's law
+has no input component). This is what lets the generic contract (``check_equivariant(lambda z: model(t, z), ...)``)
+test a joint action on inputs and values with a group acting on graphs, e.g. permutations of the points.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from geodiffusion._random import randn
+from geodiffusion.groups.base import Group
+from geodiffusion.groups.permutation import Permutations
+from geodiffusion.models.base import ScoreModel
+from geodiffusion.models.layers import Activation, SinusoidalTimeEmbedding, activation
+from geodiffusion.spec import Spec
+
+__all__ = ["FunctionScoreModel", "BiDimensionalAttention", "FunctionMLP"]
+
+
+class _FunctionSpec(Spec):
+    input_dim: int = Field(1, ge=1, description="dimension d_in of the inputs x")
+    output_dim: int = Field(1, ge=1, description="dimension d_out of the values y")
+    n_points: int = Field(5, ge=1, description="points of the example input (and of the claimed group S_N)")
+
+
+class FunctionScoreModel(ScoreModel):
+    r""":math:`s_\theta(t, x, y)`: a score network over the finite marginal :math:`y = (f(x_1), \dots, f(x_N))`.
+
+    Shapes: ``t [B]`` or ``[]``, ``x`` (values) ``[B, N, d_out]``, ``inputs [B, N, d_in]`` or ``[N, d_in]``
+    :math:`\to` ``[B, N, d_out]``; without ``inputs``, ``x`` is the packed graph ``[B, N, d_in + d_out]`` and the
+    output is ``[B, N, d_in + d_out]`` with zeros in the input block.
+    """
+
+    @abstractmethod
+    def score(self, t: Tensor, inputs: Tensor, values: Tensor) -> Tensor:
+        r""":math:`s_\theta(t, x, y)` for ``t [B]``, ``inputs [B, N, d_in]``, ``values [B, N, d_out]``."""
+
+    def forward(self, t: Tensor, x: Tensor, inputs: Tensor | None = None, **context: Any) -> Tensor:
+        s = self.spec
+        d_in, d_out = s.input_dim, s.output_dim
+        packed = inputs is None
+        if packed:
+            if x.dim() != 3 or x.shape[-1] != d_in + d_out:
+                raise ValueError(
+                    f"{type(self).__name__}: without inputs, expected the graph [B, N, {d_in} + {d_out}], got {list(x.shape)}"
+                )
+            inputs, values = x[..., :d_in], x[..., d_in:]
+        else:
+            values = x
+            if values.dim() != 3 or values.shape[-1] != d_out:
+                raise ValueError(f"{type(self).__name__}: expected values [B, N, {d_out}], got {list(values.shape)}")
+            if inputs.dim() == 2:
+                inputs = inputs.unsqueeze(0)
+            if inputs.dim() != 3 or inputs.shape[-1] != d_in or inputs.shape[-2] != values.shape[-2]:
+                raise ValueError(
+                    f"{type(self).__name__}: expected inputs [B, {values.shape[-2]}, {d_in}] or [{values.shape[-2]}, {d_in}], "
+                    f"got {list(inputs.shape)}"
+                )
+            inputs = inputs.to(values.dtype).expand(values.shape[:2] + (d_in,))
+        t = torch.as_tensor(t, device=values.device).to(values.dtype)
+        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, values.shape[0])):
+            raise ValueError(f"t: expected shape [] or [{values.shape[0]}], got {list(t.shape)}")
+        out = self.score(t.expand(values.shape[0]), inputs, values)
+        return torch.cat([torch.zeros_like(inputs), out], -1) if packed else out
+
+    def example_input(self, batch: int, generator=None) -> Tensor:
+        """A random packed graph ``[batch, n_points, d_in + d_out]``."""
+        s = self.spec
+        return randn((batch, s.n_points, s.input_dim + s.output_dim), generator)
+
+
+class _BiDimensionalBlock(nn.Module):
+    r"""One NDP block (Dutordoir et al., 2023): :math:`h = s + W_t \gamma(t)`, multi-head attention across the
+    input dimensions (for each point) plus attention across the points (for each dimension), split into a
+    residual and a skip stream, :math:`s \leftarrow (s + \mathrm{gelu}(r))/\sqrt2`."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.time = nn.Linear(hidden, hidden)
+        self.across_dims = nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.across_points = nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.out = nn.Linear(hidden, 2 * hidden)
+
+    def forward(self, s: Tensor, t_emb: Tensor) -> tuple[Tensor, Tensor]:
+        b, n, d, h = s.shape
+        z = s + self.time(t_emb)[:, None, None, :]
+        rows = z.reshape(b * n, d, h)  # sequences over the input dimensions
+        att_d = self.across_dims(rows, rows, rows, need_weights=False)[0].reshape(b, n, d, h)
+        cols = z.transpose(1, 2).reshape(b * d, n, h)  # sequences over the points
+        att_n = self.across_points(cols, cols, cols, need_weights=False)[0].reshape(b, d, n, h).transpose(1, 2)
+        residual, skip = self.out(att_d + att_n).chunk(2, -1)
+        return (s + nn.functional.gelu(residual)) / math.sqrt(2.0), nn.functional.gelu(skip)
+
+
+class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
+    r"""The bi-dimensional attention network of neural diffusion processes (Dutordoir et al., 2023), the score
+    network of GeomNDP for scalar or vector-valued functions on :math:`\mathbb{R}^{d_{in}}`.
+
+    Each point and input dimension :math:`k` gives a token :math:`\phi(x_{ik}, y_i) \in \mathbb{R}^H`; ``layers``
+    blocks attend across points and across input dimensions; the skips are summed, averaged over the input
+    dimensions and mapped to :math:`\mathbb{R}^{d_{out}}`. With no positional encoding,
+    :math:`s_\theta(t, \sigma x, \sigma y) = \sigma s_\theta(t, x, y)` for every permutation :math:`\sigma` of the
+    points, and the output is invariant to permutations of the input dimensions.
+    """
+
+    class Spec(_FunctionSpec):
+        """Bi-dimensional attention (NDP) score network over sets of (x, y) pairs."""
+
+        hidden: int = Field(64, ge=1, description="token width H")
+        heads: int = Field(4, ge=1, description="attention heads (must divide hidden)")
+        layers: int = Field(4, ge=1, description="bi-dimensional attention blocks")
+        time_embedding_dim: int = Field(32, ge=2, multiple_of=2, description="size of the time features")
+
+    @classmethod
+    def examples(cls):
+        return [
+            cls.Spec(hidden=8, heads=2, layers=2, n_points=4),
+            cls.Spec(input_dim=2, output_dim=2, hidden=8, heads=2, layers=1),
+        ]
+
+    def __init__(self, spec=None, /, **fields) -> None:
+        super().__init__(spec, **fields)
+        s = self.spec
+        if s.hidden % s.heads:
+            raise ValueError(f"hidden ({s.hidden}) must be divisible by heads ({s.heads})")
+        self.embed = nn.Linear(1 + s.output_dim, s.hidden)
+        self.time_embedding = nn.Sequential(
+            SinusoidalTimeEmbedding(s.time_embedding_dim), nn.Linear(s.time_embedding_dim, s.hidden), nn.GELU()
+        )
+        self.blocks = nn.ModuleList(_BiDimensionalBlock(s.hidden, s.heads) for _ in range(s.layers))
+        self.head = nn.Sequential(nn.Linear(s.hidden, s.hidden), nn.GELU(), nn.Linear(s.hidden, s.output_dim))
+        self._group = Permutations(n=s.n_points, feature_ndim=1)
+
+    @property
+    def group(self) -> Group:
+        return self._group
+
+    def score(self, t: Tensor, inputs: Tensor, values: Tensor) -> Tensor:
+        b, n, d = inputs.shape
+        tokens = torch.cat([inputs.unsqueeze(-1), values.unsqueeze(2).expand(b, n, d, values.shape[-1])], -1)
+        s = self.embed(tokens)
+        t_emb = self.time_embedding(t)
+        skips = torch.zeros_like(s)
+        for block in self.blocks:
+            s, skip = block(s, t_emb)
+            skips = skips + skip
+        # the mean over input dimensions makes the output invariant to their order
+        return self.head(skips.mean(2) / math.sqrt(len(self.blocks)))
+
+
+class FunctionMLP(FunctionScoreModel, kind="function_mlp"):
+    r"""The non-equivariant baseline: an MLP on the concatenated points,
+    :math:`s_\theta = \mathrm{MLP}([x_1, y_1, 1, \dots, x_N, y_N, 1, 0, \dots, 0, \gamma(t)])`, zero-padded to
+    ``max_points`` (the trailing 1 marks a real point), the first :math:`N` outputs returned.
+    It depends on the order of the points and claims no symmetry.
+    """
+
+    class Spec(_FunctionSpec):
+        """MLP over concatenated (x, y) points, padded to max_points."""
+
+        max_points: int = Field(64, ge=1, description="largest number of points N")
+        hidden: int = Field(256, ge=1, description="width of hidden layers")
+        depth: int = Field(3, ge=1, description="number of hidden layers")
+        time_embedding_dim: int = Field(32, ge=2, multiple_of=2, description="size of the time features")
+        activation: Activation = "silu"
+
+    @classmethod
+    def examples(cls):
+        return [cls.Spec(max_points=6, hidden=16, depth=2, n_points=4)]
+
+    def __init__(self, spec=None, /, **fields) -> None:
+        super().__init__(spec, **fields)
+        s = self.spec
+        self.time_embedding = SinusoidalTimeEmbedding(s.time_embedding_dim)
+        width = s.max_points * (s.input_dim + s.output_dim + 1) + s.time_embedding_dim
+        layers: list[nn.Module] = []
+        for _ in range(s.depth):
+            layers += [nn.Linear(width, s.hidden), activation(s.activation)]
+            width = s.hidden
+        layers.append(nn.Linear(width, s.max_points * s.output_dim))
+        self.net = nn.Sequential(*layers)
+
+    def score(self, t: Tensor, inputs: Tensor, values: Tensor) -> Tensor:
+        s = self.spec
+        b, n, _ = values.shape
+        if n > s.max_points:
+            raise ValueError(f"FunctionMLP: {n} points exceed max_points={s.max_points}")
+        points = torch.cat([inputs, values, torch.ones_like(values[..., :1])], -1)
+        points = nn.functional.pad(points, (0, 0, 0, s.max_points - n))
+        out = self.net(torch.cat([points.flatten(1), self.time_embedding(t).to(values.dtype)], -1))
+        return out.reshape(b, s.max_points, s.output_dim)[:, :n]
