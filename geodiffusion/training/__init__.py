@@ -1,6 +1,7 @@
 """Training: denoising score matching, EMA, atomic checkpoints and a resumable trainer."""
 
 from geodiffusion.training.checkpoint import load_checkpoint, save_checkpoint
+from geodiffusion.training.distributed import DistributedContext, batch_bounds, is_main_process, setup_distributed
 from geodiffusion.training.ema import EMA
 from geodiffusion.training.functions import FunctionTrainer, FunctionTrainingSpec, function_dsm_loss
 from geodiffusion.training.losses import WEIGHTINGS, Weighting, dsm_loss
@@ -20,3 +21,4 @@ __all__ = [
 ]
 __all__ += ["riemannian_dsm_loss", "RiemannianWeighting", "RIEMANNIAN_WEIGHTINGS"]
 __all__ += ["function_dsm_loss", "FunctionTrainer", "FunctionTrainingSpec"]
+__all__ += ["DistributedContext", "setup_distributed", "batch_bounds", "is_main_process"]
