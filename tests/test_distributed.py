@@ -72,6 +72,9 @@ def _worker(rank: int, port: int, root: str) -> None:
         assert trainer.dist is not None and trainer.dist.world_size == WORLD and trainer.dist.rank == rank
         trainer.fit()
         torch.save({"history": trainer.history, "rows": rows}, root_path / f"rank{rank}.pt")
+        # the explicit switch: off trains alone under torchrun, on joins the initialised group
+        assert Trainer(small_model(seed=0), process, data, spec(1), progress=False, distributed=False).dist is None
+        assert Trainer(small_model(seed=0), process, data, spec(1), progress=False, distributed=True).dist.rank == rank
         # a DDP run stopped at step 3 (the parent resumes it in a single process) ...
         init = small_model(seed=0 if rank == 0 else 10 + rank)
         Trainer(init, process, data, spec(3), out_dir=root_path / "ddp_half", progress=False).fit()
