@@ -1,0 +1,187 @@
+"""Function-space DSM training, generated function datasets and the gp-1d / vector-field-2d experiments."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+import geodiffusion as gd
+from geodiffusion.data.functions import SCALAR_FUNCTIONS, data_kernel, sample_functions, sample_vector_fields
+from geodiffusion.experiments import Experiment
+from geodiffusion.experiments.gp import gp_conditional_log_likelihood
+from geodiffusion.models import BiDimensionalAttention
+from geodiffusion.samplers.conditional import conditional_log_likelihood
+from geodiffusion.samplers.ode import ODEOptions
+from geodiffusion.testing import GPScore
+from geodiffusion.training.functions import FunctionTrainer, function_dsm_loss
+
+
+def _process(parametrisation: str):
+    kernel = {
+        "kind": "kernel_sum",
+        "kernels": [{"kind": "squared_exponential", "lengthscale": 0.7}, {"kind": "white_noise", "variance": 0.1}],
+    }
+    return gd.build({"kind": "ou_gp", "kernel": kernel, "parametrisation": parametrisation})
+
+
+@pytest.mark.parametrize("parametrisation", ["plain", "kernel_preconditioned", "st_preconditioned"])
+def test_dsm_loss_of_the_exact_score_equals_the_closed_form_minimum(parametrisation):
+    r"""With target :math:`-A\xi`, the minimum is :math:`\lambda\,\mathrm{tr}(AA^\top - \sigma^2 A L^\top\Sigma_t^{-1}LA^\top)/(nd)`."""
+    process = _process(parametrisation)
+    data = gd.build({"kind": "matern52", "lengthscale": 0.4})  # data are not the limiting GP: the score varies with t
+    oracle = GPScore(process, kernel=data)
+    gen = torch.Generator().manual_seed(0)
+    n, batch, t0 = 6, 4000, 0.3
+    x = torch.linspace(-1.5, 1.5, n, dtype=torch.float64).reshape(1, n, 1)
+    k_data = oracle._data_gram(x[0])
+    y0 = (torch.linalg.cholesky(k_data) @ torch.randn(batch, n, 1, generator=gen, dtype=torch.float64)).reshape(batch, n, 1)
+    t = torch.full((batch,), t0, dtype=torch.float64)
+    xs = x.expand(batch, n, 1)
+    losses = function_dsm_loss(oracle, process, xs, y0, t=t, generator=gen, reduce=False)
+    factor = process.factor(x[0])
+    sigma, a = process.std(torch.tensor(t0, dtype=torch.float64)), process.mean_scale(torch.tensor(t0, dtype=torch.float64))
+    big_l, k = factor.cholesky, factor.gram
+    cov_t = a**2 * k_data + sigma**2 * k
+    A = {
+        "plain": torch.linalg.inv(big_l).T / sigma,
+        "kernel_preconditioned": big_l / sigma,
+        "st_preconditioned": torch.eye(n, dtype=torch.float64),
+    }[parametrisation]
+    residual = A @ A.T - sigma**2 * A @ big_l.T @ torch.linalg.solve(cov_t, big_l @ A.T)
+    weight = 1.0 if parametrisation == "st_preconditioned" else float(sigma**2)
+    expected = weight * torch.trace(residual) / n
+    z = (losses.mean() - expected) / (losses.std() / math.sqrt(batch))
+    assert abs(float(z)) < 4.0, (float(losses.mean()), float(expected))
+    # a scaled score on the same draws: the excess 0.04 E|o|^2 is the paired difference's mean
+    same = function_dsm_loss(oracle, process, xs, y0, t=t, generator=torch.Generator().manual_seed(5), reduce=False)
+    scaled = lambda t, y, inputs: 1.2 * oracle(t, y, inputs=inputs)  # noqa: E731
+    worse = function_dsm_loss(scaled, process, xs, y0, t=t, generator=torch.Generator().manual_seed(5), reduce=False)
+    excess = worse - same
+    assert float(excess.mean()) > 5 * float(excess.std() / math.sqrt(batch))
+
+
+def test_training_a_tiny_network_decreases_the_loss_and_resumes_bit_for_bit(tmp_path):
+    process = _process("kernel_preconditioned")
+    gen = torch.Generator().manual_seed(0)
+    x, y = sample_functions("se", 64, 12, generator=gen)
+
+    def trainer(out, steps):
+        torch.manual_seed(0)
+        model = BiDimensionalAttention(hidden=16, heads=2, layers=2)
+        spec = {"steps": steps, "batch_size": 16, "lr": 3e-3, "checkpoint_every": 20, "min_points": 4, "seed": 3}
+        return FunctionTrainer(model, process, x, y, spec, out)
+
+    full = trainer(tmp_path / "full", 60)
+    history = full.fit()
+    assert sum(history[-15:]) / 15 < 0.8 * sum(history[:15]) / 15
+    trainer(tmp_path / "cut", 20).fit()
+    resumed = trainer(tmp_path / "cut", 60)
+    resumed.fit()
+    for p, q in zip(full.ema_model.parameters(), resumed.ema_model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert resumed.history == history
+    with pytest.raises(ValueError, match="batch_size"):
+        FunctionTrainer(BiDimensionalAttention(), process, x, y, {"batch_size": 65})
+
+
+def test_generated_datasets_are_seeded_and_gp_families_have_their_kernels():
+    for name in SCALAR_FUNCTIONS:
+        a = sample_functions(name, 3, 7, generator=torch.Generator().manual_seed(1))
+        b = sample_functions(name, 3, 7, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[1].shape == (3, 7, 1)
+        assert (data_kernel(name) is None) == (name in ("sawtooth", "step"))
+    x, y = sample_functions("step", 2, 50, low=2.0, high=6.0, noise=0.0, generator=torch.Generator().manual_seed(0))
+    assert x.min() >= 2.0 and x.max() <= 6.0 and set(y.abs().unique().tolist()) == {1.0}
+    x, y = sample_vector_fields("curl_free", 2, 9, radius=2.0, generator=torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (2, 9, 2) and x.norm(dim=-1).max() <= 2.0
+    with pytest.raises(ValueError, match="name"):
+        sample_functions("nope", 1, 1)
+
+
+def test_probability_flow_conditional_likelihood_of_the_exact_score_matches_the_exact_gp():
+    process = _process("kernel_preconditioned")
+    data = data_kernel("se", 0.05)
+    gen = torch.Generator().manual_seed(2)
+    x, y = sample_functions("se", 4, 6, generator=gen, dtype=torch.float64)
+    xc, yc, xt, yt = x[:, :3], y[:, :3], x[:, 3:], y[:, 3:]
+    exact = gp_conditional_log_likelihood(data, xc, yc, xt, yt)
+    mean, cov = GPScore(process, kernel=data).posterior(xc[0], yc[0], xt[0])
+    reference = torch.distributions.MultivariateNormal(mean, cov).log_prob(yt[0].flatten())
+    assert float((exact[0] - reference).abs()) < 1e-3  # GPScore adds the process's jitter 1e-6 to the data Gram
+    flow = conditional_log_likelihood(
+        GPScore(process, kernel=data), process, yt, xt, yc, xc, options=ODEOptions(method="rk4", steps=40)
+    )
+    assert float((flow - exact).abs().max()) / 3 < 0.05  # nats per target point
+
+
+TINY_GP = {
+    "datasets": ["se", "step"],
+    "n_train": 16,
+    "n_points": 8,
+    "n_test": 2,
+    "n_context": 2,
+    "n_target": 2,
+    "model": {"hidden": 8, "heads": 2, "layers": 1},
+    "baseline": {"max_points": 8, "hidden": 16, "depth": 1},
+    "training": {"steps": 6, "batch_size": 8, "checkpoint_every": 6, "log_every": 3, "min_points": 2},
+    "likelihood": {"ode": {"steps": 2}},
+    "sampler": {"steps": 4},
+    "n_plot_samples": 2,
+    "throughput_steps": 2,
+    "throughput_batch": 2,
+}
+
+
+def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path):
+    cls = gd.registry(Experiment)["gp-1d"]
+    spec = cls.resolve_spec(TINY_GP, quick=True)
+    metrics = cls(spec).execute(tmp_path, progress=False)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    for split in ("interpolation", "generalisation"):
+        for key in ("model_ll", "baseline_ll"):
+            assert math.isfinite(metrics[f"se/{split}/{key}"]) and math.isfinite(metrics[f"step/{split}/{key}"])
+        assert metrics[f"se/{split}/gap"] == pytest.approx(metrics[f"se/{split}/gp_ll"] - metrics[f"se/{split}/model_ll"])
+        assert f"step/{split}/gp_ll" not in metrics
+    assert metrics["functions_per_second"] > 0
+    for name in ("se_posterior.png", "step_posterior.png", "se/model/checkpoints/last.pt", "step/baseline/train_log.jsonl"):
+        assert (tmp_path / name).is_file(), name
+
+
+def test_tiny_vector_field_run_writes_the_data_efficiency_curve(tmp_path):
+    cls = gd.registry(Experiment)["vector-field-2d"]
+    tiny = {
+        "datasets": ["divergence_free"],
+        "train_sizes": [8, 4],
+        "n_points": 5,
+        "n_test": 2,
+        "n_context": 2,
+        "n_target": 2,
+        "model": {"hidden": 8, "channels": 2, "layers": 1, "rbf": 3},
+        "baseline": {"hidden": 8, "heads": 2, "layers": 1},
+        "training": {"steps": 4, "batch_size": 4, "checkpoint_every": 4, "min_points": 3},
+        "likelihood": {"ode": {"steps": 2}},
+        "sampler": {"steps": 4},
+        "n_plot_samples": 2,
+        "throughput_steps": 2,
+        "throughput_batch": 2,
+    }
+    metrics = cls(cls.resolve_spec(tiny, quick=True)).execute(tmp_path, progress=False)
+    for n in (4, 8):
+        assert math.isfinite(metrics[f"divergence_free/n{n}/model_ll"]) and math.isfinite(
+            metrics[f"divergence_free/n{n}/baseline_ll"]
+        )
+    assert math.isfinite(metrics["divergence_free/gp_ll"])
+    assert (tmp_path / "data_efficiency.png").is_file() and (tmp_path / "divergence_free_fields.png").is_file()
+
+
+def test_experiment_specs_reject_networks_of_the_wrong_shape_and_oversized_batches():
+    with pytest.raises(ValidationError, match="model"):
+        gd.registry(Experiment)["gp-1d"].resolve_spec({"model": {"input_dim": 2}})
+    with pytest.raises(ValidationError, match="max_points"):
+        gd.registry(Experiment)["gp-1d"].resolve_spec({"n_points": 80})
+    with pytest.raises(ValidationError, match="batch_size"):
+        gd.registry(Experiment)["vector-field-2d"].resolve_spec({"train_sizes": [8]})

@@ -1,0 +1,111 @@
+"""Function-space score networks: NDP bi-dimensional attention, the E(n)-equivariant EGNN, the MLP baseline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import geodiffusion as gd
+from geodiffusion.groups import EuclideanGroup, Permutations
+from geodiffusion.models import BiDimensionalAttention, EGNNScore, FieldGraphGroup, FunctionMLP
+from geodiffusion.testing import CheckError, check_equivariant, equivariance_errors, tolerance
+
+
+def _pairs(batch: int, n: int, d_in: int, d_out: int, seed: int = 0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, n, d_in, generator=gen, dtype=dtype), torch.randn(batch, n, d_out, generator=gen, dtype=dtype)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_egnn_score_commutes_with_random_isometries_and_permutations_in_float32(dim):
+    torch.manual_seed(0)
+    model = EGNNScore(input_dim=dim, output_dim=dim, hidden=16, channels=3, layers=2, rbf=4)
+    x, y = _pairs(3, 6, dim, dim)
+    t = torch.tensor([0.1, 0.5, 0.9])
+    out = model(t, y, inputs=x)
+    group = EuclideanGroup(dim=dim)
+    gen = torch.Generator().manual_seed(1)
+    for g in group.sample(4, gen):
+        rot, shift = g[:dim, :dim], g[:dim, dim]
+        moved = model(t, y @ rot.T, inputs=x @ rot.T + shift)
+        err = (moved - out @ rot.T).abs().max() / out.abs().max().clamp_min(1.0)
+        assert err < tolerance(torch.float32, "equivariance"), err
+    perm = torch.randperm(6, generator=gen)
+    torch.testing.assert_close(model(t, y[:, perm], inputs=x[:, perm]), out[:, perm], atol=1e-6, rtol=0)
+
+
+def test_egnn_claims_the_joint_action_on_graphs_and_check_equivariant_verifies_it():
+    model = EGNNScore(hidden=8, channels=2, layers=1, rbf=3).double()
+    assert isinstance(model.group, FieldGraphGroup) and isinstance(model.group.base, EuclideanGroup)
+    z = model.example_input(4, torch.Generator().manual_seed(0)).double()
+    t = torch.full((4,), 0.4, dtype=torch.float64)
+    check_equivariant(lambda v: model(t, v), model.group, z, output="vector", n=6)
+
+
+class _AbsolutePositionEGNN(EGNNScore, register=False):
+    """Broken on purpose: adds the raw inputs to the score, which breaks translation invariance."""
+
+    def score(self, t, inputs, values):
+        return super().score(t, inputs, values) + 0.1 * inputs
+
+
+def test_check_equivariant_catches_a_network_that_sees_absolute_positions():
+    model = _AbsolutePositionEGNN(hidden=8, channels=2, layers=1, rbf=3)
+    z = model.example_input(3, torch.Generator().manual_seed(0))
+    t = torch.full((3,), 0.4)
+    with pytest.raises(CheckError, match="equivariance"):
+        check_equivariant(lambda v: model(t, v), model.group, z, output="vector")
+
+
+def test_bidim_attention_is_permutation_equivariant_over_points_and_invariant_to_input_dimension_order():
+    torch.manual_seed(0)
+    model = BiDimensionalAttention(input_dim=3, output_dim=2, hidden=8, heads=2, layers=2, n_points=4)
+    x, y = _pairs(2, 4, 3, 2, dtype=torch.float64)
+    model = model.double()
+    t = torch.tensor([0.2, 0.7], dtype=torch.float64)
+    z = torch.cat([x, y], -1)
+    check_equivariant(lambda v: model(t, v), Permutations(n=4), z, output="vector")
+    dims = torch.tensor([2, 0, 1])
+    torch.testing.assert_close(model(t, y, inputs=x[..., dims]), model(t, y, inputs=x), atol=1e-12, rtol=0)
+
+
+def test_the_mlp_baseline_depends_on_the_order_of_the_points():
+    torch.manual_seed(0)
+    model = FunctionMLP(max_points=5, hidden=16, depth=2, n_points=4)
+    z = model.example_input(2, torch.Generator().manual_seed(0))
+    t = torch.full((2,), 0.5)
+    errors = equivariance_errors(lambda v: model(t, v), Permutations(n=4), z)
+    assert max(errors.values()) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["bidim_attention", "egnn", "function_mlp"])
+def test_packed_graph_call_equals_keyword_call_with_a_zero_input_block(kind):
+    cls = gd.registry(gd.ScoreModel)[kind]
+    model = gd.build(cls.examples()[0])
+    d_in, d_out = model.spec.input_dim, model.spec.output_dim
+    x, y = _pairs(2, 4, d_in, d_out)
+    t = torch.tensor([0.3, 0.6])
+    out = model(t, torch.cat([x, y], -1))
+    assert torch.equal(out[..., :d_in], torch.zeros_like(x))
+    torch.testing.assert_close(out[..., d_in:], model(t, y, inputs=x), atol=1e-6, rtol=0)
+    # one input set shared by the batch, as the conditional samplers pass it
+    torch.testing.assert_close(
+        model(t, y[:1].expand(2, 4, d_out), inputs=x[0]), model(t, y[:1].expand(2, 4, d_out), inputs=x[:1].expand(2, 4, d_in))
+    )
+
+
+def test_function_models_reject_mismatched_shapes_before_work():
+    model = BiDimensionalAttention(hidden=8, heads=2, layers=1)
+    x, y = _pairs(2, 4, 1, 1)
+    with pytest.raises(ValueError, match="values"):
+        model(torch.tensor(0.5), y.squeeze(-1), inputs=x)
+    with pytest.raises(ValueError, match="inputs"):
+        model(torch.tensor(0.5), y, inputs=x[:, :3])
+    with pytest.raises(ValueError, match="graph"):
+        model(torch.tensor(0.5), y)
+    with pytest.raises(ValueError, match="max_points"):
+        FunctionMLP(max_points=3, hidden=8, depth=1)(torch.tensor(0.5), y, inputs=x)
+    with pytest.raises(ValueError, match="output_dim"):
+        EGNNScore(input_dim=2, output_dim=3)
+    with pytest.raises(ValueError, match="point clouds"):
+        FieldGraphGroup(group={"kind": "so", "dim": 2, "action": "vector"})
