@@ -30,7 +30,8 @@ def _process(parametrisation: str):
 
 @pytest.mark.parametrize("parametrisation", ["plain", "kernel_preconditioned", "st_preconditioned"])
 def test_dsm_loss_of_the_exact_score_equals_the_closed_form_minimum(parametrisation):
-    r"""With target :math:`-A\xi`, the minimum is :math:`\lambda\,\mathrm{tr}(AA^\top - \sigma^2 A L^\top\Sigma_t^{-1}LA^\top)/(nd)`."""
+    r"""With target :math:`-A\xi`, the minimum is
+    :math:`\lambda\,\mathrm{tr}(AA^\top - \sigma^2 A L^\top\Sigma_t^{-1}LA^\top)/(nd)`."""
     process = _process(parametrisation)
     data = gd.build({"kind": "matern52", "lengthscale": 0.4})  # data are not the limiting GP: the score varies with t
     oracle = GPScore(process, kernel=data)
