@@ -22,7 +22,7 @@ Estimators (``SphereHeatKernel.Spec.estimator``):
     :math:`(2\pi t)^{-n/2} e^{-\theta^2/2t} (\theta/\sin\theta)^m e^{m^2 t/2} B(\theta, t)`: the paper's ansatz
     has :math:`B = 1`; ``sd_order = J`` adds the transport-equation corrections
     :math:`B = 1 + \sum_{j \le J} b_j(\theta) t^j`, with :math:`b_j` as power series in :math:`\theta^2`
-    (so for :math:`J \ge 1` valid for :math:`\theta \lesssim 2`). For odd :math:`n` the series stops at
+    (128 powers: valid for :math:`\theta \le 2.8`). For odd :math:`n` the series stops at
     :math:`j = m - 1` and is the exact contribution of the shortest geodesic; :math:`S^3` needs no correction.
 ``sum_over_paths``
     Exact on odd spheres. :math:`p^{S^{n+2}}_t = \tfrac{e^{nt/2}}{2\pi} \partial_u p^{S^n}_t` gives
@@ -33,7 +33,15 @@ Estimators (``SphereHeatKernel.Spec.estimator``):
     saddle-point radius there is no cancellation: the result is accurate to a few ulps for every :math:`m`.
 ``auto``
     Per point: the transport series where the shortest geodesic dominates and the series is well conditioned
-    (small :math:`t`), else the eigen expansion, else (odd :math:`n`, far tails) sum over paths.
+    (small :math:`t`, :math:`\theta \le 2.8`), else the eigen expansion where it cancels by less than
+    :math:`10^4` (:math:`10^7` on even :math:`n \ge 4`), else the exact tail method: sum over paths (odd
+    :math:`n`) or, on :math:`S^2`, the Hopf fibre integral :math:`p^{S^2}_t(\theta) = \tfrac12\int_0^\pi
+    p^{S^3}_{t/4}(\varphi(\alpha))\,d\alpha`, :math:`\cos\varphi = \cos\tfrac\theta2\cos\alpha` (see
+    :meth:`_Radial.hopf`). Measured against mpmath on a grid of :math:`\theta \in (0, \pi)` for
+    :math:`t \in [10^{-4}, 10]` (``python benchmarks/heat_kernels.py --accuracy``): relative error of
+    :math:`p_t` at most :math:`10^{-9}` on :math:`S^1, S^2, S^3, S^{15}, S^{127}`. Known limit: on even
+    :math:`n \ge 4` no exact tail method is implemented, so for :math:`\theta > 2.8` at small :math:`t`
+    (where :math:`p_t(\theta)/p_t(0) < 10^{-7}`) ``auto`` keeps the cancelling eigen series.
 """
 
 from __future__ import annotations
@@ -64,16 +72,17 @@ _LOG_2PI = math.log(2 * math.pi)
 # a term below exp(-_CUT) of the largest one cannot change a float64 sum
 _CUT = 45.0
 # auto: a per-point result is trusted when its terms cancel by less than this factor (rounding error is
-# about 1e-16 times it); odd spheres have the exact sum over paths to fall back on, so they demand more
+# about 1e-16 times it); odd spheres (sum over paths) and S^2 (Hopf fibre integral) have an exact tail
+# method to fall back on, so they demand more
 _MAX_CANCELLATION = 1e7
 _MAX_CANCELLATION_ODD = 1e4
 # transport series: terms kept (t powers) and power-series length in theta^2 (radius pi^2)
 _SD_TERMS = 64
-_SD_POWERS = 64
-_SD_MAX_THETA = 2.0
+_SD_POWERS = 128
+_SD_MAX_THETA = 2.8  # (2.8 / pi)^256 ~ 1e-13: power-series truncation at 128 terms (measured against mpmath)
 # rejection samplers are used while their expected number of proposals per draw is below this
 _MAX_PROPOSALS = 64.0
-_ODE_STEP = 0.05  # RK4 step in log-time
+_ODE_STEP = 0.2  # RK4 step in log-time of the radial flow: quantile error <= 2e-6 (measured in benchmarks/heat_kernels.py)
 
 
 def _log_sphere_volume(n: int) -> float:
@@ -192,7 +201,7 @@ class _Radial:
         # shift by the (detached) largest log-weight: the continuous maximiser of log d_l - lambda_l t
         lhat = (-(n - 1) * lt + torch.sqrt((n - 1) ** 2 * lt**2 + 16 * lt * max(n - 1, 0))) / (4 * lt)
         cands = torch.stack([torch.zeros_like(lhat), lhat.floor(), lhat.floor() + 1]).clamp(max=L)
-        shift = self._log_weight_tensor(cands, lt).max(0).values
+        shift = self._log_weight_tensor(cands, lt).amax(0)
         logd = [_log_dim(l, n) for l in range(L + 1)]
 
         def weight(l: int) -> Tensor:
@@ -205,6 +214,9 @@ class _Radial:
         s1 = w1  # P_1' = 1 * n / n * Q_0
         a0 = w0 + w1 * u.abs()
         a1 = w1.clone()
+        # for large n the polynomials can underflow in the far tail (amplitude ~ sin(theta)^-m l^-m); then no
+        # digit of the sum is right, whatever the cancellation estimate says: track the smallest |P_l|+|P_l-1|
+        lowest = torch.ones_like(u)
         for l in range(2, L + 1):
             p_prev, p_cur = (
                 p_cur,
@@ -224,9 +236,13 @@ class _Radial:
             s1 = s1 + dw * q_cur
             a0 = a0 + w * p_cur.abs()
             a1 = a1 + dw * q_cur.abs()
+            lowest = torch.minimum(lowest, (p_cur.abs() + p_prev.abs()).detach())
         log_p = shift + torch.log(s0.clamp_min(1e-300)) - self.log_volume
-        cancel = torch.maximum(a0 / s0.clamp_min(1e-300), a1 / s1.clamp_min(1e-300)).detach()
-        cancel = torch.where((s0 > 0) & (s1 > 0), cancel, torch.full_like(cancel, math.inf))
+        # a1 = 0: every derivative weight underflowed (p is uniform to double precision), nothing cancels
+        cancel1 = torch.where(a1 > 0, a1 / s1.clamp_min(1e-300), torch.ones_like(a1))
+        cancel = torch.maximum(a0 / s0.clamp_min(1e-300), cancel1).detach()
+        valid = (s0 > 0) & ((s1 > 0) | (a1 == 0)) & (lowest > 1e-250)
+        cancel = torch.where(valid, cancel, torch.full_like(cancel, math.inf))
         return log_p, s1 / s0.clamp_min(1e-300), cancel
 
     def _log_weight_tensor(self, l: Tensor, t: Tensor) -> Tensor:
@@ -280,6 +296,17 @@ class _Radial:
         far = 2 * math.pi * (math.pi - theta.clamp_min(0.5 * math.pi)) / t
         return (far >= 40 + 1.1 * self.m) & (abs(self.c) * t <= 48) & (theta <= _SD_MAX_THETA)
 
+    def eigen_hopeless(self, theta: Tensor, t: Tensor) -> Tensor:
+        r"""Where the eigen series surely cancels by more than :math:`e^{30}`: its terms are of size
+        :math:`p_t(0)(\sqrt t/\sin\theta)^m` and the sum is :math:`p_t(\theta)`, so the cancellation is about
+        :math:`e^{\theta^2/2t}(\theta/\sin\theta)^{-m}(t/\theta^2)^{m/2}` (:math:`\sin\theta \ge \sqrt t` at the
+        caustic); skipping it there saves its :math:`O(t^{-1/2})` terms at small t."""
+        th = theta.detach().clamp_min(1e-300)
+        tt = t.detach()
+        sin = torch.sin(th).clamp_min(1e-300).maximum(torch.sqrt(tt))
+        log_cancel = th**2 / (2 * tt) - self.m * torch.log(th / sin) - 0.5 * self.m * torch.log(th**2 / tt)
+        return log_cancel > math.log(_MAX_CANCELLATION_ODD) + 30
+
     # sum over paths (odd n) ---------------------------------------------------------------------------
 
     def sum_over_paths(self, theta: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -316,6 +343,64 @@ class _Radial:
         dlogp = (m + 1) * sums[:, 1] / sums[:, 0].clamp_min(1e-300) * torch.exp(-log_r)
         return log_p, dlogp
 
+    # Hopf fibration (n = 2) --------------------------------------------------------------------------
+
+    def hopf(self, theta: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Exact :math:`S^2` kernel as the fibre average of the closed-form :math:`S^3` kernel at :math:`s = t/4`.
+
+        The Hopf map :math:`S^3 \to S^2` sends Brownian motion at time :math:`t/4` to Brownian motion at time
+        :math:`t`; the fibre over a point at angle :math:`\theta` is a great circle on which
+        :math:`\cos\varphi = \cos(\theta/2)\cos\alpha`, so
+        :math:`p^{S^2}_t(\theta) = \tfrac{\pi}{2}\,\tfrac1\pi\int_0^\pi p^{S^3}_{t/4}(\varphi(\alpha))\,d\alpha` with
+        :math:`p^{S^3}_s(\varphi) = e^{s/2}(2\pi s)^{-3/2}\sum_k \tfrac{\varphi + 2\pi k}{\sin\varphi}e^{-(\varphi+2\pi k)^2/2s}`.
+        All terms are positive up to images of relative size :math:`e^{-\pi^2/2s}`, so there is no cancellation
+        in the far tail, where the eigen series loses every digit. The integrand is an entire, even function of
+        :math:`\alpha` peaked at 0 with width :math:`\sigma = \sqrt{s/\kappa}`, :math:`\kappa = \tfrac\theta2\cot\tfrac\theta2`:
+        the trapezoid rule with spacing :math:`\le\sigma/2` on :math:`[0, A]`, where the exponent has dropped by
+        50 (or :math:`A = \pi`, the periodic rule), is exact to rounding."""
+        if self.n != 2:
+            raise ValueError(f"the Hopf fibre integral gives the kernel of S^2, not S^{self.n}")
+        s = t / 4
+        half = theta / 2
+        c = torch.cos(half)
+        with torch.no_grad():
+            hd, sd, cd = half.detach(), s.detach(), c.detach()
+            # the fibre angle A beyond which the S^3 exponent -phi^2 / 2s has dropped by 50
+            phi_a = torch.sqrt(hd**2 + 100 * sd)
+            ratio = torch.cos(phi_a) / cd.clamp_min(1e-300)
+            full = (phi_a >= math.pi - hd) | (ratio <= -1)
+            big_a = torch.where(full, torch.full_like(hd, math.pi), torch.acos(ratio.clamp(-1.0, 1.0)))
+            kappa = torch.where(hd < 1e-4, 1 - hd**2 / 3, hd / torch.tan(hd.clamp_min(1e-4)))
+            sigma = torch.sqrt(sd / kappa.clamp_min(1e-300))
+            nodes = int(min(4096, max(16, math.ceil(float((2 * big_a / sigma).max())))))
+            frac = torch.linspace(0.0, 1.0, nodes + 1, dtype=theta.dtype, device=theta.device)
+            alpha = big_a[:, None] * frac  # [P, N+1]
+            log_tw = torch.full_like(frac, 0.0)
+            log_tw[0] = log_tw[-1] = -math.log(2.0)
+            log_h = torch.log(big_a / nodes) - math.log(math.pi)  # (1/pi) * spacing
+        # sin^2(phi/2) = sin^2(theta/4) + cos(theta/2) sin^2(alpha/2): accurate for small angles
+        hav = (torch.sin(theta / 4) ** 2)[:, None] + c[:, None] * torch.sin(alpha / 2) ** 2
+        phi = 2 * torch.asin(torch.sqrt(hav).clamp(max=1.0))
+        ss = s[:, None, None]
+        k_max = _n_images(float(sd.max()))
+        shift = 2 * math.pi * torch.arange(-k_max, k_max + 1, dtype=theta.dtype, device=theta.device)
+        arg = phi[..., None] + shift  # [P, N+1, 2K+1]
+        rel = torch.exp(-(arg**2 - phi[..., None] ** 2) / (2 * ss))  # k = 0 has the largest exponent
+        big_s = (arg * rel).sum(-1)
+        dsum = ((1 - arg**2 / ss) * rel).sum(-1)
+        sin_phi = torch.sin(phi).clamp_min(1e-300)
+        log_p3 = torch.log(big_s.clamp_min(1e-300)) - phi**2 / (2 * s[:, None]) - torch.log(sin_phi)
+        log_p3 = log_p3 + (s / 2 - 1.5 * (_LOG_2PI + torch.log(s)))[:, None]
+        expo = log_p3 + log_tw
+        top = expo.amax(-1, keepdim=True).detach()
+        weights = torch.exp(expo - top)
+        total = weights.sum(-1)
+        log_p = top[:, 0] + torch.log(total) + log_h + math.log(math.pi / 2)
+        # d log p3 / dv = (cot phi - F'/F) / sin phi at v = cos phi = c cos alpha, and dc/du = 1/(4c)
+        dlog_p3 = (torch.cos(phi) / sin_phi - dsum / big_s.clamp_min(1e-300)) / sin_phi
+        dlogp = (weights * dlog_p3 * torch.cos(alpha)).sum(-1) / total / (4 * c.clamp_min(1e-150))
+        return log_p, dlogp
+
     # dispatch -------------------------------------------------------------------------------------------
 
     def evaluate(self, theta: Tensor, t: Tensor, estimator: str = "auto") -> tuple[Tensor, Tensor]:
@@ -338,16 +423,17 @@ class _Radial:
             lp, dl, cancel = self.schwinger_dewitt(theta[use], t[use], order=_SD_TERMS)
             good = cancel <= _MAX_CANCELLATION
             log_p, dlogp, todo = _fill(log_p, dlogp, todo, use, lp, dl, good)
-        if bool(todo.any()):
-            rest = todo.clone()
+        exact_tail = self.n % 2 == 1 or self.n == 2
+        rest = todo & ~self.eigen_hopeless(theta, t) if exact_tail else todo.clone()
+        if bool(rest.any()):
             lp, dl, cancel = self.eigen(theta[rest], t[rest])
-            good = cancel <= (_MAX_CANCELLATION_ODD if self.n % 2 else _MAX_CANCELLATION)
-            if self.n % 2 == 0:  # nothing better for the far tails of even spheres: keep eigen there
+            good = cancel <= (_MAX_CANCELLATION_ODD if exact_tail else _MAX_CANCELLATION)
+            if not exact_tail:  # no exact tail representation implemented for S^4, S^6, ...: keep eigen
                 good = torch.ones_like(good)
             log_p, dlogp, todo = _fill(log_p, dlogp, todo, rest, lp, dl, good)
         if bool(todo.any()):
             rest = todo.clone()
-            lp, dl = self.sum_over_paths(theta[rest], t[rest])
+            lp, dl = self.hopf(theta[rest], t[rest]) if self.n == 2 else self.sum_over_paths(theta[rest], t[rest])
             log_p, dlogp, todo = _fill(log_p, dlogp, todo, rest, lp, dl, torch.ones_like(lp, dtype=torch.bool))
         return log_p, dlogp
 
@@ -380,7 +466,7 @@ def _saddle_log_radius(w0: Tensor, t: Tensor, order: float) -> Tensor:
     # g >= 1 below u = 1 and r g(u0 + r) ~ log(2r) for large r bracket the root; near the antipode the
     # root is about 2 (order t / pi)^2, far below order * t
     lo = target - 24.0
-    hi = torch.maximum(target, order * t).clamp(max=680.0) + 2.0
+    hi = torch.maximum(target, order * t) + 2.0
     for _ in range(14):
         mid = 0.5 * (lo + hi)
         r = torch.exp(mid)
@@ -400,14 +486,16 @@ def _n_images(t_max: float) -> int:
 def _log_wrapped_gaussian_complex(w0: Tensor, t: Tensor, log_r: Tensor, phi: Tensor) -> Tensor:
     r""":math:`\log p^{S^1}_t(u)` at :math:`u = 1 - w_0 + r e^{i\phi}`: :math:`(2\pi t)^{-1/2}\sum_k e^{-(A + 2\pi k)^2/2t}`
     with :math:`\cos A = u`; the sum over all images makes the result independent of the branch of A."""
-    r = torch.exp(log_r)[:, None]
-    h = r * torch.exp(1j * phi)[None, :]
     big = (log_r > 18.0)[:, None]
-    # near u = 1: arccos(1 - w) = 2 asin(sqrt(w / 2)); for |h| > e^18, arccos z = -i log(2z) + O(z^-2)
+    # near u = 1: arccos(1 - w) = 2 asin(sqrt(w / 2)); for |h| > e^18, arccos z = -i log(2z) + O(z^-2), which
+    # needs only log r (r itself may overflow when (m + 1/2) t is in the hundreds)
+    r_small = torch.exp(log_r.clamp(max=18.0))[:, None]
+    h = r_small * torch.exp(1j * phi)[None, :]
     w = w0[:, None].to(h.dtype) - torch.where(big, torch.zeros_like(h), h)
     a_small = 2 * torch.asin(torch.sqrt(w / 2))
     u0 = (1 - w0)[:, None]
-    ratio = torch.where(big, u0 * torch.exp(-1j * phi)[None, :] / r, torch.zeros_like(h))
+    inv_r = torch.exp(-log_r)[:, None]
+    ratio = torch.where(big, u0 * torch.exp(-1j * phi)[None, :] * inv_r, torch.zeros_like(h))
     log_z = log_r[:, None] + 1j * phi[None, :] + ratio - ratio**2 / 2
     a_big = -1j * (math.log(2.0) + log_z)
     a = torch.where(big, a_big, a_small)
@@ -513,13 +601,11 @@ class SphereHeatKernel(HeatKernel, kind="sphere_heat"):
         return x0, x, t.to(torch.float64), batch
 
     def _radial_of(self, x0: Tensor, x: Tensor, t: Tensor, evaluator: _Radial, estimator: str):
-        u = (x0 * x).sum(-1)
-        rej = x - u[..., None] * x0
-        sin = torch.sqrt((rej**2).sum(-1).clamp_min(1e-300))
-        theta = torch.atan2(sin, u)
+        # theta = 2 atan2(|x - x0|, |x + x0|) is accurate to an ulp at every angle, unlike acos(<x0, x>)
+        theta = 2 * torch.atan2((x - x0).norm(dim=-1), (x + x0).norm(dim=-1))
         flat = theta.reshape(-1)
         log_p, dlogp = evaluator.evaluate(flat, t.reshape(-1), estimator)
-        return log_p.reshape(theta.shape), dlogp.reshape(theta.shape), u
+        return log_p.reshape(theta.shape), dlogp.reshape(theta.shape)
 
     # the HeatKernel interface -------------------------------------------------------------------------
 
@@ -527,7 +613,7 @@ class SphereHeatKernel(HeatKernel, kind="sphere_heat"):
         r""":math:`\log p_t(\theta)` by the chosen estimator, computed in float64."""
         dtype = x.dtype
         x0_, x_, t_, _ = self._points(x0, x, t)
-        log_p, _, _ = self._radial_of(x0_, x_, t_, self._radial, self.spec.estimator)
+        log_p, _ = self._radial_of(x0_, x_, t_, self._radial, self.spec.estimator)
         return log_p.to(dtype)
 
     def score(self, x0: Tensor, x: Tensor, t) -> Tensor:
@@ -536,8 +622,12 @@ class SphereHeatKernel(HeatKernel, kind="sphere_heat"):
         dtype = x.dtype
         x0_, x_, t_, _ = self._points(x0, x, t)
         with torch.no_grad():
-            _, dlogp, u = self._radial_of(x0_, x_, t_, self._radial, self.spec.estimator)
-            out = dlogp[..., None] * (x0_ - u[..., None] * x_)
+            _, dlogp = self._radial_of(x0_, x_, t_, self._radial, self.spec.estimator)
+            # x0 - u x = |r|^2 x0 - u r with r = x - u x0 (for unit vectors): when x0 is a coordinate axis every
+            # component comes out to a few ulps, where x0 - u x would lose eps / theta to cancellation
+            u = (x0_ * x_).sum(-1, keepdim=True)
+            r = x_ - u * x0_
+            out = dlogp[..., None] * ((r**2).sum(-1, keepdim=True) * x0_ - u * r)
         return out.to(dtype)
 
     def radial_log_prob(self, theta: Tensor, t) -> Tensor:
@@ -592,8 +682,19 @@ def _sample_theta(radial: _Radial, t: Tensor, generator, allow_ode: bool = True)
         phi = _sample_theta(_radial_for(3), t / 4, generator, allow_ode)
         w1 = 2 * rand(t.shape, generator, dtype=t.dtype, device=t.device) - 1
         return 2 * torch.asin((torch.sin(phi) * torch.sqrt(1 - w1**2)).clamp(0.0, 1.0))
-    log_m_chi = _log_bound_chi(n, t)
-    log_m_unif = radial.evaluate(torch.zeros_like(t), t)[0] + radial.log_volume
+    if n == 3 and allow_ode:
+        small = t <= _S3_CHI_TIME
+        if bool(small.all()):
+            return _sample_theta_s3(t, generator)
+        if bool(small.any()):
+            theta = torch.empty_like(t)
+            theta[small] = _sample_theta_s3(t[small], generator)
+            theta[~small] = _sample_theta(radial, t[~small], generator, allow_ode)
+            return theta
+    # the bounds depend on t only: compute them once per distinct time
+    times, index = torch.unique(t, return_inverse=True)
+    log_m_chi = _log_bound_chi(n, times)[index]
+    log_m_unif = (radial.evaluate(torch.zeros_like(times), times)[0] + radial.log_volume)[index]
     use_chi = log_m_chi <= log_m_unif
     best = torch.minimum(log_m_chi, log_m_unif)
     theta = torch.empty_like(t)
@@ -611,35 +712,148 @@ def _sample_theta(radial: _Radial, t: Tensor, generator, allow_ode: bool = True)
     return theta
 
 
+def _s3_image_ratio(theta: Tensor, s: Tensor, images: int = 3) -> Tensor:
+    r""":math:`\sum_k (\theta + 2\pi k) e^{-(\theta+2\pi k)^2/2s} / (\theta e^{-\theta^2/2s})` on :math:`S^3`, with the
+    images :math:`\pm k` paired as :math:`e^{-2\pi^2k^2/s}[2\cosh x - \tfrac{8\pi^2k^2}{s}\tfrac{\sinh x}{x}]`,
+    :math:`x = 2\pi k\theta/s`: finite at :math:`\theta = 0` and free of overflow. Each pair is :math:`\le 0`
+    for :math:`s \le 36`, so the ratio is at most 1 there; ``images`` = 3 leaves terms below :math:`e^{-59}` at
+    :math:`s \le 2`."""
+    out = torch.ones_like(theta)
+    for k in range(1, images + 1):
+        a = 2 * math.pi**2 * k * k / s
+        x = 2 * math.pi * k * theta / s
+        up, down = torch.exp(x - a), torch.exp(-x - a)
+        small = x < 1
+        xs = torch.where(small, x, torch.ones_like(x)).clamp_min(1e-300)  # small branch: sinh(x)/x directly
+        xl = torch.where(small, torch.ones_like(x), x)  # large branch: no overflow, no cancellation
+        sinhc = torch.where(small, torch.exp(-a) * torch.sinh(xs) / xs, (up - down) / (2 * xl))
+        sinhc = torch.where(x == 0, torch.exp(-a), sinhc)
+        out = out + (up + down) - 4 * a * sinhc
+    return out
+
+
+# S^3: the chi_3 proposal at variance s is dominated with bound e^{s/2}; used up to this time (< 2 proposals)
+_S3_CHI_TIME = 2.0
+
+
+def _sample_theta_s3(s: Tensor, generator) -> Tensor:
+    r"""Exact angles on :math:`S^3` at times ``s`` <= 2 by rejection from :math:`\chi_3` with variance :math:`s`.
+
+    :math:`p^{S^3}_s(\theta) = e^{s/2}(2\pi s)^{-3/2}\sum_k \tfrac{\theta+2\pi k}{\sin\theta}e^{-(\theta+2\pi k)^2/2s}`,
+    so the radial density over the :math:`\chi_3` one is
+    :math:`e^{s/2}\,\tfrac{\sin\theta}{\theta}\,\text{ratio}(\theta) \le e^{s/2}` (see :func:`_s3_image_ratio`) on
+    :math:`[0, \pi)`, and zero beyond: accept with probability :math:`\tfrac{\sin\theta}{\theta}\text{ratio}(\theta)`."""
+    out = torch.empty_like(s)
+    todo = torch.arange(s.numel(), device=s.device)
+    for _ in range(10_000):
+        if todo.numel() == 0:
+            return out
+        ss = s[todo]
+        k = int(math.ceil(2 * math.exp(0.5 * float(ss.max()))))
+        sk = ss[:, None].expand(-1, k).reshape(-1)
+        z = randn((sk.numel(), 3), generator, dtype=s.dtype, device=s.device)
+        theta = torch.sqrt(sk) * z.norm(dim=-1)
+        inside = theta < math.pi
+        th = torch.where(inside, theta, torch.ones_like(theta))
+        sinc = torch.where(th < 1e-4, 1 - th**2 / 6, torch.sin(th) / th)
+        accept_p = torch.where(inside, sinc * _s3_image_ratio(th, sk), torch.zeros_like(th))
+        accept = (rand(accept_p.shape, generator, dtype=s.dtype, device=s.device) < accept_p).reshape(-1, k)
+        theta = theta.reshape(-1, k)
+        hit = accept.any(-1)
+        first = accept.to(torch.int8).argmax(-1)
+        out[todo[hit]] = theta[hit, first[hit]]
+        todo = todo[~hit]
+    raise RuntimeError("rejection sampling on S^3 did not finish")
+
+
 @functools.lru_cache(maxsize=16)
 def _radial_for(n: int) -> _Radial:
     return _Radial(n)
 
 
-def _chi_params(n: int, t: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Proposal variance :math:`\sigma^2` and log-bound :math:`\log M` of the Gaussian-proposal rejection sampler.
+@functools.lru_cache(maxsize=1)
+def _zeta_even(count: int = 14) -> tuple[float, ...]:
+    from scipy.special import zeta
 
-    With :math:`\psi = \sin^m\theta\,p_t` solving :math:`\partial_t\psi = \tfrac12\psi'' - V\psi`,
-    :math:`V = \tfrac{m(m-1)}{2\sin^2\theta} - \tfrac{m^2}{2} \ge \tfrac{m(m-1)}{2}(\theta^{-2} + \tfrac13 +
-    \tfrac{\theta^2}{15}) - \tfrac{m^2}{2}` (n >= 3), Feynman–Kac comparison with the radial harmonic oscillator
-    (:math:`\omega^2 = m(m-1)/15`) and :math:`\sin\theta/\theta \le e^{-\theta^2/6}` give
+    return tuple(float(zeta(2 * k)) for k in range(1, count + 1))
+
+
+def _horner(coefficients: list[float], x: Tensor) -> Tensor:
+    out = torch.full_like(x, coefficients[-1])
+    for c in reversed(coefficients[:-1]):
+        out = out * x + c
+    return out
+
+
+def _log_sinc_sq(s: Tensor) -> tuple[Tensor, Tensor]:
+    r""":math:`f(s) = \log(\sin\sqrt s/\sqrt s) = -\sum_k \zeta(2k)s^k/(k\pi^{2k})` and :math:`f'(s)`, for
+    :math:`0 \le s < \pi^2`; :math:`f` is concave (all coefficients negative)."""
+    z = _zeta_even()
+    small = s < 0.5
+    x = torch.where(small, s, torch.zeros_like(s)) / math.pi**2
+    f_series = -x * _horner([z[k - 1] / k for k in range(1, len(z) + 1)], x)
+    df_series = -_horner(list(z), x) / math.pi**2
+    r = torch.sqrt(torch.where(small, torch.ones_like(s), s))
+    f_direct = torch.log(torch.sin(r) / r)
+    df_direct = (r / torch.tan(r) - 1) / (2 * r * r)
+    return torch.where(small, f_series, f_direct), torch.where(small, df_series, df_direct)
+
+
+def _inv_sin_sq_gap(s: Tensor) -> tuple[Tensor, Tensor]:
+    r""":math:`h(s) = \sin^{-2}\sqrt s - 1/s = \sum_i 2(2i+1)\zeta(2i+2)s^i/\pi^{2i+2}` and :math:`h'(s)`;
+    :math:`h` is convex and increasing on :math:`[0, \pi^2)`."""
+    z = _zeta_even()
+    small = s < 0.5
+    x = torch.where(small, s, torch.zeros_like(s)) / math.pi**2
+    h_series = _horner([2 * (2 * i + 1) * z[i] for i in range(len(z))], x) / math.pi**2
+    dh_series = _horner([2 * (2 * i + 1) * i * z[i] for i in range(1, len(z))], x) / math.pi**4
+    r = torch.sqrt(torch.where(small, torch.ones_like(s), s))
+    sin = torch.sin(r)
+    h_direct = 1 / sin**2 - 1 / r**2
+    dh_direct = -torch.cos(r) / (r * sin**3) + 1 / r**4
+    return torch.where(small, h_series, h_direct), torch.where(small, dh_series, dh_direct)
+
+
+def _chi_params(n: int, t: Tensor, grid: int = 12) -> tuple[Tensor, Tensor]:
+    r"""Proposal variance :math:`\sigma^2` and log-bound :math:`\log M` of the Gaussian-proposal rejection sampler
+    (n >= 3), for flat times ``t``.
+
+    :math:`\psi = \sin^m\theta\,p_t` solves :math:`\partial_t\psi = \tfrac12\psi'' - V\psi` with
+    :math:`V = \tfrac{m(m-1)}{2}(\theta^{-2} + h(\theta^2)) - \tfrac{m^2}{2}`, and
+    :math:`(\sin\theta/\theta)^{n-1}p_t = p^{\mathbb R^n}_t (\sin\theta/\theta)^m e^{m^2t/2}
+    \,\mathbb E_{\text{bridge}}[e^{-\frac{m(m-1)}{2}\int h(|X|^2)}]`. Tangent lines bound the convex :math:`h`
+    from below at :math:`s_1` (a harmonic potential, :math:`\omega^2 = m(m-1)h'(s_1)`, whose bridge expectation
+    is Mehler's formula) and the concave :math:`f = \log(\sin\sqrt s/\sqrt s)` from above at :math:`s_0`, so
     :math:`(\sin\theta/\theta)^{n-1}p_t(\theta) \le M\,\mathcal N(\theta; 0, \sigma^2 I_n)` with
-    :math:`\sigma^{-2} = \omega\coth\omega t + m/3` and
-    :math:`M = e^{(m^2/2 - m(m-1)/6)t}(\omega t/\sinh\omega t)^{n/2}(\sigma^2/t)^{n/2}`."""
+    :math:`\sigma^{-2} = \omega\coth\omega t - 2mf'(s_0)` and
+    :math:`\log M = m(f(s_0) - s_0f'(s_0)) + (\tfrac{m^2}{2} - \tfrac{m(m-1)}{2}(h(s_1) - s_1h'(s_1)))t
+    - \tfrac n2\log\tfrac{\sinh\omega t}{\omega t} - \tfrac n2\log(t/\sigma^2)`, for any
+    :math:`s_0, s_1 \in [0, \pi^2)`; the pair minimising :math:`M` on a grid is used."""
     m = 0.5 * (n - 1)
-    omega = math.sqrt(m * (m - 1) / 15)
-    if omega > 0:
-        wt = omega * t
-        prec = omega / torch.tanh(wt) + m / 3
-        # log(sinh(x)/x) without overflow at large x
-        safe = wt.clamp_min(1e-4)
-        log_sinhc = torch.where(wt < 1e-4, wt**2 / 6, safe + torch.log1p(-torch.exp(-2 * safe)) - torch.log(2 * safe))
-    else:
-        prec = 1 / t + m / 3
-        log_sinhc = torch.zeros_like(t)
-    var = 1 / prec
-    log_m = (0.5 * m * m - m * (m - 1) / 6) * t - 0.5 * n * log_sinhc + 0.5 * n * torch.log(var / t)
-    return var, log_m
+    top = (2.0 * n * t).clamp(max=9.0)[:, None]
+    frac = torch.linspace(0.0, 1.0, grid, dtype=t.dtype, device=t.device)
+    s0 = (top * frac)[:, :, None]  # [P, G, 1]
+    s1 = (top * frac)[:, None, :]  # [P, 1, G]
+    f0, df0 = _log_sinc_sq(s0)
+    h1, dh1 = _inv_sin_sq_gap(s1)
+    tt = t[:, None, None]
+    omega = torch.sqrt(m * (m - 1) * dh1)
+    wt = omega * tt
+    tiny = wt < 1e-6
+    safe = torch.where(tiny, torch.ones_like(wt), wt)
+    coth = torch.where(tiny, 1 / tt + wt * omega / 3, omega / torch.tanh(safe))  # omega coth(omega t)
+    log_sinhc = torch.where(tiny, wt**2 / 6, safe + torch.log1p(-torch.exp(-2 * safe)) - torch.log(2 * safe))
+    prec = coth - 2 * m * df0
+    log_m = (
+        m * (f0 - s0 * df0)
+        + (0.5 * m * m - 0.5 * m * (m - 1) * (h1 - s1 * dh1)) * tt
+        - 0.5 * n * log_sinhc
+        - 0.5 * n * torch.log(prec * tt)
+    )
+    flat = log_m.reshape(t.shape[0], -1)
+    best = flat.argmin(-1)
+    var = 1 / prec.expand_as(log_m).reshape(t.shape[0], -1).gather(-1, best[:, None])[:, 0]
+    return var, flat.gather(-1, best[:, None])[:, 0]
 
 
 def _log_bound_chi(n: int, t: Tensor) -> Tensor:
@@ -653,7 +867,7 @@ def _chi_time(n: int) -> float:
     target = math.log(_MAX_PROPOSALS / 2)
     for _ in range(200):
         mid = math.sqrt(lo * hi)
-        if float(_log_bound_chi(n, torch.tensor(mid, dtype=torch.float64))) > target:
+        if float(_log_bound_chi(n, torch.tensor([mid], dtype=torch.float64))[0]) > target:
             hi = mid
         else:
             lo = mid
@@ -666,7 +880,8 @@ def _rejection(radial: _Radial, t: Tensor, generator, proposal: str, log_m_unif:
     out = torch.empty_like(t)
     todo = torch.arange(t.numel(), device=t.device)
     if proposal == "chi":
-        var, log_m = _chi_params(n, t)
+        times, index = torch.unique(t, return_inverse=True)
+        var, log_m = (v[index] for v in _chi_params(n, times))
     else:
         var, log_m = None, log_m_unif
     for _ in range(10_000):
@@ -704,11 +919,13 @@ def _rejection(radial: _Radial, t: Tensor, generator, proposal: str, log_m_unif:
     raise RuntimeError(f"rejection sampling on S^{n} did not finish; acceptance is too low")
 
 
-def _flow(radial: _Radial, theta: Tensor, s0: Tensor, t: Tensor) -> Tensor:
+def _flow(radial: _Radial, theta: Tensor, s0: Tensor, t: Tensor, step: float = _ODE_STEP) -> Tensor:
     r"""Push exact draws at times ``s0`` to times ``t`` with the radial probability-flow ODE
-    :math:`d\theta/d\log s = -\tfrac{s}{2}\partial_\theta\log p_s = \tfrac{s}{2}\sin\theta\,\partial_u\log p_s`."""
+    :math:`d\theta/d\log s = -\tfrac{s}{2}\partial_\theta\log p_s = \tfrac{s}{2}\sin\theta\,\partial_u\log p_s`,
+    by classical RK4 in :math:`\log s` with steps of at most ``step`` (every sample has its own times; all
+    take the same number of steps, so one call of the radial evaluator serves the whole batch per stage)."""
     tau0, tau1 = torch.log(s0), torch.log(t)
-    steps = max(4, int(math.ceil(float((tau1 - tau0).abs().max()) / _ODE_STEP)))
+    steps = max(4, int(math.ceil(float((tau1 - tau0).abs().max()) / step)))
     h = (tau1 - tau0) / steps
 
     def velocity(theta: Tensor, tau: Tensor) -> Tensor:
