@@ -4,6 +4,8 @@ from geodiffusion.experiments.base import Experiment, ExperimentSpec, merge_spec
 from geodiffusion.experiments.earth import EarthEarthquake, EarthExperiment, EarthFire, EarthFlood, EarthVolcano
 from geodiffusion.experiments.gp import GP1DExperiment, VectorField2DExperiment
 from geodiffusion.experiments.hypersphere import HypersphereExperiment, VMFMixture
+from geodiffusion.experiments.images import BridgeDenoiseExperiment, BridgeStyleExperiment, RotatedDigitsExperiment
+from geodiffusion.experiments.lie import SO3MixtureExperiment, SU3LatticeExperiment
 from geodiffusion.experiments.quickstart import QuickstartExperiment
 
 __all__ = [
@@ -17,7 +19,10 @@ __all__ = [
     "VMFMixture",
     "ExperimentSpec",
     "QuickstartExperiment",
+    "SO3MixtureExperiment",
+    "SU3LatticeExperiment",
     "merge_spec_dicts",
     "write_json",
 ]
+__all__ += ["RotatedDigitsExperiment", "BridgeDenoiseExperiment", "BridgeStyleExperiment"]
 __all__ += ["GP1DExperiment", "VectorField2DExperiment"]
