@@ -156,7 +156,7 @@ def sampling_rows(ns, times, draws: int, max_steps: int) -> list[str]:
             t_grw = timed(walk, sphere, x0, t, steps, repeats=1)
             rows.append(
                 f"| {n} | {t:g} | {draws} | {ks_exact:.4f} | {1e3 * t_exact:.1f} | {steps if found else f'>{max_steps}'} | "
-                f"{ks_grw:.4f} | {1e3 * t_grw:.1f} | {t_grw / t_exact:.0f}{'' if found else ' (lower bound)'} |"
+                f"{ks_grw:.4f} | {1e3 * t_grw:.1f} | {t_grw / t_exact:.2g}{'' if found else ' (lower bound)'} |"
             )
             print(rows[-1], flush=True)
     return rows
