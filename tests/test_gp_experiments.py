@@ -186,3 +186,44 @@ def test_experiment_specs_reject_networks_of_the_wrong_shape_and_oversized_batch
         gd.registry(Experiment)["gp-1d"].resolve_spec({"n_points": 80})
     with pytest.raises(ValidationError, match="batch_size"):
         gd.registry(Experiment)["vector-field-2d"].resolve_spec({"train_sizes": [8]})
+
+
+def test_riemannian_function_dsm_of_the_exact_score_of_a_point_mass_is_zero_and_a_network_trains():
+    """Data at one point per input: the transition score is the marginal score, so the exact loss is 0."""
+    from geodiffusion.data.functions import sample_sphere_tracks
+    from geodiffusion.processes import BrownianProcess
+    from geodiffusion.training.functions import function_riemannian_dsm_loss
+
+    process = BrownianProcess(manifold={"kind": "sphere", "dim": 2})
+    gen = torch.Generator().manual_seed(0)
+    x, y = sample_sphere_tracks(32, 5, generator=gen, dtype=torch.float64)
+    y0 = y[:1].expand(32, 5, 3)
+
+    def exact(t, v, inputs):
+        return process.marginal(y0, t[:, None].expand(32, 5)).score(v)
+
+    assert float(function_riemannian_dsm_loss(exact, process, x, y0, generator=gen)) < 1e-12
+    with pytest.raises(ValueError, match="manifold"):
+        function_riemannian_dsm_loss(exact, _process("plain"), x, y0)
+    torch.manual_seed(0)
+    model = gd.build(gd.registry(gd.ScoreModel)["tangent_function"].examples()[0]).double()
+    history = FunctionTrainer(
+        model, process, x[:, :4].contiguous(), y[:, :4].contiguous(), {"steps": 40, "batch_size": 8, "lr": 3e-3}
+    ).fit()
+    assert sum(history[-10:]) < sum(history[:10])
+
+
+def test_tiny_sphere_tracks_run_samples_on_the_sphere(tmp_path):
+    cls = gd.registry(Experiment)["sphere-tracks"]
+    tiny = {
+        "n_train": 16,
+        "n_points": 4,
+        "n_samples": 8,
+        "model": {"network": {"hidden": 8, "heads": 2, "layers": 1}},
+        "training": {"steps": 4, "batch_size": 8, "checkpoint_every": 4},
+        "sampler": {"steps": 5},
+    }
+    metrics = cls(cls.resolve_spec(tiny, quick=True)).execute(tmp_path, progress=False)
+    assert metrics["max_off_sphere"] < 1e-5
+    assert metrics["data_plane_residual"] < 0.1 < metrics["prior_plane_residual"]  # noisy great circles vs uniform points
+    assert (tmp_path / "tracks.png").is_file() and (tmp_path / "model/checkpoints/last.pt").is_file()

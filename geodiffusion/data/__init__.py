@@ -2,7 +2,14 @@
 
 from geodiffusion.data.digits import DIGITS_SOURCE, PairedDigits, RotatedDigits, load_digits_images, rotate_c4, sobel_edges
 from geodiffusion.data.earth import EARTH_DATASETS, lat_lon_to_sphere, load_earth, load_events, random_split, sphere_to_lat_lon
-from geodiffusion.data.functions import SCALAR_FUNCTIONS, VECTOR_FIELDS, data_kernel, sample_functions, sample_vector_fields
+from geodiffusion.data.functions import (
+    SCALAR_FUNCTIONS,
+    VECTOR_FIELDS,
+    data_kernel,
+    sample_functions,
+    sample_sphere_tracks,
+    sample_vector_fields,
+)
 from geodiffusion.data.toy import RingOfGaussians, ring_centres, ring_of_gaussians, ring_of_gaussians_log_prob
 
 __all__ = [
@@ -19,3 +26,4 @@ __all__ = [
 ]
 __all__ += ["RotatedDigits", "PairedDigits", "load_digits_images", "rotate_c4", "sobel_edges", "DIGITS_SOURCE"]
 __all__ += ["SCALAR_FUNCTIONS", "VECTOR_FIELDS", "data_kernel", "sample_functions", "sample_vector_fields"]
+__all__ += ["sample_sphere_tracks"]

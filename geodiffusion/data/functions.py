@@ -4,7 +4,8 @@ Scalar functions on :math:`\mathbb{R}` (the 1-d regression benchmarks of neural 
 Dutordoir et al., 2023): Gaussian processes with squared-exponential, Matérn-5/2 and weakly periodic
 (SE :math:`\times` periodic) kernels, and two non-Gaussian families, sawtooth :math:`y = (\omega x + \phi) \bmod 1`
 and step :math:`y = a\,\mathrm{sign}(x - s)`. Vector fields on :math:`\mathbb{R}^2` (GeomNDP, Sec. 5): curl-free and
-divergence-free GP fields. Every observation carries Gaussian noise of std ``noise``; for the GP families the exact
+divergence-free GP fields. Tracks :math:`[0, 1] \to S^2` (GeomNDP, Sec. 5.3, manifold codomains): noisy
+great-circle arcs. Every observation carries Gaussian noise of std ``noise``; for the GP families the exact
 law of the data is the GP with kernel :func:`data_kernel` (signal plus white noise).
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "data_kernel",
     "sample_functions",
     "sample_vector_fields",
+    "sample_sphere_tracks",
 ]
 
 ScalarFunction = Literal["se", "matern52", "weakly_periodic", "sawtooth", "step"]
@@ -132,4 +134,40 @@ def sample_vector_fields(
     r, theta = radius * torch.sqrt(u[..., 0]), 2 * math.pi * u[..., 1]
     x = torch.stack([r * torch.cos(theta), r * torch.sin(theta)], -1)
     y = _gp_values(data_kernel(name, noise), x, generator)
+    return x.to(dtype), y.to(dtype)
+
+
+def sample_sphere_tracks(
+    n_functions: int,
+    n_points: int,
+    *,
+    speed: tuple[float, float] = (0.5, 1.5),
+    noise: float = 0.02,
+    grid: bool = False,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    r"""Tracks :math:`y: [0, 1] \to S^2`, :math:`y(x) = \exp_{y'}(\text{noise}\, P_{y'}\xi)` around the great-circle
+    arc :math:`y'(x) = \cos(\omega x)\,p + \sin(\omega x)\,v` with :math:`p` uniform on :math:`S^2`, :math:`v` a
+    uniform unit tangent at :math:`p` and :math:`\omega \sim U[\text{speed}]` (radians per unit input). Inputs
+    ``[M, N, 1]`` uniform in :math:`[0, 1]` (or the regular grid if ``grid``), values ``[M, N, 3]`` on the sphere."""
+    from geodiffusion.manifolds.sphere import Sphere
+
+    if n_functions < 1 or n_points < 1:
+        raise ValueError(f"n_functions and n_points: expected positive integers, got {n_functions} and {n_points}")
+    if not 0 <= speed[0] <= speed[1]:
+        raise ValueError(f"speed: expected 0 <= low <= high, got {speed}")
+    if noise < 0:
+        raise ValueError(f"noise: expected a non-negative std, got {noise}")
+    sphere = Sphere(dim=2)
+    p = sphere.random_point(n_functions, generator, dtype=torch.float64)
+    v = sphere.proj(p, randn((n_functions, 3), generator, dtype=torch.float64))
+    v = v / v.norm(dim=-1, keepdim=True)
+    omega = speed[0] + (speed[1] - speed[0]) * rand((n_functions, 1, 1), generator, dtype=torch.float64)
+    if grid:
+        x = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64).reshape(1, n_points, 1).expand(n_functions, n_points, 1)
+    else:
+        x = rand((n_functions, n_points, 1), generator, dtype=torch.float64)
+    y = torch.cos(omega * x) * p[:, None] + torch.sin(omega * x) * v[:, None]
+    y = sphere.exp(y, sphere.proj(y, noise * randn(y.shape, generator, dtype=torch.float64)))
     return x.to(dtype), y.to(dtype)

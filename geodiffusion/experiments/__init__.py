@@ -2,7 +2,7 @@
 
 from geodiffusion.experiments.base import Experiment, ExperimentSpec, merge_spec_dicts, write_json
 from geodiffusion.experiments.earth import EarthEarthquake, EarthExperiment, EarthFire, EarthFlood, EarthVolcano
-from geodiffusion.experiments.gp import GP1DExperiment, VectorField2DExperiment
+from geodiffusion.experiments.gp import GP1DExperiment, SphereTracksExperiment, VectorField2DExperiment
 from geodiffusion.experiments.hypersphere import HypersphereExperiment, VMFMixture
 from geodiffusion.experiments.images import BridgeDenoiseExperiment, BridgeStyleExperiment, RotatedDigitsExperiment
 from geodiffusion.experiments.lie import SO3MixtureExperiment, SU3LatticeExperiment
@@ -25,4 +25,4 @@ __all__ = [
     "write_json",
 ]
 __all__ += ["RotatedDigitsExperiment", "BridgeDenoiseExperiment", "BridgeStyleExperiment"]
-__all__ += ["GP1DExperiment", "VectorField2DExperiment"]
+__all__ += ["GP1DExperiment", "VectorField2DExperiment", "SphereTracksExperiment"]

@@ -1,6 +1,6 @@
 r"""Function-space experiments of Geometric Neural Diffusion Processes (Mathieu et al., 2023, Sec. 5):
-``gp-1d`` (1-d regression, NDP benchmarks) and ``vector-field-2d`` (equivariant vs non-equivariant networks on
-curl-free / divergence-free GP fields, data efficiency).
+``gp-1d`` (1-d regression, NDP benchmarks), ``vector-field-2d`` (equivariant vs non-equivariant networks on
+curl-free / divergence-free GP fields, data efficiency) and ``sphere-tracks`` (functions with values on :math:`S^2`).
 
 Both train function score networks by DSM on :class:`~geodiffusion.processes.gp.OUGaussianProcess` (context keyword
 ``inputs``) and report the conditional test log-likelihood per target point,
@@ -25,6 +25,7 @@ from geodiffusion.data.functions import (
     VectorField,
     data_kernel,
     sample_functions,
+    sample_sphere_tracks,
     sample_vector_fields,
 )
 from geodiffusion.experiments.base import Experiment, ExperimentSpec
@@ -32,12 +33,20 @@ from geodiffusion.models.base import ScoreModel
 from geodiffusion.processes.base import Process
 from geodiffusion.processes.gp import OUGaussianProcess
 from geodiffusion.registry import build
+from geodiffusion.samplers.base import Sampler
 from geodiffusion.samplers.conditional import ConditionalSampler, ReplacementConditional, conditional_log_likelihood
 from geodiffusion.samplers.ode import ODEOptions
 from geodiffusion.spec import Spec, component_spec
 from geodiffusion.training.functions import FunctionTrainer, FunctionTrainingSpec, derive_function_seed
 
-__all__ = ["GP1DExperiment", "VectorField2DExperiment", "LikelihoodSpec", "gp_conditional_log_likelihood"]
+__all__ = [
+    "GP1DExperiment",
+    "VectorField2DExperiment",
+    "SphereTracksExperiment",
+    "LikelihoodSpec",
+    "gp_conditional_log_likelihood",
+    "track_statistics",
+]
 
 _WHITE_1D = {"kind": "white_noise", "variance": 0.05}
 _PROCESS_1D = {
@@ -424,4 +433,129 @@ class VectorField2DExperiment(_FunctionExperiment, kind="vector-field-2d"):
             ax.quiver(*xc.cpu().T, *yc.cpu().T, color="red", angles="xy")
             ax.set_aspect("equal")
             ax.set_title(title, fontsize=9)
+        fig.savefig(path, dpi=100)
+
+
+_SPHERE = {"kind": "sphere", "dim": 2}
+_BROWNIAN = {"kind": "brownian", "manifold": _SPHERE, "beta_min": 1e-3, "beta_max": 8.0}
+
+
+def track_statistics(values: Tensor, inputs: Tensor) -> dict[str, Tensor]:
+    r"""Per-track statistics of points ``values [B, N, 3]`` on :math:`S^2` at sorted ``inputs [B, N, 1]``: ``speed``,
+    the mean geodesic step :math:`d(y_i, y_{i+1}) / (x_{i+1} - x_i)`, and ``plane_residual``, the RMS of
+    :math:`\langle y_i, n\rangle` for the unit normal :math:`n` of the best-fitting great circle (0 on a great circle)."""
+    v64, x64 = values.detach().to(torch.float64), inputs.detach().to(torch.float64)
+    cos = (v64[:, 1:] * v64[:, :-1]).sum(-1).clamp(-1.0, 1.0)
+    speed = (torch.arccos(cos) / (x64[:, 1:, 0] - x64[:, :-1, 0])).mean(-1)
+    normal = torch.linalg.svd(v64, full_matrices=False).Vh[:, -1]  # right singular vector of the smallest value
+    residual = ((v64 @ normal.unsqueeze(-1)).squeeze(-1) ** 2).mean(-1).sqrt()
+    return {"speed": speed, "plane_residual": residual}
+
+
+class SphereTracksExperiment(_FunctionExperiment, kind="sphere-tracks"):
+    r"""Functions with values on :math:`S^2` (GeomNDP, Sec. 3.4 / 5.3): tracks :math:`[0, 1] \to S^2` (noisy great-circle
+    arcs) noised by Brownian motion on the sphere at every point, the exact heat-kernel score as DSM target, a
+    bi-dimensional attention network projected on the tangent spaces (:class:`~geodiffusion.models.TangentFunctionScore`)
+    and geodesic Euler-Maruyama sampling at a regular grid of ``n_points`` inputs.
+
+    Metrics: ``speed_mean``/``speed_std`` and ``plane_residual`` (see :func:`track_statistics`) of ``data_``, ``model_``
+    and ``prior_`` (uniform points) tracks; ``max_off_sphere``; ``train_seconds``; ``functions_per_second``.
+    Plot: ``tracks.png`` (data and sampled tracks on a Mollweide map).
+    """
+
+    quick_overrides = {
+        "n_train": 512,
+        "n_samples": 64,
+        "model": {"network": {"hidden": 32, "layers": 2}},
+        "training": {"steps": 300, "batch_size": 32, "lr": 2e-3, "ema_decay": 0.95, "checkpoint_every": 300},
+        "sampler": {"steps": 100},
+    }
+
+    class Spec(ExperimentSpec):
+        """Great-circle tracks on S^2 as functions of time, Brownian noising per point."""
+
+        n_train: int = Field(4096, ge=1, description="training tracks")
+        n_points: int = Field(12, ge=2, description="points per track")
+        n_samples: int = Field(256, ge=1, description="sampled (and test) tracks for the statistics")
+        speed: tuple[float, float] = Field((0.5, 1.5), description="range of angular speeds (radians per unit input)")
+        noise: float = Field(0.02, ge=0, description="geodesic noise std of every observation")
+        process: component_spec(Process) = Field(_BROWNIAN, description="Brownian motion on S^2, at every point")
+        model: component_spec(ScoreModel) = Field(
+            {
+                "kind": "tangent_function",
+                "output_dim": 3,
+                "manifold": _SPHERE,
+                "process": _BROWNIAN,
+                "network": {"kind": "bidim_attention", "output_dim": 3, "hidden": 64, "heads": 4, "layers": 3},
+            },
+            description="tangent function network",
+        )
+        sampler: component_spec(Sampler) = Field(
+            {"kind": "geodesic_euler_maruyama", "steps": 300}, description="reverse-SDE sampler on the sphere"
+        )
+        training: FunctionTrainingSpec = Field(
+            FunctionTrainingSpec(steps=3000, batch_size=64, lr=1e-3, ema_decay=0.995),
+            description="optimisation settings",
+        )
+        throughput_batch: int = Field(64, ge=1, description="tracks per batch of the throughput measurement")
+        dtype: Literal["float32", "float64"] = Field("float32", description="dtype of data and network")
+
+        @model_validator(mode="after")
+        def _consistent(self):
+            manifold = getattr(self.process, "manifold", None)
+            if getattr(manifold, "kind", None) != "sphere" or getattr(manifold, "dim", None) != 2:
+                raise ValueError(f"process: expected a process on the sphere S^2, got {self.process!r}")
+            if getattr(self.model, "input_dim", None) != 1 or getattr(self.model, "output_dim", None) != 3:
+                raise ValueError("model: expected a function network from R to S^2 (input_dim 1, output_dim 3)")
+            if self.training.batch_size > self.n_train:
+                raise ValueError(f"training.batch_size ({self.training.batch_size}) exceeds n_train ({self.n_train})")
+            return self
+
+    def run(self, out_dir: Path, *, device: torch.device, progress: bool) -> dict[str, float]:
+        s = self.spec
+        dtype = getattr(torch, s.dtype)
+        process = build(s.process, Process)
+        gen = torch.Generator().manual_seed(derive_function_seed(s.seed, "train"))
+        x, y = sample_sphere_tracks(s.n_train, s.n_points, speed=s.speed, noise=s.noise, generator=gen, dtype=dtype)
+        model, seconds = self._train(s.model, process, x, y, out_dir / "model", device, progress, "model")
+        tgen = torch.Generator().manual_seed(derive_function_seed(s.seed, "test"))
+        tx, ty = sample_sphere_tracks(
+            s.n_samples, s.n_points, speed=s.speed, noise=s.noise, grid=True, generator=tgen, dtype=dtype
+        )
+        tx, ty = tx.to(device), ty.to(device)
+        sampler = build(s.sampler, Sampler)
+        sgen = torch.Generator().manual_seed(derive_function_seed(s.seed, "sample"))
+        start = time.perf_counter()
+        with torch.no_grad():
+            samples = sampler.sample(
+                lambda t, v: model(t, v, inputs=tx), process, tuple(ty.shape), generator=sgen, device=device, dtype=dtype
+            )
+        metrics: dict[str, float] = {
+            "train_seconds": seconds,
+            "functions_per_second": s.n_samples / (time.perf_counter() - start),
+            "max_off_sphere": float((samples.norm(dim=-1) - 1).abs().max()),
+        }
+        prior = process.prior(tuple(ty.shape), device=device, dtype=dtype).sample(sgen)
+        for name, values in (("data", ty), ("model", samples), ("prior", prior)):
+            stats = track_statistics(values, tx)
+            metrics[f"{name}_speed_mean"] = float(stats["speed"].mean())
+            metrics[f"{name}_speed_std"] = float(stats["speed"].std())
+            metrics[f"{name}_plane_residual"] = float(stats["plane_residual"].mean())
+        torch.save({"samples": samples.cpu(), "test": ty.cpu(), "inputs": tx.cpu()}, out_dir / "samples.pt")
+        self._plot(out_dir / "tracks.png", ty, samples)
+        return metrics
+
+    def _plot(self, path: Path, data: Tensor, samples: Tensor) -> None:
+        from matplotlib.figure import Figure
+
+        from geodiffusion.data.earth import sphere_to_lat_lon
+
+        fig = Figure(figsize=(12, 3.6), layout="constrained")
+        axes = fig.subplots(1, 2, subplot_kw={"projection": "mollweide"})
+        for ax, (title, tracks) in zip(axes, (("data tracks", data), ("model samples", samples)), strict=True):
+            for k, track in enumerate(tracks[:10].detach().cpu().double()):
+                lat, lon = sphere_to_lat_lon(track)
+                ax.plot(torch.deg2rad(lon).numpy(), torch.deg2rad(lat).numpy(), ".-", ms=3, lw=0.8, color=f"C{k}")
+            ax.set_title(title)
+            ax.grid(True, alpha=0.3)
         fig.savefig(path, dpi=100)

@@ -23,11 +23,14 @@ from torch import Tensor, nn
 from geodiffusion._random import randn
 from geodiffusion.groups.base import Group
 from geodiffusion.groups.permutation import Permutations
+from geodiffusion.manifolds.base import Manifold
 from geodiffusion.models.base import ScoreModel
 from geodiffusion.models.layers import Activation, SinusoidalTimeEmbedding, activation
-from geodiffusion.spec import Spec
+from geodiffusion.processes.base import Process
+from geodiffusion.registry import build
+from geodiffusion.spec import Spec, component_spec
 
-__all__ = ["FunctionScoreModel", "BiDimensionalAttention", "FunctionMLP"]
+__all__ = ["FunctionScoreModel", "BiDimensionalAttention", "FunctionMLP", "TangentFunctionScore"]
 
 
 class _FunctionSpec(Spec):
@@ -202,3 +205,59 @@ class FunctionMLP(FunctionScoreModel, kind="function_mlp"):
         points = nn.functional.pad(points, (0, 0, 0, s.max_points - n))
         out = self.net(torch.cat([points.flatten(1), self.time_embedding(t).to(values.dtype)], -1))
         return out.reshape(b, s.max_points, s.output_dim)[:, :n]
+
+
+class TangentFunctionScore(FunctionScoreModel, kind="tangent_function"):
+    r"""Score network of functions with values on a manifold :math:`M \subset \mathbb{R}^{d_{out}}` (GeomNDP,
+    Sec. 3.4), noised by Brownian motion on :math:`M` at every point:
+    :math:`s_\theta(t, x, y)_i = P_{y_i}\, o_\theta(t, x, y)_i / \sigma_t \in T_{y_i} M`, with :math:`o_\theta` a
+    function network on ambient values (``network``) and :math:`\sigma_t` the process's ``sigma(t)`` (none: 1).
+
+    The projection acts pointwise, so the network's permutation equivariance carries over; the values of the
+    example input lie on :math:`M`.
+    """
+
+    class Spec(_FunctionSpec):
+        """A function network projected onto the tangent spaces of the values' manifold."""
+
+        manifold: component_spec(Manifold) = Field(description="the codomain M (points [..., d_out])")
+        network: component_spec(ScoreModel) = Field(description="a function score network on ambient values")
+        process: component_spec(Process) | None = Field(None, description="a process with sigma(t): divide by sigma_t")
+
+    @classmethod
+    def examples(cls):
+        sphere = {"kind": "sphere", "dim": 2}
+        net = {"kind": "bidim_attention", "output_dim": 3, "hidden": 8, "heads": 2, "layers": 1, "n_points": 4}
+        process = {"kind": "brownian", "manifold": sphere}
+        return [cls.Spec(output_dim=3, n_points=4, manifold=sphere, network=net, process=process)]
+
+    def __init__(self, spec=None, /, **fields) -> None:
+        super().__init__(spec, **fields)
+        s = self.spec
+        self.manifold = build(s.manifold, Manifold)
+        self.network = build(s.network, ScoreModel)
+        if tuple(self.manifold.point_shape) != (s.output_dim,):
+            raise ValueError(f"manifold: expected points of shape [{s.output_dim}] (output_dim), got {self.manifold.point_shape}")
+        if (getattr(self.network.spec, "input_dim", None), getattr(self.network.spec, "output_dim", None)) != (
+            s.input_dim,
+            s.output_dim,
+        ):
+            raise ValueError(f"network: expected a function network with input_dim={s.input_dim}, output_dim={s.output_dim}")
+        self.process = build(s.process, Process) if s.process is not None else None
+        if self.process is not None and not callable(getattr(self.process, "sigma", None)):
+            raise ValueError(f"process: {type(self.process).__name__} has no sigma(t) to precondition by")
+
+    @property
+    def group(self) -> Group | None:
+        return self.network.group
+
+    def score(self, t: Tensor, inputs: Tensor, values: Tensor) -> Tensor:
+        out = self.manifold.proj(values, self.network(t, values, inputs=inputs))
+        if self.process is not None:
+            out = out / self.process.sigma(t).to(values.dtype).reshape(-1, 1, 1)
+        return out
+
+    def example_input(self, batch: int, generator=None) -> Tensor:
+        s = self.spec
+        values = self.manifold.random_point(batch * s.n_points, generator).reshape(batch, s.n_points, s.output_dim)
+        return torch.cat([randn((batch, s.n_points, s.input_dim), generator).to(values.dtype), values], -1)

@@ -26,12 +26,19 @@ from torch import Tensor, nn
 
 from geodiffusion._random import rand
 from geodiffusion._validation import check_finite
+from geodiffusion.processes.base import Process
 from geodiffusion.processes.gp import OUGaussianProcess
 from geodiffusion.spec import Spec
 from geodiffusion.training.checkpoint import load_checkpoint, save_checkpoint
 from geodiffusion.training.ema import EMA
 
-__all__ = ["FunctionTrainingSpec", "FunctionTrainer", "function_dsm_loss", "derive_function_seed"]
+__all__ = [
+    "FunctionTrainingSpec",
+    "FunctionTrainer",
+    "function_dsm_loss",
+    "function_riemannian_dsm_loss",
+    "derive_function_seed",
+]
 
 FunctionWeighting = Literal["sigma2", "none"]
 CHECKPOINT_FORMAT = 1
@@ -89,6 +96,51 @@ def function_dsm_loss(
     return losses.mean() if reduce else losses
 
 
+def function_riemannian_dsm_loss(
+    model: nn.Module,
+    process: Process,
+    inputs: Tensor,
+    values: Tensor,
+    *,
+    t: Tensor | None = None,
+    eps: float = 1e-3,
+    weighting: FunctionWeighting = "sigma2",
+    generator: torch.Generator | None = None,
+    reduce: bool = True,
+) -> Tensor:
+    r"""DSM for functions with values on a manifold :math:`M`, noised by ``process`` (Brownian motion on :math:`M`,
+    :class:`~geodiffusion.processes.BrownianProcess`) independently at every point:
+    :math:`\lambda(t)\,\tfrac1N \sum_i \| P_{y_{t,i}} s_\theta(t, x, y_t)_i - \nabla \log p_{\tau(t)}(y_{0,i}, y_{t,i}) \|^2`
+    with the exact heat-kernel score as target and :math:`\lambda = \sigma_t^2` (``"sigma2"``) or 1.
+    ``values [B, N, *point_shape]`` on :math:`M`, ``inputs [B, N, m]``; one time per function."""
+    manifold = getattr(process, "manifold", None)
+    if manifold is None:
+        raise ValueError(f"process: expected a process on a manifold, got {type(process).__name__}; use function_dsm_loss")
+    check_finite("values", values)
+    check_finite("inputs", inputs)
+    manifold.check_point("values", values)
+    if values.dim() != 2 + len(manifold.point_shape) or inputs.dim() != 3 or inputs.shape[:2] != values.shape[:2]:
+        raise ValueError(
+            f"inputs and values: expected [B, N, m] and [B, N, *point_shape], got {list(inputs.shape)} and {list(values.shape)}"
+        )
+    if weighting not in ("sigma2", "none"):
+        raise ValueError(f"weighting: expected 'sigma2' or 'none', got {weighting!r}")
+    batch, n = values.shape[:2]
+    if t is None:
+        if not 0 < eps < process.T:
+            raise ValueError(f"eps: expected a value in (0, T={process.T}), got {eps}")
+        t = eps + (process.T - eps) * rand((batch,), generator, dtype=values.dtype, device=values.device)
+    # the same time at every point of a function: the marginal is a product of heat kernels
+    marginal = process.marginal(values, t[:, None].expand(batch, n))
+    y_t = marginal.sample(generator)
+    target = marginal.score(y_t)
+    diff = manifold.proj(y_t, model(t, y_t, inputs=inputs)) - target
+    per_function = manifold.inner(y_t, diff, diff).mean(-1)
+    lam = process.sigma(t) ** 2 if weighting == "sigma2" else torch.ones_like(t)
+    losses = lam.to(per_function.dtype) * per_function
+    return losses.mean() if reduce else losses
+
+
 class FunctionTrainingSpec(Spec):
     """Optimisation settings of :class:`FunctionTrainer`."""
 
@@ -110,7 +162,8 @@ class FunctionTrainingSpec(Spec):
 
 class FunctionTrainer:
     r"""Fits a function score network to a pool of functions ``inputs [M, N, m]``, ``values [M, N, d]`` by
-    :func:`function_dsm_loss` with AdamW, gradient clipping and an EMA.
+    :func:`function_dsm_loss` (an OU process with a GP limit) or :func:`function_riemannian_dsm_loss` (Brownian
+    motion on the values' manifold) with AdamW, gradient clipping and an EMA.
 
     Minibatches are consecutive slices of a per-epoch permutation drawn from a data generator; times, point
     subsets and noise come from a second generator. Both are seeded from ``spec.seed`` and saved in every
@@ -121,7 +174,7 @@ class FunctionTrainer:
     def __init__(
         self,
         model: nn.Module,
-        process: OUGaussianProcess,
+        process: Process,
         inputs: Tensor,
         values: Tensor,
         spec: FunctionTrainingSpec | dict[str, Any],
@@ -130,11 +183,16 @@ class FunctionTrainer:
         progress: bool = False,
     ) -> None:
         spec = spec if isinstance(spec, FunctionTrainingSpec) else FunctionTrainingSpec.model_validate(spec)
-        if not isinstance(process, OUGaussianProcess):
-            raise ValueError(f"process: expected an OUGaussianProcess, got {type(process).__name__}")
+        self._manifold = getattr(process, "manifold", None)
+        if not isinstance(process, OUGaussianProcess) and (
+            self._manifold is None or not callable(getattr(process, "sigma", None))
+        ):
+            raise ValueError(
+                f"process: expected an OUGaussianProcess or Brownian motion on a manifold, got {type(process).__name__}"
+            )
         check_finite("inputs", inputs)
         check_finite("values", values)
-        if values.dim() != 3 or inputs.dim() != 3 or inputs.shape[:2] != values.shape[:2]:
+        if values.dim() < 3 or inputs.dim() != 3 or inputs.shape[:2] != values.shape[:2]:
             raise ValueError(
                 f"inputs and values: expected [M, N, m] and [M, N, d], got {list(inputs.shape)} and {list(values.shape)}"
             )
@@ -249,7 +307,8 @@ class FunctionTrainer:
             while self.step < s.steps:
                 start = time.perf_counter()
                 inputs, values = self._next_batch()
-                loss = function_dsm_loss(
+                loss_fn = function_dsm_loss if self._manifold is None else function_riemannian_dsm_loss
+                loss = loss_fn(
                     self.model, self.process, inputs, values, eps=s.eps, weighting=s.weighting, generator=self.noise_generator
                 )
                 self.optimizer.zero_grad(set_to_none=True)
