@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor
@@ -554,8 +555,11 @@ class SphereTracksExperiment(_FunctionExperiment, kind="sphere-tracks"):
         axes = fig.subplots(1, 2, subplot_kw={"projection": "mollweide"})
         for ax, (title, tracks) in zip(axes, (("data tracks", data), ("model samples", samples)), strict=True):
             for k, track in enumerate(tracks[:10].detach().cpu().double()):
-                lat, lon = sphere_to_lat_lon(track)
-                ax.plot(torch.deg2rad(lon).numpy(), torch.deg2rad(lat).numpy(), ".-", ms=3, lw=0.8, color=f"C{k}")
+                lat, lon = (torch.deg2rad(v) for v in sphere_to_lat_lon(track))
+                # break the line where a track crosses the antimeridian, instead of drawing across the map
+                cut = 1 + torch.nonzero((lon[1:] - lon[:-1]).abs() > torch.pi).flatten().numpy()
+                lon, lat = np.insert(lon.numpy(), cut, np.nan), np.insert(lat.numpy(), cut, np.nan)
+                ax.plot(lon, lat, ".-", ms=3, lw=0.8, color=f"C{k}")
             ax.set_title(title)
             ax.grid(True, alpha=0.3)
         fig.savefig(path, dpi=100)
