@@ -1,0 +1,355 @@
+"""SO(3), SU(n) and their powers: heat kernels against independent mpmath references, exact samplers by KS tests."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from scipy import integrate, stats
+
+import geodiffusion as gd
+from geodiffusion.heat.lie import SO3HeatKernel, SUHeatKernel
+from geodiffusion.heat.sphere import SphereHeatKernel
+from geodiffusion.manifolds.lie import SO3, SU, su_casimir, su_dimension, su_partitions
+from geodiffusion.testing import check_heat_kernel
+
+F64 = torch.float64
+TIMES = [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0]
+mp.mp.dps = 60
+
+
+# --- independent references (mpmath, summed to convergence) ---------------------------------------------
+
+
+def so3_chars(theta, t):
+    """SO(3), Frobenius metric: (16 sqrt2 pi^2)^-1 sum (2l+1) e^{-l(l+1)t/4} sin((l+1/2)theta)/sin(theta/2)."""
+    theta, t = mp.mpf(theta), mp.mpf(t)
+    if theta == 0:
+        term = lambda l: (2 * l + 1) ** 2 * mp.exp(-l * (l + 1) * t / 4)  # noqa: E731
+    else:
+        term = lambda l: (2 * l + 1) * mp.exp(-l * (l + 1) * t / 4) * mp.sin((l + 0.5) * theta) / mp.sin(theta / 2)  # noqa: E731
+    return mp.nsum(term, [0, mp.inf]) / (16 * mp.sqrt(2) * mp.pi**2)
+
+
+def so3_paths(theta, t):
+    """SO(3) as S^3(2)/{+-1} at time t/2 (angle metric), images with alternating signs, at high precision."""
+    theta, s = mp.mpf(theta), mp.mpf(t) / 2
+    theta = max(theta, mp.mpf(10) ** -40)  # the limit theta -> 0, to 1e-80
+    total = mp.nsum(
+        lambda m: (-1) ** int(m) * (theta + 2 * mp.pi * m) * mp.exp(-((theta + 2 * mp.pi * m) ** 2) / (2 * s)), [-mp.inf, mp.inf]
+    )
+    p_angle = (2 * mp.pi * s) ** -1.5 * mp.exp(s / 8) * total / (2 * mp.sin(theta / 2))
+    return p_angle / mp.mpf(2) ** 1.5
+
+
+def s3_paths(psi, s):
+    """Unit S^3 (generator Laplacian/2): (2 pi s)^-3/2 e^{s/2} sum (psi + 2 pi k)/sin psi e^{-(psi+2pi k)^2/2s}."""
+    psi, s = mp.mpf(psi), mp.mpf(s)
+    psi = min(max(psi, mp.mpf(10) ** -40), mp.pi - mp.mpf(10) ** -40)
+    total = mp.nsum(lambda k: (psi + 2 * mp.pi * k) * mp.exp(-((psi + 2 * mp.pi * k) ** 2) / (2 * s)), [-mp.inf, mp.inf])
+    return (2 * mp.pi * s) ** -1.5 * mp.exp(s / 2) * total / mp.sin(psi)
+
+
+def su2_chars(phi, t):
+    """SU(2) = S^3(sqrt 2): vol^-1 sum_l (l+1) e^{-l(l+2)t/4} sin((l+1)phi)/sin(phi), vol = 4 sqrt2 pi^2."""
+    phi, t = mp.mpf(phi), mp.mpf(t)
+    phi = min(max(phi, mp.mpf(10) ** -40), mp.pi - mp.mpf(10) ** -40)
+    total = mp.nsum(lambda l: (l + 1) * mp.exp(-l * (l + 2) * t / 4) * mp.sin((l + 1) * phi) / mp.sin(phi), [0, mp.inf])
+    return total / (4 * mp.sqrt(2) * mp.pi**2)
+
+
+def _off_walls(theta):
+    """Eigenangles moved by ~1e-20 off the walls of the Weyl chamber: at the identity (three walls) the 0/0 of
+    both formulas loses 60 of the 100 working digits, and the (smooth, even) function moves by ~1e-40."""
+    return [
+        mp.mpf(v) if not isinstance(v, float) else mp.mpf(v) + mp.mpf(10) ** -25 * d
+        for v, d in zip(theta, (1, 2, -3), strict=True)
+    ]
+
+
+def su3_paths(theta, t):
+    """Sum over the coroot lattice of SU(3) at high precision, eigenangles theta (sum zero), no pairing."""
+    with mp.workdps(100):
+        return +_su3_paths(theta, t)
+
+
+def _su3_paths(theta, t):
+    t = mp.mpf(t)
+    th = _off_walls(theta)
+    total = mp.mpf(0)
+    M = 4
+    for m1, m2 in itertools.product(range(-M, M + 1), repeat=2):
+        h = [th[0] + 2 * mp.pi * m1, th[1] + 2 * mp.pi * m2, th[2] - 2 * mp.pi * (m1 + m2)]
+        f = mp.mpf(1)
+        for j, k in itertools.combinations(range(3), 2):
+            a = h[j] - h[k]
+            f *= a / (2 * mp.sin(a / 2))
+        total += f * mp.exp(-(h[0] ** 2 + h[1] ** 2 + h[2] ** 2) / (2 * t))
+    return (2 * mp.pi * t) ** -4 * mp.exp(mp.mpf(2) * t / 2) * total  # |rho|^2 = 2, dim 8
+
+
+def su3_chars(theta, t, rows=60):
+    """Character series of SU(3) with the bialternant s_lambda = det[z^(lambda+delta)]/det[z^delta], in mpmath."""
+    with mp.workdps(100):
+        return +_su3_chars(theta, t, rows)
+
+
+def _su3_chars(theta, t, rows):
+    z = [mp.expj(v) for v in _off_walls(theta)]
+    den = mp.det(mp.matrix([[zj ** (2 - k) for k in range(3)] for zj in z]))
+    total = mp.mpf(0)
+    for lam in su_partitions(3, rows):
+        num = mp.det(mp.matrix([[zj ** (lam[k] + 2 - k) for k in range(3)] for zj in z]))
+        total += su_dimension(lam) * mp.exp(-mp.mpf(su_casimir(lam)) * t / 2) * mp.re(num / den)
+    return total / mp.exp(SU(n=3).log_volume)
+
+
+def _rel(a: float, b) -> float:
+    """Relative error of p from log p: |exp(a - log b) - 1|."""
+    return abs(math.expm1(a - float(mp.log(b))))
+
+
+# --- references agree with each other (each is then an independent check of the code) ---------------------
+
+
+def test_references_agree_where_both_converge():
+    for theta in (0.0, 0.7, 3.0):
+        assert abs(so3_chars(theta, 1.0) / so3_paths(theta, 1.0) - 1) < 1e-30
+        assert abs(su2_chars(theta, 0.5) / (s3_paths(theta, 0.25) / mp.mpf(2) ** 1.5) - 1) < 1e-30
+    theta = [0.4, 1.1, -1.5]
+    assert abs(su3_chars(theta, 0.5) / su3_paths(theta, 0.5) - 1) < 1e-12  # Casimirs k/3 enter as doubles
+
+
+# --- accuracy of auto ------------------------------------------------------------------------------------
+
+
+def _so3_point(theta: float) -> torch.Tensor:
+    c, s = math.cos(theta), math.sin(theta)
+    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=F64)
+
+
+@pytest.mark.parametrize("t", TIMES)
+def test_so3_auto_matches_mpmath(t):
+    k = SO3HeatKernel()
+    thetas = [0.0, 1e-6, 0.5, 2.0, math.pi - 1e-6, math.pi]
+    e = torch.eye(3, dtype=F64)
+    x = torch.stack([_so3_point(th) for th in thetas])
+    logp = k.log_prob(e.expand(len(thetas), 3, 3), x, t)
+    score = k.score(e.expand(len(thetas), 3, 3), x, t)
+    ref = so3_chars if t >= 0.5 else so3_paths
+    for i, th in enumerate(thetas):
+        assert _rel(float(logp[i]), ref(th, t)) <= 1e-6, (t, th)
+        # |score| = |d log p / d d| with d = sqrt(2) theta
+        if 0 < th < math.pi:
+            dref = abs(mp.diff(lambda v: mp.log(ref(v, t)), th)) / mp.sqrt(2)
+            got = float(score[i].norm())
+            assert abs(got - float(dref)) <= 1e-5 * float(dref), (t, th, got, float(dref))
+    assert torch.isfinite(score).all()
+
+
+@pytest.mark.parametrize("t", TIMES)
+def test_su2_auto_matches_mpmath(t):
+    k = SUHeatKernel(manifold={"kind": "su", "n": 2})
+    phis = [0.0, 1e-6, 0.5, 2.0, math.pi - 1e-6, math.pi]
+    e = torch.eye(2, dtype=torch.complex128)
+    x = torch.stack(
+        [
+            torch.diag(
+                torch.tensor([complex(math.cos(p), math.sin(p)), complex(math.cos(p), -math.sin(p))], dtype=torch.complex128)
+            )
+            for p in phis
+        ]
+    )
+    logp = k.log_prob(e.expand(len(phis), 2, 2), x, t)
+    score = k.score(e.expand(len(phis), 2, 2), x, t)
+    for i, phi in enumerate(phis):
+        ref = su2_chars(phi, t) if t >= 0.5 else s3_paths(phi, t / 2) / mp.mpf(2) ** 1.5
+        assert _rel(float(logp[i]), ref) <= 1e-6, (t, phi)
+        if 0 < phi < math.pi:
+            f = (lambda v: mp.log(su2_chars(v, t))) if t >= 0.5 else (lambda v: mp.log(s3_paths(v, t / 2)))
+            dref = abs(mp.diff(f, phi)) / mp.sqrt(2)  # d = sqrt(2) phi
+            assert abs(float(score[i].norm()) - float(dref)) <= 1e-5 * float(dref), (t, phi)
+    assert torch.isfinite(score).all()
+
+
+SU3_POINTS = [[0.0, 0.0, 0.0], [0.4, 1.1, -1.5], [2.0, -0.3, -1.7], [1e-3, 0.5, -0.501]]
+
+
+@pytest.mark.parametrize("t", [1e-4, 1e-2, 0.3, 1.0, 10.0])
+def test_su3_auto_matches_mpmath(t):
+    k = SUHeatKernel(manifold={"kind": "su", "n": 3})
+    theta = torch.tensor(SU3_POINTS, dtype=F64)
+    e = torch.eye(3, dtype=torch.complex128).expand(len(SU3_POINTS), 3, 3)
+    x = torch.diag_embed(torch.polar(torch.ones_like(theta), theta))
+    logp = k.log_prob(e, x, t)
+    score = k.score(e, x, t)
+    # the score at diag(e^{i theta}) from x0 = I is diag(i g), g the torus gradient (sum zero)
+    g = (x.mH @ score).diagonal(dim1=-2, dim2=-1).imag
+    for i, th in enumerate(SU3_POINTS):
+        ref_fn = (lambda v, t=t: su3_chars(v, t, rows=10)) if t >= 5.0 else (lambda v, t=t: su3_paths(v, t))
+        assert _rel(float(logp[i]), ref_fn(th)) <= 1e-6, (t, th)
+        if i == 0:
+            assert float(g[0].abs().max()) < 1e-10
+            continue
+        # directional derivatives along the two plane directions of the torus
+        for direction in ([1.0, -1.0, 0.0], [1.0, 1.0, -2.0]):
+            dref = mp.diff(lambda h, d=direction, th=th, f=ref_fn: mp.log(f([th[j] + h * d[j] for j in range(3)])), 0)
+            got = float((g[i] * torch.tensor(direction, dtype=F64)).sum())
+            assert abs(got - float(dref)) <= 1e-5 * max(abs(float(dref)), float(g[i].norm())), (t, th, direction)
+
+
+def test_no_nan_or_inf_at_small_times_and_singular_points():
+    so3, su3 = SO3HeatKernel(), SUHeatKernel(manifold={"kind": "su", "n": 3})
+    e3 = torch.eye(3, dtype=F64)
+    x = torch.stack([e3, _so3_point(math.pi), _so3_point(1e-12)])
+    c = torch.eye(3, dtype=torch.complex128)
+    w = complex(math.cos(2 * math.pi / 3), math.sin(2 * math.pi / 3))
+    y = torch.stack([c, c * w, torch.diag(torch.tensor([-1, -1, 1], dtype=torch.complex128))])
+    for t in (1e-5, 1e-3, 1.0):
+        assert torch.isfinite(so3.log_prob(e3.expand(3, 3, 3), x, t)).all()
+        assert torch.isfinite(so3.score(e3.expand(3, 3, 3), x, t)).all()
+        assert torch.isfinite(su3.log_prob(c.expand(3, 3, 3), y, t)).all()
+        assert torch.isfinite(su3.score(c.expand(3, 3, 3), y, t)).all()
+
+
+def test_su2_is_the_sphere_s3_of_radius_sqrt2():
+    """p^{SU(2)}_t(phi) = 2^{-3/2} p^{S^3}_{t/2}(phi), against the independent sphere module (and its score)."""
+    su2 = SUHeatKernel(manifold={"kind": "su", "n": 2})
+    sphere = SphereHeatKernel(manifold={"kind": "sphere", "dim": 3})
+    gen = torch.Generator().manual_seed(3)
+    x0 = SU(n=2).random_point(32, gen, dtype=F64)
+    x = SU(n=2).random_point(32, gen, dtype=F64)
+
+    def quaternion(u):  # [[a, -b*], [b, a*]] -> (Re a, Im a, Re b, Im b), an isometry up to the factor sqrt 2
+        return torch.stack([u[..., 0, 0].real, u[..., 0, 0].imag, u[..., 1, 0].real, u[..., 1, 0].imag], -1)
+
+    for t in (1e-3, 0.1, 1.0, 5.0):
+        lp = su2.log_prob(x0, x, t)
+        ref = sphere.log_prob(quaternion(x0), quaternion(x), t / 2) - 1.5 * math.log(2.0)
+        torch.testing.assert_close(lp, ref, atol=1e-9, rtol=1e-9)
+        # score norms: |grad_SU2| = |grad_S3| / sqrt(2) (lengths scale by sqrt 2, time by 2 absorbed above)
+        s_su = su2.score(x0, x, t).flatten(-2).norm(dim=-1)
+        s_s3 = sphere.score(quaternion(x0), quaternion(x), t / 2).norm(dim=-1) / math.sqrt(2)
+        torch.testing.assert_close(s_su, s_s3, atol=1e-8, rtol=1e-7)
+
+
+# --- exact sampling --------------------------------------------------------------------------------------
+
+
+def _angle_cdf(log_density, upper: float):
+    """CDF of an angle density on [0, upper] by the cumulative trapezoid rule on a fine mixed (uniform and
+    geometric) grid, the density evaluated in one vectorised call."""
+    grid = torch.cat([torch.linspace(0, upper, 40001, dtype=F64), torch.logspace(-8, math.log10(upper), 20001, dtype=F64)])
+    grid = torch.unique(grid.clamp(0, upper))
+    dens = torch.exp(log_density(grid)).numpy()
+    cum = integrate.cumulative_trapezoid(dens, grid.numpy(), initial=0.0)
+    cum = cum / cum[-1]
+    return lambda xs: np.interp(xs, grid.numpy(), cum)
+
+
+@pytest.mark.parametrize("t", [1e-3, 0.1, 1.0, 10.0])
+def test_so3_sampler_rotation_angle_matches_exact_law(t):
+    k = SO3HeatKernel()
+    gen = torch.Generator().manual_seed(11)
+    x0 = SO3().random_point(1500, gen, dtype=F64)
+    x = k.sample(x0, t, gen)
+    assert SO3().belongs(x, atol=1e-6).all()
+    theta = SO3().rotation_angle(x0, x)
+
+    # Haar law of the rotation angle: (1 - cos theta) / pi
+    def log_density(v):
+        return k.radial_log_prob(v, torch.tensor(t, dtype=F64)) + torch.log(1 - torch.cos(v) + 1e-300)
+
+    result = stats.kstest(theta.numpy(), _angle_cdf(log_density, math.pi))
+    assert result.pvalue > 1e-3, result
+
+
+@pytest.mark.parametrize("t", [1e-3, 0.1, 1.0, 10.0])
+def test_su2_sampler_eigenangle_matches_exact_law(t):
+    k = SUHeatKernel(manifold={"kind": "su", "n": 2})
+    gen = torch.Generator().manual_seed(12)
+    x0 = SU(n=2).random_point(1500, gen, dtype=F64)
+    x = k.sample(x0, t, gen)
+    assert SU(n=2).belongs(x, atol=1e-6).all()
+    phi = SU(n=2).dist(x0, x) / math.sqrt(2)
+
+    def log_density(v):  # Haar law of phi: (2/pi) sin^2 phi
+        lp = k.torus_log_prob(torch.stack([v, -v], -1), torch.tensor(t, dtype=F64))
+        return lp + 2 * torch.log(torch.sin(v) + 1e-300)
+
+    result = stats.kstest(phi.numpy(), _angle_cdf(log_density, math.pi))
+    assert result.pvalue > 1e-3, result
+
+
+def test_su3_kernel_contract_with_fewer_draws():
+    """check_heat_kernel on SU(3) (normalisation, symmetry, heat equation, score = autograd, sampler's E d^2) at
+    t = 1 (Haar-proposal rejection), with 1000 Monte Carlo draws."""
+    k = SUHeatKernel(manifold={"kind": "su", "n": 3})
+    check_heat_kernel(k, times=(1.0,), n=4, n_mc=1000, dtype=F64)
+
+
+def test_su3_probability_flow_sampler_against_rejection():
+    """Draws at t = 0.4 by the torus ODE (from rejection draws at s0 ~ 1) have the exact mean of d^2 and lie on SU(3)."""
+    k = SUHeatKernel(manifold={"kind": "su", "n": 3})
+    gen = torch.Generator().manual_seed(5)
+    x0 = torch.eye(3, dtype=torch.complex128).expand(60, 3, 3)
+    t = 0.4
+    x = k.sample(x0, t, gen)
+    assert SU(n=3).belongs(x, atol=1e-6).all()
+    d2 = SU(n=3).dist(x0, x) ** 2
+    # E d^2 by importance sampling from Haar
+    y = SU(n=3).random_point(20000, gen, dtype=F64)
+    w = torch.exp(k.log_prob(x0[:1].expand(20000, 3, 3), y, t) + SU(n=3).log_volume)
+    exact = (SU(n=3).dist(x0[:1].expand(20000, 3, 3), y) ** 2 * w).mean()
+    se = math.sqrt(float(d2.var()) / 60 + float((SU(n=3).dist(x0[:1].expand(20000, 3, 3), y) ** 2 * w).var()) / 20000)
+    assert abs(float(d2.mean() - exact)) < 5 * se
+
+
+# --- products and bad input ------------------------------------------------------------------------------
+
+
+def test_product_kernel_is_sum_of_factor_log_probs_and_stacks_scores():
+    m = gd.build({"kind": "product", "factor": {"kind": "su", "n": 3}, "power": 3})
+    k = m.heat_kernel(factor_options={"estimator": "sum_over_paths"})
+    factor = SUHeatKernel(manifold={"kind": "su", "n": 3}, estimator="sum_over_paths")
+    gen = torch.Generator().manual_seed(0)
+    x0, x = m.random_point(4, gen, dtype=F64), m.random_point(4, gen, dtype=F64)
+    t = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64)
+    expected = torch.stack([factor.log_prob(x0[:, i], x[:, i], t) for i in range(3)], -1).sum(-1)
+    torch.testing.assert_close(k.log_prob(x0, x, t), expected, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(k.score(x0, x, t)[:, 1], factor.score(x0[:, 1], x[:, 1], t), atol=1e-12, rtol=1e-12)
+    assert m.belongs(k.sample(x0, 2.0, gen)).all()
+    assert m.dim == 24 and m.point_shape == (3, 3, 3)
+    ev, mult = m.laplacian_spectrum(3)
+    assert ev.tolist()[:2] == [0.0, pytest.approx(8 / 3)] and mult[1] == 3 * 18
+
+
+def test_laplacian_spectra():
+    ev, mult = SO3().laplacian_spectrum(4)
+    assert ev.tolist() == [0.0, 1.0, 3.0, 6.0] and mult.tolist() == [1, 9, 25, 49]
+    ev, mult = SU(n=2).laplacian_spectrum(3)  # S^3 of radius sqrt 2: l(l+2)/2, multiplicity (l+1)^2
+    assert ev.tolist() == [0.0, 1.5, 4.0] and mult.tolist() == [1, 4, 9]
+
+
+def test_bad_input_is_rejected():
+    with pytest.raises(ValidationError, match="n"):
+        SU(n=1)
+    with pytest.raises(ValidationError, match="su manifold"):
+        SUHeatKernel(manifold={"kind": "so3"})
+    with pytest.raises(ValidationError, match="estimator"):
+        SO3HeatKernel(estimator="magic")
+    k = SO3HeatKernel()
+    e = torch.eye(3, dtype=F64)
+    with pytest.raises(ValueError, match="t > 0"):
+        k.log_prob(e, e, 0.0)
+    with pytest.raises(ValueError, match="lie on"):
+        k.log_prob(e, 2 * e, 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        k.log_prob(e, torch.eye(4, dtype=F64), 1.0)
+    with pytest.raises(ValidationError, match="power"):
+        gd.build({"kind": "product", "factor": {"kind": "so3"}, "power": 0})
