@@ -1,6 +1,7 @@
 """Experiments: specs that train, sample and evaluate, writing everything into one folder."""
 
 from geodiffusion.experiments.base import Experiment, ExperimentSpec, merge_spec_dicts, write_json
+from geodiffusion.experiments.conformers import ConformersQM9Experiment, SkeletonsExperiment
 from geodiffusion.experiments.earth import EarthEarthquake, EarthExperiment, EarthFire, EarthFlood, EarthVolcano
 from geodiffusion.experiments.gp import GP1DExperiment, SphereTracksExperiment, VectorField2DExperiment
 from geodiffusion.experiments.hypersphere import HypersphereExperiment, VMFMixture
@@ -26,3 +27,4 @@ __all__ = [
 ]
 __all__ += ["RotatedDigitsExperiment", "BridgeDenoiseExperiment", "BridgeStyleExperiment"]
 __all__ += ["GP1DExperiment", "VectorField2DExperiment", "SphereTracksExperiment"]
+__all__ += ["ConformersQM9Experiment", "SkeletonsExperiment"]

@@ -23,6 +23,7 @@ __all__ = [
     "QM9_THRESHOLD",
     "DRUGS_THRESHOLD",
     "heavy_atom_rmsd_matrix",
+    "kabsch_rmsd_matrix",
     "coverage_matching",
     "summarise_coverage",
     "with_conformers",
@@ -97,6 +98,30 @@ def heavy_atom_rmsd_matrix(
     full = np.zeros((n, n))
     full[np.tril_indices(n, -1)] = flat
     return torch.from_numpy(full[n_ref:, :n_ref].T.copy())
+
+
+def kabsch_rmsd_matrix(reference: Tensor, generated: Tensor, *, reflections: bool = False) -> Tensor:
+    r""":math:`D_{rg} = \min_{R, b} \big(\tfrac1N \sum_i |x^r_i - R x^g_i - b|^2\big)^{1/2}`, ``[R, G]``, for point
+    clouds ``[R, N, 3]`` and ``[G, N, 3]`` with a fixed correspondence (Kabsch, all pairs in one batched SVD);
+    ``reflections=True`` also minimises over improper :math:`R` (distances cannot tell mirror images apart)."""
+    if reference.dim() != 3 or generated.dim() != 3 or reference.shape[1:] != generated.shape[1:] or reference.shape[-1] != 3:
+        raise ValueError(
+            f"reference, generated: expected [R, N, 3] and [G, N, 3], got {list(reference.shape)} and {list(generated.shape)}"
+        )
+    if not bool(torch.isfinite(reference).all() and torch.isfinite(generated).all()):
+        raise ValueError("reference, generated: expected finite coordinates")
+    a = reference - reference.mean(-2, keepdim=True)
+    b = generated - generated.mean(-2, keepdim=True)
+    h = torch.einsum("rni,gnj->rgij", a, b)
+    sv = torch.linalg.svdvals(h)
+    if reflections:
+        trace = sv.sum(-1)
+    else:
+        # proper rotations only: flip the smallest singular value when det(H) < 0
+        sign = torch.sign(torch.linalg.det(h))
+        trace = sv[..., 0] + sv[..., 1] + torch.where(sign < 0, -sv[..., 2], sv[..., 2])
+    sq = (a**2).sum((-1, -2))[:, None] + (b**2).sum((-1, -2))[None, :] - 2 * trace
+    return (sq.clamp_min(0) / a.shape[1]).sqrt()
 
 
 def coverage_matching(rmsd: Tensor, threshold: float = QM9_THRESHOLD) -> dict[str, Tensor]:

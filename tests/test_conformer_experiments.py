@@ -1,0 +1,211 @@
+"""Conformer and skeleton pipelines: packaged ensembles, distance DSM training with exact resume, the transpose
+corrector's step size, chirality matching, and the conformers-qm9 / skeletons experiments end to end (tiny)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+import geodiffusion as gd
+from geodiffusion.conformers import edge_vectors, mol_to_graph, point_cloud_graph
+from geodiffusion.data import conformers as conformer_data
+from geodiffusion.data.conformers import load_conformers
+from geodiffusion.data.skeletons import SkeletonPoses
+from geodiffusion.experiments.conformers import ConformersQM9Experiment, SkeletonsExperiment, chirality_signs, match_chirality
+from geodiffusion.models.edge import EdgeScoreModel
+from geodiffusion.processes.distance import DistanceVEProcess
+from geodiffusion.samplers.projection_free import DistanceToCoordinates, ProjectionFreeSampler
+from geodiffusion.training.graph import GraphTrainer, distance_dsm_loss
+
+Chem = pytest.importorskip("rdkit.Chem")
+AllChem = pytest.importorskip("rdkit.Chem.AllChem")
+
+TINY_MODEL = {"hidden": 16, "layers": 1, "rbf": 8}
+
+
+@pytest.fixture(scope="module")
+def molecule():
+    mol = Chem.AddHs(Chem.MolFromSmiles("CC(O)C(=O)NCc1ccccc1"))
+    AllChem.EmbedMolecule(mol, randomSeed=0)
+    return mol_to_graph(mol)
+
+
+# --- the transpose corrector --------------------------------------------------------------------------
+
+
+def test_transpose_corrector_stays_finite_and_close_on_a_molecule(molecule):
+    """The bare 1/2 J^T corrector diverged to NaN on this molecule; the 1/max-degree step does not."""
+    process = DistanceVEProcess(sigma_max=5.0)
+    x0 = molecule.pos.double()
+    _, d0 = edge_vectors(x0, molecule.edge_index)
+
+    def oracle(t, d, graph=None):  # the exact per-edge transition score toward the true distances
+        return process.marginal(d0, t[0]).score(d)
+
+    sampler = ProjectionFreeSampler(steps=100, mode="ode", projection="transpose", corrector_steps=2)
+    x = sampler.sample(
+        oracle, process, (molecule.num_nodes, 3), graph=molecule, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    assert bool(torch.isfinite(x).all())
+    _, d = edge_vectors(x, molecule.edge_index)
+    assert float((d - d0).abs().mean()) < 0.5
+
+
+def test_descent_step_never_increases_the_linearised_residual(molecule):
+    pos = molecule.pos.double()
+    graphs = Batch.from_data_list([molecule, molecule])
+    both = torch.cat([pos, pos + 0.1 * torch.randn(pos.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)])
+    lin = DistanceToCoordinates(both, graphs.edge_index, graphs.batch, 2, "transpose")
+    r = torch.randn(graphs.edge_index.shape[1], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    after = r - lin.jvp(lin.descent_step(r))
+    assert float(after.norm()) < float(r.norm())
+    # the bare half-transpose overshoots: its linearised residual grows on this graph
+    assert float((r - lin.jvp(0.5 * lin.vjp(r))).norm()) > float(r.norm())
+
+
+# --- packaged data --------------------------------------------------------------------------------------
+
+
+def test_packaged_splits_verify_and_are_disjoint_by_molecule():
+    test = load_conformers("test")
+    train = load_conformers("train")
+    assert len(test) >= 100 and len(train) >= 100
+    canon = {Chem.MolToSmiles(Chem.MolFromSmiles(e.smiles)) for e in train}
+    assert not canon & {Chem.MolToSmiles(Chem.MolFromSmiles(e.smiles)) for e in test}
+    e = test[0]
+    assert e.n_conformers <= e.cap and e.coordinates().shape == (e.n_conformers, e.n_atoms, 3)
+    assert e.rel_energy_kcal[0] == 0.0 and list(e.rel_energy_kcal) == sorted(e.rel_energy_kcal)
+    assert all(x.method == "GFN2-xTB" for x in test)
+    assert all(a.GetAtomicNum() != 1 or a.GetDegree() == 1 for a in e.mol.GetAtoms())  # explicit H kept
+    assert len(load_conformers("test", limit=3, max_atoms=15)) == 3
+
+
+def test_corrupted_package_and_bad_split_are_refused(monkeypatch):
+    with pytest.raises(ValueError, match="split"):
+        load_conformers("validation")
+    manifest = json.loads(json.dumps(conformer_data.conformer_manifest()))
+    manifest["splits"]["test"]["sha256"] = "0" * 64
+    monkeypatch.setattr(conformer_data, "conformer_manifest", lambda: manifest)
+    with pytest.raises(RuntimeError, match="checksum"):
+        load_conformers("test")
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+
+def test_distance_dsm_loss_is_rigid_motion_invariant_and_differentiable(molecule):
+    process = DistanceVEProcess(sigma_max=5.0)
+    model = EdgeScoreModel(**TINY_MODEL, process=process.spec).double()
+    batch = Batch.from_data_list([molecule.clone(), molecule.clone()])
+    batch.pos = batch.pos.double()
+    q = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64))[0]
+    moved = batch.clone()
+    moved.pos = batch.pos @ q.T + 1.0
+    a = distance_dsm_loss(model, process, batch, generator=torch.Generator().manual_seed(4))
+    a_value = float(a.detach())
+    # isotropic noise: rotating the data rotates the noise's law, so compare with the rotated noise draw
+    b = distance_dsm_loss(model, process, moved, generator=torch.Generator().manual_seed(4))
+    assert torch.isfinite(a) and a > 0
+    a.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert abs(a_value - float(b.detach())) < 0.5 * a_value  # same law; different draws of the noise direction
+    with pytest.raises(ValueError, match="pos"):
+        distance_dsm_loss(model, process, molecule.clone().update({"pos": None}))
+
+
+def test_graph_trainer_resumes_bit_for_bit(tmp_path, molecule):
+    process = DistanceVEProcess(sigma_max=5.0)
+    confs = molecule.pos.unsqueeze(0) + 0.05 * torch.randn(3, molecule.num_nodes, 3, generator=torch.Generator().manual_seed(5))
+    spec = {"steps": 6, "batch_size": 2, "lr": 1e-2, "ema_decay": 0.9, "checkpoint_every": 3, "log_every": 1}
+
+    def make(out, steps):
+        torch.manual_seed(0)
+        model = EdgeScoreModel(**TINY_MODEL, process=process.spec)
+        return GraphTrainer(model, process, [molecule] * 3, [confs] * 3, {**spec, "steps": steps}, out)
+
+    full = make(tmp_path / "full", 6)
+    full.fit()
+    part = make(tmp_path / "part", 3)
+    part.fit()
+    resumed = make(tmp_path / "part", 6)
+    resumed.fit()
+    assert resumed.losses == full.losses
+    for p, q in zip(full.ema_model.parameters(), resumed.ema_model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="batch_size"):
+        GraphTrainer(EdgeScoreModel(**TINY_MODEL), process, [molecule], [confs], {**spec, "batch_size": 2})
+
+
+# --- skeletons and chirality --------------------------------------------------------------------------------
+
+
+def test_skeleton_poses_keep_bone_lengths_and_are_bimodal():
+    data = SkeletonPoses()
+    x = data.sample(400, torch.Generator().manual_seed(0))
+    bones = data.bones()
+    assert x.shape == (400, 16, 3)
+    assert torch.allclose((x[:, bones[0]] - x[:, bones[1]]).norm(dim=-1), data.bone_lengths().expand(400, -1), atol=1e-12)
+    assert torch.allclose(x.mean(1), torch.zeros(400, 3, dtype=torch.float64), atol=1e-12)
+    knee = (x[:, 12] - x[:, 11]).mul(x[:, 11] - x[:, 10]).sum(-1) / 1.3**2  # cosine of the knee angle
+    bent = (knee < 0.5).double().mean()
+    assert 0.4 < float(bent) < 0.6  # p_bent = 0.5: the bent (90 degree) and straight modes are both there
+    g = point_cloud_graph(bonds=bones, num_nodes=data.n_joints)
+    assert int(torch.bincount(g.edge_index.flatten()).min()) >= 4
+
+
+def test_match_chirality_reflects_mirrored_samples():
+    mol = Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)[C@@H](O)CC"))
+    AllChem.EmbedMultipleConfs(mol, 3, randomSeed=0)
+    x = torch.stack([torch.from_numpy(c.GetPositions()) for c in mol.GetConformers()])
+    from geodiffusion.experiments.conformers import _stereo_centres
+
+    centres = _stereo_centres(mol)
+    assert centres.shape == (2, 4)
+    mixed = torch.stack([x[0], -x[1], x[2]])
+    fixed = match_chirality(mixed, x[0], centres)
+    assert torch.equal(chirality_signs(fixed, centres), chirality_signs(x, centres))
+    assert torch.equal(fixed[1], x[1]) and torch.equal(fixed[0], x[0])
+
+
+# --- experiments end to end ----------------------------------------------------------------------------------
+
+
+def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path):
+    assert "conformers-qm9" in gd.registry(gd.Experiment) and "skeletons" in gd.registry(gd.Experiment)
+    spec = ConformersQM9Experiment.resolve_spec(
+        {
+            "n_train": 24,
+            "n_test": 4,
+            "max_atoms": 18,
+            "model": TINY_MODEL,
+            "training": {"steps": 20, "batch_size": 8, "checkpoint_every": 10, "log_every": 5},
+            "sampler": {"steps": 20},
+        },
+        quick=True,
+    )
+    metrics = ConformersQM9Experiment(spec).execute(tmp_path, progress=False)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written == metrics
+    assert metrics["references_are_xtb_refined_not_geom"] == 1.0
+    assert metrics["n_test_molecules"] == 4 and metrics["sampler_steps"] == 20
+    for prefix in ("model_", "etkdg_"):
+        assert 0 <= metrics[f"{prefix}cov_r_mean"] <= 100 and metrics[f"{prefix}mat_r_mean"] >= 0
+    # ETKDG conformers of small test molecules lie close to their xTB-refined references
+    assert metrics["etkdg_mat_r_mean"] < 0.6
+    assert metrics["model_conformers_per_second"] > 0 and metrics["speed_ratio_model_over_etkdg"] > 0
+    assert (tmp_path / "conformers.png").stat().st_size > 0 and (tmp_path / "model" / "checkpoints" / "last.pt").is_file()
+    assert "not GEOM" in (tmp_path / "REFERENCES.txt").read_text()
+
+
+def test_skeletons_quick_run_learns_bone_lengths(tmp_path):
+    spec = SkeletonsExperiment.resolve_spec(
+        {"n_train": 256, "n_reference": 8, "training": {"steps": 120, "batch_size": 16}, "sampler": {"steps": 30}}, quick=True
+    )
+    metrics = SkeletonsExperiment(spec).execute(tmp_path, progress=False)
+    assert metrics["bone_length_error"] < 0.25 * metrics["bone_length_error_init"]
+    assert metrics["bone_length_error_data"] < 1e-12
+    assert 0 <= metrics["cov_r"] <= 1 and metrics["data_cov_r"] >= metrics["cov_r"] - 0.5
+    assert (tmp_path / "skeletons.png").stat().st_size > 0
