@@ -408,6 +408,8 @@ class VectorField2DExperiment(_FunctionExperiment, kind="vector-field-2d"):
                 ax.plot(sizes, values, "o-", label=labels[which])
             ax.axhline(metrics[f"{name}/gp_ll"], color="k", ls="--", lw=1, label="exact GP")
             ax.set_xscale("log")
+            ax.set_xticks(sizes, [str(n) for n in sizes], minor=False)
+            ax.minorticks_off()
             ax.set_xlabel("training functions")
             ax.set_ylabel("conditional log-lik. per target point")
             ax.set_title(name)
