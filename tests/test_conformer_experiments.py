@@ -78,7 +78,7 @@ def test_packaged_splits_verify_and_are_disjoint_by_molecule():
     e = test[0]
     assert e.n_conformers <= e.cap and e.coordinates().shape == (e.n_conformers, e.n_atoms, 3)
     assert e.rel_energy_kcal[0] == 0.0 and list(e.rel_energy_kcal) == sorted(e.rel_energy_kcal)
-    assert all(x.method == "GFN2-xTB" for x in test)
+    assert all(x.method == "GFN2-xTB" for x in test + train)
     assert all(a.GetAtomicNum() != 1 or a.GetDegree() == 1 for a in e.mol.GetAtoms())  # explicit H kept
     assert len(load_conformers("test", limit=3, max_atoms=15)) == 3
 

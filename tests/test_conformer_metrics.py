@@ -11,7 +11,7 @@ from geodiffusion.metrics.conformers import coverage_matching, heavy_atom_rmsd_m
 
 Chem = pytest.importorskip("rdkit.Chem")
 AllChem = pytest.importorskip("rdkit.Chem.AllChem")
-rd_mol_align = pytest.importorskip("rdkit.Chem.rd_mol_align")
+rd_mol_align = pytest.importorskip("rdkit.Chem.rdMolAlign")
 
 
 @pytest.fixture(scope="module")

@@ -162,9 +162,8 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         "n_train": 64,
         "n_test": 12,
         "max_atoms": 21,
-        "model": {"hidden": 32, "layers": 2, "rbf": 16},
-        "training": {"steps": 300, "batch_size": 16, "lr": 2e-3, "ema_decay": 0.99, "checkpoint_every": 100, "log_every": 25},
-        "sampler": {"steps": 50},
+        "model": {"hidden": 32, "layers": 3, "rbf": 16},
+        "training": {"steps": 1000, "batch_size": 16, "lr": 2e-3, "ema_decay": 0.99, "checkpoint_every": 250, "log_every": 25},
     }
 
     class Spec(_GraphDiffusionSpec):
