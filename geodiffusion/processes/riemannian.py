@@ -106,12 +106,14 @@ class BrownianProcess(Process, kind="brownian"):
             if self.beta_max < self.beta_min:
                 raise ValueError(f"beta_max ({self.beta_max}) must be >= beta_min ({self.beta_min})")
             owner = spec_owner(type(self.manifold))
-            if owner is None or not owner.compact or not owner.has_heat_kernel:
+            # capabilities may depend on the instance (a product is compact when its factor is): ask a built one
+            manifold = owner(self.manifold) if owner is not None else None
+            if manifold is None or not manifold.compact or not manifold.has_heat_kernel:
                 name = getattr(owner, "__name__", type(self.manifold).__name__)
                 raise ValueError(
                     f"manifold: Brownian noising needs a compact manifold with a heat kernel (a uniform prior and "
-                    f"exact marginals); {name} has compact={getattr(owner, 'compact', None)}, "
-                    f"has_heat_kernel={getattr(owner, 'has_heat_kernel', None)}"
+                    f"exact marginals); {name} has compact={getattr(manifold, 'compact', None)}, "
+                    f"has_heat_kernel={getattr(manifold, 'has_heat_kernel', None)}"
                 )
             return self
 

@@ -129,7 +129,8 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"{type(model).__name__} has no trainable parameters")
-        if params[0].dtype != data.dtype:
+        # complex points (SU(n)) are trained by a real network: compare with the points' real dtype
+        if params[0].dtype != data.real.dtype:
             raise ValueError(f"data has dtype {data.dtype} but the model's parameters are {params[0].dtype}; cast one of them")
 
         self.spec = spec
@@ -171,8 +172,8 @@ class Trainer:
     @staticmethod
     def _check_data(data: Tensor, process: Process, spec: TrainingSpec) -> None:
         check_tensor("data", data)
-        if not data.is_floating_point():
-            raise ValueError(f"data: expected a floating tensor, got {data.dtype}")
+        if not (data.is_floating_point() or (data.is_complex() and getattr(process, "manifold", None) is not None)):
+            raise ValueError(f"data: expected a floating tensor (complex only for points of a manifold), got {data.dtype}")
         if data.dim() < process.event_ndim + 1:
             raise ValueError(
                 f"data: expected shape [N, *event_shape] with {process.event_ndim} event axes, got {list(data.shape)}"
@@ -185,7 +186,7 @@ class Trainer:
 
     def _check_model_fits_data(self) -> None:
         x = self.data[:2]
-        t = torch.full((x.shape[0],), 0.5 * self.process.T, dtype=x.dtype, device=x.device)
+        t = torch.full((x.shape[0],), 0.5 * self.process.T, dtype=x.real.dtype, device=x.device)
         was_training = self.model.training
         try:
             with torch.no_grad():
