@@ -33,10 +33,15 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "pyyaml>=6",
+        "rdkit>=2023.9",
+        "scikit-learn>=1.3",
+        "scikit-image>=0.21",
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-xdist>=3", "pytest-timeout>=2", "ruff>=0.5", "tox>=4", "mpmath>=1.3"],
         "docs": ["sphinx>=7", "myst-parser>=2"],
+        # only scripts/make_conformer_dataset.py (GFN2-xTB refinement of conformer references)
+        "xtb": ["tblite==0.8.0"],
     },
     entry_points={"console_scripts": ["geodiffusion=geodiffusion.cli:main"]},
     classifiers=[
