@@ -160,7 +160,7 @@ class EGNNScore(FunctionScoreModel, kind="egnn"):
         hidden: int = Field(64, ge=1, description="width H of node scalars and messages")
         channels: int = Field(8, ge=1, description="vector channels C per node")
         layers: int = Field(4, ge=1, description="message-passing layers")
-        rbf: int = Field(16, ge=1, description="Gaussian radial basis functions of |x_i - x_j|")
+        rbf: int = Field(16, ge=1, description="Gaussian radial basis functions of the distance ||x_i - x_j||")
         rbf_max: float = Field(4.0, gt=0, description="largest RBF centre (input units)")
         time_embedding_dim: int = Field(32, ge=2, multiple_of=2, description="size of the time features")
         activation: Activation = "silu"

@@ -98,7 +98,7 @@ def invariance_condition_errors(
     * its conclusion, :math:`\log p_t(A_g x) = \log p_t(x)`;
     * the sufficient conditions on the drift and on the diffusion tensor :math:`G G^\top`.
 
-    ``x0`` ([m, *event]) are the atoms of :math:`p_0`; for a finite group they are replaced by their
+    ``x0`` (``[m, *event]``) are the atoms of :math:`p_0`; for a finite group they are replaced by their
     orbit, otherwise they must already be invariant (default: random points' orbit, or the origin).
     """
     if getattr(process, "manifold", None) is not None:
