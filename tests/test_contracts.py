@@ -6,6 +6,8 @@ covered here without writing a test for it.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import DTYPES, all_registered_examples, registered_examples
@@ -72,6 +74,20 @@ def test_manifold_heat_kernel_exists_iff_declared(spec):
     else:
         with pytest.raises(NotImplementedError):
             manifold.heat_kernel()
+
+
+@pytest.mark.parametrize("spec", registered_examples(gd.Manifold))
+def test_random_tangent_is_standard_gaussian_in_the_tangent_space(spec):
+    """|v|^2 of a standard Gaussian in T_x M (dimension dim) is chi-square with dim degrees of freedom."""
+    manifold = gd.build(spec)
+    gen = torch.Generator().manual_seed(0)
+    n = 4000
+    x = manifold.random_point(1, gen, dtype=torch.float64).expand((n,) + tuple(manifold.point_shape)).contiguous()
+    v = manifold.random_tangent(x, gen)
+    torch.testing.assert_close(manifold.proj(x, v), v, atol=tolerance(torch.float64, "exact"), rtol=0)
+    sq = manifold.inner(x, v, v).real
+    z = (float(sq.mean()) - manifold.dim) / math.sqrt(2 * manifold.dim / n)
+    assert abs(z) < 4, (float(sq.mean()), manifold.dim)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -82,7 +82,11 @@ class Manifold(Component, family=True):
         return self.norm(x, self.log(x, y))
 
     def random_tangent(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """A standard Gaussian ambient vector projected onto :math:`T_x M`."""
+        r"""A standard Gaussian ambient vector projected onto :math:`T_x M` (for complex points the real and imaginary
+        parts are each standard, the Gaussian of the real inner product :math:`\mathrm{Re}\,\mathrm{tr}(u^H v)`)."""
+        if x.is_complex():
+            parts = randn((2,) + tuple(x.shape), generator, dtype=x.real.dtype, device=x.device)
+            return self.proj(x, torch.complex(parts[0], parts[1]))
         v = randn(x.shape, generator, dtype=x.dtype, device=x.device)
         return self.proj(x, v)
 
