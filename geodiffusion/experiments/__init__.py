@@ -1,6 +1,6 @@
 """Experiments: specs that train, sample and evaluate, writing everything into one folder."""
 
-from geodiffusion.experiments.base import Experiment, ExperimentSpec, merge_spec_dicts, write_json
+from geodiffusion.experiments.base import Experiment, ExperimentSpec, ManifoldExperimentSpec, merge_spec_dicts, write_json
 from geodiffusion.experiments.conformers import ConformersQM9Experiment, SkeletonsExperiment
 from geodiffusion.experiments.earth import EarthEarthquake, EarthExperiment, EarthFire, EarthFlood, EarthVolcano
 from geodiffusion.experiments.gp import GP1DExperiment, SphereTracksExperiment, VectorField2DExperiment
@@ -19,6 +19,7 @@ __all__ = [
     "HypersphereExperiment",
     "VMFMixture",
     "ExperimentSpec",
+    "ManifoldExperimentSpec",
     "QuickstartExperiment",
     "SO3MixtureExperiment",
     "SU3LatticeExperiment",

@@ -11,19 +11,20 @@ import warnings
 from abc import abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from geodiffusion.models.base import ScoreModel
 from geodiffusion.processes.base import Process
-from geodiffusion.registry import Component
+from geodiffusion.registry import Component, build
 from geodiffusion.samplers.base import Sampler
+from geodiffusion.samplers.riemannian import ChartODEOptions
 from geodiffusion.spec import Spec, component_spec
-from geodiffusion.training.trainer import TrainingSpec
+from geodiffusion.training.trainer import Trainer, TrainingSpec, derive_seed
 
-__all__ = ["Experiment", "ExperimentSpec", "merge_spec_dicts", "write_json"]
+__all__ = ["Experiment", "ExperimentSpec", "ManifoldExperimentSpec", "merge_spec_dicts", "write_json"]
 
 
 class ExperimentSpec(Spec):
@@ -35,6 +36,28 @@ class ExperimentSpec(Spec):
     model: component_spec(ScoreModel)
     sampler: component_spec(Sampler)
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="optimisation settings")
+
+
+class ManifoldExperimentSpec(ExperimentSpec):
+    """Fields of a density-estimation experiment on a manifold: a reverse-SDE sampler, sigma2-weighted Riemannian
+    DSM, the probability-flow NLL, and train / test / sample counts."""
+
+    sampler: component_spec(Sampler) = Field({"kind": "geodesic_euler_maruyama", "steps": 500}, description="reverse SDE")
+    training: TrainingSpec = Field(
+        TrainingSpec(steps=10000, batch_size=512, lr=5e-4, ema_decay=0.999, weighting="sigma2", checkpoint_every=2000),
+        description="optimisation settings",
+    )
+    likelihood: ChartODEOptions = Field(ChartODEOptions(method="rk4", steps=100), description="probability-flow ODE of the NLL")
+    n_train: int = Field(20000, ge=1, description="training points")
+    n_test: int = Field(1000, ge=2, description="held-out points")
+    n_samples: int = Field(1000, ge=2, description="samples drawn from the model")
+    dtype: Literal["float32", "float64"] = Field("float32", description="dtype of data and model")
+
+    @model_validator(mode="after")
+    def _batch_fits(self):
+        if self.training.batch_size > self.n_train:
+            raise ValueError(f"training.batch_size ({self.training.batch_size}) exceeds n_train ({self.n_train})")
+        return self
 
 
 def merge_spec_dicts(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,6 +143,32 @@ class Experiment(Component, family=True):
         if seed is not None:
             data = merge_spec_dicts(data, {"seed": seed, "training": {"seed": seed}})
         return cls.Spec.model_validate(data)
+
+    def build_model(self, spec: Spec, *keys: str | int, dtype: torch.dtype | None = None) -> ScoreModel:
+        """Build a score model from ``spec`` with torch's global RNG seeded from (``seed``, "init", ``keys``) in a
+        forked RNG: its initialisation depends on the master seed and the keys only, not on what ran before."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.spec.seed, "init", *keys))
+            model = build(spec, ScoreModel)
+        return model.to(dtype) if dtype is not None else model
+
+    def train_model(
+        self,
+        process: Process,
+        data: torch.Tensor,
+        out_dir: Path,
+        *keys: str | int,
+        device: torch.device,
+        progress: bool,
+        dtype: torch.dtype,
+        training: TrainingSpec | None = None,
+    ) -> tuple[torch.nn.Module, float]:
+        """Train ``spec.model`` (seeded by ``keys``) on ``data`` with :class:`Trainer` into ``out_dir`` (resumable);
+        return its EMA copy and the training seconds."""
+        model = self.build_model(self.spec.model, *keys, dtype=dtype)
+        trainer = Trainer(model, process, data, training or self.spec.training, out_dir, device, progress)
+        trainer.fit()
+        return trainer.ema_model, trainer.train_seconds
 
     def check_out_dir(self, out_dir: str | Path) -> None:
         """Raise ValueError if ``out_dir`` holds a run of another spec (resuming it would mix two runs)."""

@@ -25,7 +25,7 @@ from geodiffusion.registry import build
 from geodiffusion.samplers.base import Sampler
 from geodiffusion.samplers.riemannian import ChartODEOptions, riemannian_log_likelihood
 from geodiffusion.spec import component_spec
-from geodiffusion.training.trainer import Trainer, TrainingSpec, derive_seed
+from geodiffusion.training.trainer import TrainingSpec, derive_seed
 
 __all__ = ["EarthExperiment", "EarthVolcano", "EarthEarthquake", "EarthFlood", "EarthFire"]
 
@@ -101,14 +101,11 @@ class EarthExperiment(Experiment, register=False):
             train, val, test = (x.to(device) for x in load_earth(s.dataset, seed=k, dtype=dtype))
             if s.max_test is not None:
                 test, val = test[: s.max_test], val[: s.max_test]
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derive_seed(s.seed, "init", k))
-                model = build(s.model, ScoreModel).to(dtype)
             training = s.training.model_copy(update={"seed": derive_seed(s.training.seed, "seed", k) % 2**31})
-            trainer = Trainer(model, process, train, training, out_dir / f"seed{k}", device, progress)
-            trainer.fit()
-            seconds += trainer.train_seconds
-            score = trainer.ema_model
+            score, train_seconds = self.train_model(
+                process, train, out_dir / f"seed{k}", k, device=device, progress=progress, dtype=dtype, training=training
+            )
+            seconds += train_seconds
             start = time.perf_counter()
             nll.append(float(-riemannian_log_likelihood(score, process, test, options=s.likelihood).mean()))
             nll_seconds += time.perf_counter() - start

@@ -12,21 +12,20 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from geodiffusion.experiments.base import Experiment, ExperimentSpec
+from geodiffusion.experiments.base import Experiment, ManifoldExperimentSpec
 from geodiffusion.models.base import ScoreModel
 from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
 from geodiffusion.samplers.base import Sampler
-from geodiffusion.samplers.riemannian import ChartODEOptions, riemannian_log_likelihood
+from geodiffusion.samplers.riemannian import riemannian_log_likelihood
 from geodiffusion.spec import Spec, component_spec
-from geodiffusion.training.trainer import Trainer, TrainingSpec, derive_seed
+from geodiffusion.training.trainer import derive_seed
 
 __all__ = ["VMFMixture", "HypersphereExperiment", "auroc"]
 
@@ -105,7 +104,7 @@ class HypersphereExperiment(Experiment, kind="hypersphere-vmf"):
         "sampler": {"steps": 50},
     }
 
-    class Spec(ExperimentSpec):
+    class Spec(ManifoldExperimentSpec):
         """vMF mixture on S^n: NLL against the truth and OOD detection."""
 
         data: VMFMixture = Field(default_factory=VMFMixture, description="the data distribution")
@@ -114,18 +113,6 @@ class HypersphereExperiment(Experiment, kind="hypersphere-vmf"):
             {"kind": "tangent_mlp", "manifold": _SPHERE, "hidden": 512, "depth": 4, "process": _PROCESS},
             description="score network s_theta(t, x) in T_x S^n",
         )
-        sampler: component_spec(Sampler) = Field({"kind": "geodesic_euler_maruyama", "steps": 500}, description="reverse SDE")
-        training: TrainingSpec = Field(
-            TrainingSpec(steps=10000, batch_size=512, lr=5e-4, ema_decay=0.999, weighting="sigma2", checkpoint_every=2000),
-            description="optimisation settings",
-        )
-        likelihood: ChartODEOptions = Field(
-            ChartODEOptions(method="rk4", steps=100), description="probability-flow ODE of the NLL"
-        )
-        n_train: int = Field(20000, ge=1, description="training points")
-        n_test: int = Field(1000, ge=2, description="held-out points, and as many of each OOD set")
-        n_samples: int = Field(1000, ge=1, description="samples drawn from the model")
-        dtype: Literal["float32", "float64"] = Field("float32", description="dtype of data and model")
 
         @model_validator(mode="after")
         def _consistent(self):
@@ -135,8 +122,6 @@ class HypersphereExperiment(Experiment, kind="hypersphere-vmf"):
                     raise ValueError(
                         f"{name}: expected a component on the sphere S^{self.data.dim} of the data, got {manifold!r}"
                     )
-            if self.training.batch_size > self.n_train:
-                raise ValueError(f"training.batch_size ({self.training.batch_size}) exceeds n_train ({self.n_train})")
             return self
 
     def run(self, out_dir: Path, *, device: torch.device, progress: bool) -> dict[str, float]:
@@ -153,15 +138,10 @@ class HypersphereExperiment(Experiment, kind="hypersphere-vmf"):
         )
         uniform = uniform.to(device)
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(s.seed, "init"))
-            model = build(s.model, ScoreModel).to(dtype)
-        trainer = Trainer(model, process, train, s.training, out_dir / "model", device, progress)
-        trainer.fit()
-        score = trainer.ema_model
+        score, train_seconds = self.train_model(process, train, out_dir / "model", device=device, progress=progress, dtype=dtype)
 
         log_volume = math.log(2) + (n + 1) / 2 * math.log(math.pi) - math.lgamma((n + 1) / 2)
-        metrics: dict[str, float] = {"nll_uniform": log_volume, "train_seconds": trainer.train_seconds}
+        metrics: dict[str, float] = {"nll_uniform": log_volume, "train_seconds": train_seconds}
         gen = torch.Generator().manual_seed(derive_seed(s.seed, "hutchinson"))
 
         def model_log_prob(x: Tensor) -> Tensor:

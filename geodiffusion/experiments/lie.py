@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from geodiffusion.data.lattice import mean_plaquette_exact, metropolis_su3, n_links, plaquettes, wilson_log_density
-from geodiffusion.experiments.base import Experiment, ExperimentSpec
+from geodiffusion.experiments.base import Experiment, ExperimentSpec, ManifoldExperimentSpec
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.metrics.two_sample import energy_distance
 from geodiffusion.models.base import ScoreModel
@@ -24,20 +24,9 @@ from geodiffusion.registry import build
 from geodiffusion.samplers.base import Sampler
 from geodiffusion.samplers.riemannian import ChartODEOptions, riemannian_log_likelihood
 from geodiffusion.spec import component_spec
-from geodiffusion.training.trainer import Trainer, TrainingSpec, derive_seed
+from geodiffusion.training.trainer import TrainingSpec, derive_seed
 
 __all__ = ["SO3MixtureExperiment", "SU3LatticeExperiment"]
-
-
-def _train_and_evaluate(experiment, process: Process, train: Tensor, out_dir: Path, device, progress, dtype):
-    """Seeded initialisation, training, and the EMA model (shared by both experiments)."""
-    s = experiment.spec
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(s.seed, "init"))
-        model = build(s.model, ScoreModel).to(dtype)
-    trainer = Trainer(model, process, train, s.training, out_dir / "model", device, progress)
-    trainer.fit()
-    return trainer.ema_model, trainer.train_seconds
 
 
 def _sample(experiment, score, process: Process, shape, device, dtype, progress) -> Tensor:
@@ -80,7 +69,7 @@ class SO3MixtureExperiment(Experiment, kind="so3-mixture"):
         "sampler": {"steps": 50},
     }
 
-    class Spec(ExperimentSpec):
+    class Spec(ManifoldExperimentSpec):
         """Heat-kernel mixture on SO(3)."""
 
         n_components: int = Field(16, ge=1, description="number of mixture components K")
@@ -90,26 +79,14 @@ class SO3MixtureExperiment(Experiment, kind="so3-mixture"):
             {"kind": "tangent_mlp", "manifold": _SO3, "hidden": 512, "depth": 4, "process": _SO3_PROCESS},
             description="score network s_theta(t, x) in T_x SO(3)",
         )
-        sampler: component_spec(Sampler) = Field({"kind": "geodesic_euler_maruyama", "steps": 500}, description="reverse SDE")
-        training: TrainingSpec = Field(
-            TrainingSpec(steps=10000, batch_size=512, lr=5e-4, ema_decay=0.999, weighting="sigma2", checkpoint_every=2000),
-            description="optimisation settings",
-        )
-        likelihood: ChartODEOptions = Field(
-            ChartODEOptions(method="rk4", steps=100), description="probability-flow ODE of the NLL"
-        )
-        n_train: int = Field(20000, ge=1, description="training points")
         n_test: int = Field(2000, ge=2, description="held-out points")
         n_samples: int = Field(2000, ge=2, description="samples drawn from the model")
-        dtype: Literal["float32", "float64"] = Field("float32", description="dtype of data and model")
 
         @model_validator(mode="after")
         def _consistent(self):
             for name, spec in (("process", self.process), ("model", self.model)):
                 if getattr(getattr(spec, "manifold", None), "kind", None) != "so3":
                     raise ValueError(f"{name}: expected a component on SO(3), got {spec!r}")
-            if self.training.batch_size > self.n_train:
-                raise ValueError(f"training.batch_size ({self.training.batch_size}) exceeds n_train ({self.n_train})")
             return self
 
     def _mixture(self, manifold: Manifold):
@@ -139,8 +116,8 @@ class SO3MixtureExperiment(Experiment, kind="so3-mixture"):
         manifold = process.manifold
         sample, log_prob = self._mixture(manifold)
         train, test, fresh = sample(s.n_train, "train"), sample(s.n_test, "test"), sample(s.n_samples, "fresh")
-        score, seconds = _train_and_evaluate(
-            self, process, train.to(dtype=dtype, device=device), out_dir, device, progress, dtype
+        score, seconds = self.train_model(
+            process, train.to(dtype=dtype, device=device), out_dir / "model", device=device, progress=progress, dtype=dtype
         )
         metrics: dict[str, float] = {"train_seconds": seconds, "nll_uniform": float(manifold.log_volume)}
         start = time.perf_counter()
@@ -266,8 +243,8 @@ class SU3LatticeExperiment(Experiment, kind="su3-lattice"):
         links, acceptance = metropolis_su3(s.size, s.beta, s.n_train + 2 * s.n_test, s.n_sweeps, s.mcmc_step, gen)
         train, test, second = links.split([s.n_train, s.n_test, s.n_test])
         metrics: dict[str, float] = {"mcmc_seconds": time.perf_counter() - start, "acceptance": acceptance}
-        score, metrics["train_seconds"] = _train_and_evaluate(
-            self, process, train.to(dtype=cdtype, device=device), out_dir, device, progress, dtype
+        score, metrics["train_seconds"] = self.train_model(
+            process, train.to(dtype=cdtype, device=device), out_dir / "model", device=device, progress=progress, dtype=dtype
         )
         start = time.perf_counter()
         log_p = riemannian_log_likelihood(score, process, test.to(dtype=cdtype, device=device), options=s.likelihood)
