@@ -7,7 +7,7 @@ from geodiffusion.training.functions import FunctionTrainer, FunctionTrainingSpe
 from geodiffusion.training.graph import GraphTrainer, distance_dsm_loss
 from geodiffusion.training.losses import WEIGHTINGS, Weighting, dsm_loss
 from geodiffusion.training.riemannian import RIEMANNIAN_WEIGHTINGS, RiemannianWeighting, riemannian_dsm_loss
-from geodiffusion.training.trainer import Trainer, TrainingSpec, derive_seed
+from geodiffusion.training.trainer import Trainer, TrainerBase, TrainingSpec, derive_seed
 
 __all__ = [
     "dsm_loss",
@@ -24,3 +24,4 @@ __all__ += ["riemannian_dsm_loss", "RiemannianWeighting", "RIEMANNIAN_WEIGHTINGS
 __all__ += ["function_dsm_loss", "function_riemannian_dsm_loss", "FunctionTrainer", "FunctionTrainingSpec"]
 __all__ += ["DistributedContext", "setup_distributed", "batch_bounds", "is_main_process"]
 __all__ += ["GraphTrainer", "distance_dsm_loss"]
+__all__ += ["TrainerBase"]

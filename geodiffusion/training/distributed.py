@@ -11,6 +11,7 @@ global batch, :math:`\mathcal L = \frac1B \sum_{i=1}^{B} \ell_i`, rank :math:`r`
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,9 @@ __all__ = [
     "local_device",
     "setup_distributed",
     "batch_bounds",
+    "gather_rows",
     "RankSlicedScore",
+    "RankSlicedGraphScore",
     "broadcast_object",
     "barrier",
     "is_main_process",
@@ -138,41 +141,86 @@ def batch_bounds(batch: int, rank: int, world_size: int) -> tuple[int, int]:
     return lo, lo + base + (1 if rank < extra else 0)
 
 
+def gather_rows(local: Tensor, bounds: Sequence[tuple[int, int]], context: DistributedContext) -> Tensor:
+    """The global rows ``[bounds[0][0], bounds[-1][1])`` from every rank's slice ``local`` (rank ``r`` holds rows
+    ``bounds[r]``): this rank's rows stay ``local`` itself (differentiable), the others' are all-gathered and detached."""
+    # all_gather needs equal shapes: pad every slice to the largest, then trim
+    width = max(hi - lo for lo, hi in bounds)
+    padded = local.new_zeros((width, *local.shape[1:]))
+    padded[: local.shape[0]] = local.detach()
+    gathered = [torch.empty_like(padded) for _ in range(context.world_size)]
+    dist.all_gather(gathered, padded)
+    pieces = [
+        local if r == context.rank else part[: hi - lo] for r, (part, (lo, hi)) in enumerate(zip(gathered, bounds, strict=True))
+    ]
+    return torch.cat(pieces, 0)
+
+
 class RankSlicedScore:
     r"""A score function over the global batch that evaluates ``model`` (the DDP module) on this rank's rows only.
 
-    Called as ``score(t [B], x [B, ...])`` by the DSM losses: returns ``[B, ...]`` whose own rows are the live
-    (differentiable) model output and whose other rows are the other ranks' outputs, all-gathered and detached.
+    Called as ``score(t [B], x [B, ...], **batched)`` by the DSM losses: returns ``[B, ...]`` whose own rows are the
+    live (differentiable) model output and whose other rows are the other ranks' outputs, all-gathered and detached.
     The loss value is thus the global-batch loss on every rank, and its gradient reaches only this rank's rows
-    (DDP sums the rest in ``backward``).
+    (DDP sums the rest in ``backward``). Keyword arguments named in ``batched`` (e.g. the function inputs
+    ``inputs [B, N, m]``) are sliced with the batch; any other keyword is refused.
+    """
+
+    def __init__(self, model: nn.Module, context: DistributedContext, batched: Sequence[str] = ()) -> None:
+        self.model = model
+        self.context = context
+        self.batched = frozenset(batched)
+
+    def __call__(self, t: Tensor, x: Tensor, **kwargs: Any) -> Tensor:
+        if set(kwargs) - self.batched:
+            raise ValueError(
+                f"distributed training passes no model context other than {sorted(self.batched)}; got {sorted(kwargs)}"
+            )
+        ctx = self.context
+        bounds = [batch_bounds(x.shape[0], r, ctx.world_size) for r in range(ctx.world_size)]
+        lo, hi = bounds[ctx.rank]
+        t_local = t[lo:hi] if t.dim() > 0 else t
+        local = self.model(t_local, x[lo:hi], **{k: v[lo:hi] for k, v in kwargs.items()})
+        if not isinstance(local, Tensor) or local.shape != x[lo:hi].shape:
+            got = list(local.shape) if isinstance(local, Tensor) else type(local).__name__
+            raise ValueError(f"model output: expected the shape of x {list(x[lo:hi].shape)}, got {got}")
+        return gather_rows(local, bounds, ctx)
+
+
+class RankSlicedGraphScore:
+    r"""An edge score over a global torch-geometric ``Batch`` of :math:`G` graphs that evaluates ``model`` (the DDP
+    module) on this rank's contiguous run of whole graphs only (:func:`batch_bounds` over the graphs).
+
+    Called as ``score(t [G], d [E], graph=batch)``: the rank's graphs form a sub-batch whose edges are the rows
+    ``[E_lo, E_hi)`` of ``d`` (a ``Batch`` stores each graph's edges contiguously, in graph order); the result
+    ``[E]`` is the live output on those rows and the other ranks' outputs, all-gathered and detached, elsewhere.
+    A loss averaging over all :math:`E` edges is thus the global-batch loss on every rank.
     """
 
     def __init__(self, model: nn.Module, context: DistributedContext) -> None:
         self.model = model
         self.context = context
 
-    def __call__(self, t: Tensor, x: Tensor, **kwargs: Any) -> Tensor:
+    def __call__(self, t: Tensor, x: Tensor, graph: Any = None, **kwargs: Any) -> Tensor:
         if kwargs:
-            raise ValueError(f"distributed training passes no model context; got {sorted(kwargs)}")
+            raise ValueError(f"distributed training passes no model context other than graph; got {sorted(kwargs)}")
+        if not callable(getattr(graph, "index_select", None)) or getattr(graph, "batch", None) is None:
+            raise ValueError(f"graph: expected a torch_geometric Batch, got {type(graph).__name__}")
         ctx = self.context
-        batch = x.shape[0]
-        lo, hi = batch_bounds(batch, ctx.rank, ctx.world_size)
-        t_local = t[lo:hi] if t.dim() > 0 else t
-        local = self.model(t_local, x[lo:hi])
-        if not isinstance(local, Tensor) or local.shape != x[lo:hi].shape:
+        n_graphs = int(graph.num_graphs)
+        edge_graph = graph.batch[graph.edge_index[0]]
+        if bool((edge_graph[1:] < edge_graph[:-1]).any()):
+            raise ValueError("graph: expected the edges grouped by graph, in graph order (as Batch.from_data_list stores them)")
+        ptr = [0, *torch.bincount(edge_graph, minlength=n_graphs).cumsum(0).tolist()]
+        graph_bounds = [batch_bounds(n_graphs, r, ctx.world_size) for r in range(ctx.world_size)]
+        edge_bounds = [(ptr[lo], ptr[hi]) for lo, hi in graph_bounds]
+        (lo, hi), (e_lo, e_hi) = graph_bounds[ctx.rank], edge_bounds[ctx.rank]
+        sub = type(graph).from_data_list(graph.index_select(slice(lo, hi)))
+        local = self.model(t[lo:hi], x[e_lo:e_hi], graph=sub)
+        if not isinstance(local, Tensor) or local.shape != x[e_lo:e_hi].shape:
             got = list(local.shape) if isinstance(local, Tensor) else type(local).__name__
-            raise ValueError(f"model output: expected the shape of x {list(x[lo:hi].shape)}, got {got}")
-        # all_gather needs equal shapes: pad every slice to the largest, then trim
-        width = batch_bounds(batch, 0, ctx.world_size)[1]
-        padded = local.new_zeros((width, *local.shape[1:]))
-        padded[: hi - lo] = local.detach()
-        gathered = [torch.empty_like(padded) for _ in range(ctx.world_size)]
-        dist.all_gather(gathered, padded)
-        pieces = []
-        for rank, part in enumerate(gathered):
-            r_lo, r_hi = batch_bounds(batch, rank, ctx.world_size)
-            pieces.append(local if rank == ctx.rank else part[: r_hi - r_lo])
-        return torch.cat(pieces, 0)
+            raise ValueError(f"model output: expected one value per edge {list(x[e_lo:e_hi].shape)}, got {got}")
+        return gather_rows(local, edge_bounds, ctx)
 
 
 def broadcast_object(obj: Any, context: DistributedContext, device: torch.device | None = None) -> Any:

@@ -13,13 +13,9 @@ with the target :math:`T` of :meth:`OUGaussianProcess.denoising_pair` (:math:`-L
 
 from __future__ import annotations
 
-import json
-import random
-import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor, nn
@@ -29,8 +25,8 @@ from geodiffusion._validation import check_finite
 from geodiffusion.processes.base import Process
 from geodiffusion.processes.gp import OUGaussianProcess
 from geodiffusion.spec import Spec
-from geodiffusion.training.checkpoint import load_checkpoint, save_checkpoint
-from geodiffusion.training.ema import EMA
+from geodiffusion.training.distributed import RankSlicedScore
+from geodiffusion.training.trainer import TrainerBase, derive_seed
 
 __all__ = [
     "FunctionTrainingSpec",
@@ -41,15 +37,8 @@ __all__ = [
 ]
 
 FunctionWeighting = Literal["sigma2", "none"]
-CHECKPOINT_FORMAT = 1
-# fields that may change between an interrupted run and its resumption without changing the result
-_RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "log_every"})
-
-
-def derive_function_seed(seed: int, *keys: str | int) -> int:
-    """An independent 63-bit seed for the stream named ``keys`` under ``seed`` (numpy ``SeedSequence`` hashing)."""
-    words = [int(seed)] + [k if isinstance(k, int) else int.from_bytes(k.encode(), "little") % 2**32 for k in keys]
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) & (2**63 - 1)
+# the experiments' name for derive_seed (the same streams: it always was the same function)
+derive_function_seed = derive_seed
 
 
 def _weight(process: OUGaussianProcess, t: Tensor, weighting: FunctionWeighting) -> Tensor:
@@ -160,16 +149,18 @@ class FunctionTrainingSpec(Spec):
     log_every: int = Field(50, ge=1, description="append a line to train_log.jsonl every this many steps")
 
 
-class FunctionTrainer:
+class FunctionTrainer(TrainerBase):
     r"""Fits a function score network to a pool of functions ``inputs [M, N, m]``, ``values [M, N, d]`` by
     :func:`function_dsm_loss` (an OU process with a GP limit) or :func:`function_riemannian_dsm_loss` (Brownian
     motion on the values' manifold) with AdamW, gradient clipping and an EMA.
 
-    Minibatches are consecutive slices of a per-epoch permutation drawn from a data generator; times, point
-    subsets and noise come from a second generator. Both are seeded from ``spec.seed`` and saved in every
-    checkpoint together with the model, EMA, optimiser, permutation and global RNG states, so that :meth:`fit`
-    resumed from ``out_dir/checkpoints/last.pt`` ends bit-for-bit where an uninterrupted run ends (on CPU).
+    The items are the :math:`M` functions; with ``spec.min_points`` each minibatch keeps one random subset of its
+    points (size and subset drawn from the noise generator, the same on every rank). The loop, exact resumption,
+    logs and data parallelism (each rank runs the model on its slice of the functions) are :class:`TrainerBase`'s.
     """
+
+    spec_type = FunctionTrainingSpec
+    item_name = "functions"
 
     def __init__(
         self,
@@ -181,8 +172,9 @@ class FunctionTrainer:
         out_dir: str | Path | None = None,
         device: str | torch.device | None = None,
         progress: bool = False,
+        distributed: bool | None = None,
     ) -> None:
-        spec = spec if isinstance(spec, FunctionTrainingSpec) else FunctionTrainingSpec.model_validate(spec)
+        spec = self._coerce_spec(spec)
         self._manifold = getattr(process, "manifold", None)
         if not isinstance(process, OUGaussianProcess) and (
             self._manifold is None or not callable(getattr(process, "sigma", None))
@@ -196,90 +188,24 @@ class FunctionTrainer:
             raise ValueError(
                 f"inputs and values: expected [M, N, m] and [M, N, d], got {list(inputs.shape)} and {list(values.shape)}"
             )
-        if spec.batch_size > values.shape[0]:
-            raise ValueError(f"batch_size ({spec.batch_size}) exceeds the number of functions ({values.shape[0]})")
         if spec.min_points is not None and spec.min_points > values.shape[1]:
             raise ValueError(f"min_points ({spec.min_points}) exceeds the {values.shape[1]} points per function")
-        if not spec.eps < process.T:
-            raise ValueError(f"spec.eps ({spec.eps}) must be smaller than the process's T ({process.T})")
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError(f"{type(model).__name__} has no trainable parameters")
-        if params[0].dtype != values.dtype:
-            raise ValueError(f"values have dtype {values.dtype} but the model's parameters are {params[0].dtype}")
-        self.spec, self.process = spec, process
-        self.device = torch.device(device) if device is not None else values.device
-        self.model = model.to(self.device)
-        self.inputs, self.values = inputs.to(self.device), values.to(self.device)
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.progress = progress
-        self.optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-        self.ema = EMA(self.model, spec.ema_decay)
-        self.data_generator = torch.Generator().manual_seed(derive_function_seed(spec.seed, "data"))
-        self.noise_generator = torch.Generator().manual_seed(derive_function_seed(spec.seed, "noise"))
-        self.step = 0
-        self.history: list[float] = []
-        self.train_seconds = 0.0
-        self._permutation: Tensor | None = None
-        self._cursor = 0
+        dtype = self._trainable_parameters(model)[0].dtype
+        if dtype != values.dtype:
+            raise ValueError(f"values have dtype {values.dtype} but the model's parameters are {dtype}")
+        self.inputs, self.values = inputs, values
+        super().__init__(model, process, spec, out_dir, device if device is not None else values.device, progress, distributed)
 
     @property
-    def checkpoint_path(self) -> Path | None:
-        return self.out_dir / "checkpoints" / "last.pt" if self.out_dir is not None else None
+    def num_items(self) -> int:
+        return self.values.shape[0]
 
-    @property
-    def ema_model(self) -> nn.Module:
-        """The EMA copy of the model (eval mode), the one to sample and evaluate with."""
-        return self.ema.model
+    def _to_device(self, device: torch.device) -> None:
+        self.inputs, self.values = self.inputs.to(device), self.values.to(device)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "data_generator": self.data_generator.get_state(),
-            "noise_generator": self.noise_generator.get_state(),
-            "permutation": self._permutation,
-            "cursor": self._cursor,
-            "python_rng": random.getstate(),
-            "torch_rng": torch.get_rng_state(),
-            "spec": self.spec.model_dump(mode="json"),
-            "history": list(self.history),
-            "train_seconds": self.train_seconds,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the spec may differ only in steps and logging cadence."""
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"unsupported checkpoint format {state.get('format')!r}; expected {CHECKPOINT_FORMAT}")
-        saved, current = state["spec"], self.spec.model_dump(mode="json")
-        changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
-        if changed:
-            raise ValueError(
-                f"the checkpoint was trained with different settings ({', '.join(changed)}); resuming would not reproduce it"
-            )
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.data_generator.set_state(state["data_generator"])
-        self.noise_generator.set_state(state["noise_generator"])
-        self._permutation, self._cursor = state["permutation"], int(state["cursor"])
-        random.setstate(state["python_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        self.step = int(state["step"])
-        self.history = list(state["history"])
-        self.train_seconds = float(state["train_seconds"])
-
-    def _next_batch(self) -> tuple[Tensor, Tensor]:
-        m, b = self.values.shape[0], self.spec.batch_size
-        if self._permutation is None or self._cursor + b > m:
-            self._permutation = torch.randperm(m, generator=self.data_generator)
-            self._cursor = 0
-        idx = self._permutation[self._cursor : self._cursor + b].to(self.device)
-        self._cursor += b
-        inputs, values = self.inputs[idx], self.values[idx]
+    def _gather(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        index = index.to(self.device)
+        inputs, values = self.inputs[index], self.values[index]
         n = values.shape[1]
         if self.spec.min_points is not None:
             # one random subset size and subset per minibatch: the network sees sets of every size it is used on
@@ -288,49 +214,12 @@ class FunctionTrainer:
             inputs, values = inputs[:, keep], values[:, keep]
         return inputs, values
 
-    def fit(self) -> list[float]:
-        """Train to ``spec.steps`` (resuming from ``checkpoints/last.pt`` if present); return the loss history."""
-        if self.checkpoint_path is not None and self.checkpoint_path.is_file():
-            self.load_state_dict(load_checkpoint(self.checkpoint_path))
+    def _loss(self, batch: tuple[Tensor, Tensor], model: Any) -> Tensor:
+        inputs, values = batch
+        loss_fn = function_dsm_loss if self._manifold is None else function_riemannian_dsm_loss
         s = self.spec
-        log = None
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            log = open(self.out_dir / "train_log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed below)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
+        return loss_fn(model, self.process, inputs, values, eps=s.eps, weighting=s.weighting, generator=self.noise_generator)
 
-            bar = tqdm(total=s.steps, initial=self.step, desc="train", leave=False)
-        self.model.train()
-        try:
-            while self.step < s.steps:
-                start = time.perf_counter()
-                inputs, values = self._next_batch()
-                loss_fn = function_dsm_loss if self._manifold is None else function_riemannian_dsm_loss
-                loss = loss_fn(
-                    self.model, self.process, inputs, values, eps=s.eps, weighting=s.weighting, generator=self.noise_generator
-                )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if s.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
-                self.optimizer.step()
-                self.ema.update(self.model)
-                self.step += 1
-                self.history.append(float(loss.detach()))
-                self.train_seconds += time.perf_counter() - start
-                if bar is not None:
-                    bar.update(1)
-                if log is not None and (self.step % s.log_every == 0 or self.step == s.steps):
-                    recent = self.history[-s.log_every :]
-                    log.write(json.dumps({"step": self.step, "loss": sum(recent) / len(recent)}) + "\n")
-                    log.flush()
-                if self.checkpoint_path is not None and (self.step % s.checkpoint_every == 0 or self.step == s.steps):
-                    save_checkpoint(self.checkpoint_path, self.state_dict())
-        finally:
-            if log is not None:
-                log.close()
-            if bar is not None:
-                bar.close()
-        return self.history
+    def _distributed_model(self, ddp: nn.Module) -> RankSlicedScore:
+        # the function axis is the batch axis of the values and of their inputs alike
+        return RankSlicedScore(ddp, self.dist, batched=("inputs",))

@@ -14,9 +14,6 @@ treating edges as independent given :math:`d_0` is the paper's approximation.
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,19 +21,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
-from tqdm.auto import tqdm
 
 from geodiffusion._random import rand, randn
 from geodiffusion.conformers.graph import edge_vectors
 from geodiffusion.processes.distance import DistanceVEProcess, NoncentralChi3
-from geodiffusion.training.checkpoint import load_checkpoint, save_checkpoint
-from geodiffusion.training.ema import EMA
-from geodiffusion.training.trainer import TrainingSpec
+from geodiffusion.training.distributed import RankSlicedGraphScore
+from geodiffusion.training.trainer import TrainerBase, TrainingSpec
 
 __all__ = ["distance_dsm_loss", "GraphTrainer"]
-
-CHECKPOINT_FORMAT = 1
-_RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "log_every"})
 
 
 def _graph_index(batch: Data) -> tuple[Tensor, int]:
@@ -86,15 +78,20 @@ def distance_dsm_loss(
     return residual.pow(2).mean()
 
 
-class GraphTrainer:
+class GraphTrainer(TrainerBase):
     r"""AdamW on :func:`distance_dsm_loss` over a list of molecules/graphs with several conformers each, with EMA.
 
     ``graphs[k]``: the extended graph of item ``k`` (no ``pos`` needed); ``conformers[k]``: its clean coordinates
-    ``[C_k, N_k, 3]``. Each step takes ``batch_size`` items from a per-epoch permutation and one random conformer of
-    each. The data and noise generators, model, EMA, optimiser, permutation and step are saved atomically in
-    ``out_dir/checkpoints/last.pt`` every ``checkpoint_every`` steps, so :meth:`fit` resumed from it ends
-    bit-for-bit where an uninterrupted run ends (on CPU). The loss of each step goes to ``train_log.jsonl``.
+    ``[C_k, N_k, 3]``. The items are the graphs: each step takes ``batch_size`` of them and one random conformer of
+    each (drawn from the data generator). The loop, exact resumption, logs and data parallelism are
+    :class:`TrainerBase`'s; under DDP each rank runs the model on its run of whole graphs of the batch
+    (:class:`~geodiffusion.training.distributed.RankSlicedGraphScore`), and the loss stays the mean over all the
+    batch's edges. Shapes: the model maps ``(t [G], d [E], graph=batch)`` to ``[E]``.
     """
+
+    spec_type = TrainingSpec
+    item_name = "graphs"
+    progress_desc = "distance DSM"
 
     def __init__(
         self,
@@ -106,8 +103,13 @@ class GraphTrainer:
         out_dir: str | Path | None = None,
         device: str | torch.device | None = None,
         progress: bool = False,
+        distributed: bool | None = None,
     ) -> None:
-        spec = spec if isinstance(spec, TrainingSpec) else TrainingSpec.model_validate(spec)
+        spec = self._coerce_spec(spec)
+        if not isinstance(process, DistanceVEProcess):
+            raise ValueError(f"process: expected a DistanceVEProcess, got {type(process).__name__}")
+        if spec.weighting not in ("sigma2", "none"):
+            raise ValueError(f"weighting: expected 'sigma2' or 'none' for distance DSM, got {spec.weighting!r}")
         if len(graphs) != len(conformers) or not graphs:
             raise ValueError(f"graphs and conformers: expected equal non-zero lengths, got {len(graphs)} and {len(conformers)}")
         for k, (g, c) in enumerate(zip(graphs, conformers, strict=True)):
@@ -115,75 +117,23 @@ class GraphTrainer:
                 raise ValueError(f"conformers[{k}]: expected [C >= 1, {g.num_nodes}, 3], got {list(c.shape)}")
             if not bool(torch.isfinite(c).all()):
                 raise ValueError(f"conformers[{k}]: expected finite coordinates, found NaN or inf")
-        if spec.batch_size > len(graphs):
-            raise ValueError(f"batch_size ({spec.batch_size}) exceeds the number of training items ({len(graphs)})")
-        self.spec, self.process, self.progress = spec, process, progress
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.model = model.to(self.device)
-        self.dtype = next(model.parameters()).dtype
+        self.dtype = self._trainable_parameters(model)[0].dtype
         self.graphs = [g.clone() for g in graphs]
         self.conformers = [c.to(self.dtype) for c in conformers]
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-        self.ema = EMA(model, spec.ema_decay)
-        self.data_gen = torch.Generator().manual_seed(spec.seed)
-        self.noise_gen = torch.Generator().manual_seed(spec.seed + 1)
-        self.step = 0
-        self.perm = torch.empty(0, dtype=torch.long)
-        self.cursor = 0
-        self.losses: list[float] = []
-        self.train_seconds = 0.0
+        super().__init__(model, process, spec, out_dir, device if device is not None else "cpu", progress, distributed)
 
-    # --- checkpoints ------------------------------------------------------------------------
     @property
-    def checkpoint_path(self) -> Path | None:
-        return None if self.out_dir is None else self.out_dir / "checkpoints" / "last.pt"
+    def losses(self) -> list[float]:
+        """The per-step loss history (:attr:`history`)."""
+        return self.history
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "spec": self.spec.model_dump(mode="json"),
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "data_gen": self.data_gen.get_state(),
-            "noise_gen": self.noise_gen.get_state(),
-            "perm": self.perm,
-            "cursor": self.cursor,
-            "losses": torch.tensor(self.losses, dtype=torch.float64),
-            "train_seconds": self.train_seconds,
-        }
+    @property
+    def num_items(self) -> int:
+        return len(self.graphs)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}")
-        old, new = state["spec"], self.spec.model_dump(mode="json")
-        changed = {k for k in new if old.get(k) != new[k]} - _RESUMABLE_CHANGES
-        if changed:
-            raise ValueError(f"the checkpoint was written with other training settings ({sorted(changed)}); use another out_dir")
-        self.step = int(state["step"])
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.data_gen.set_state(state["data_gen"])
-        self.noise_gen.set_state(state["noise_gen"])
-        self.perm, self.cursor = state["perm"], int(state["cursor"])
-        self.losses = state["losses"].tolist()
-        self.train_seconds = float(state["train_seconds"])
-
-    def save(self) -> None:
-        if self.checkpoint_path is not None:
-            save_checkpoint(self.checkpoint_path, self.state_dict())
-
-    # --- training ---------------------------------------------------------------------------
-    def _next_batch(self) -> Batch:
-        if self.cursor + self.spec.batch_size > len(self.perm):
-            self.perm = torch.randperm(len(self.graphs), generator=self.data_gen)
-            self.cursor = 0
-        items = self.perm[self.cursor : self.cursor + self.spec.batch_size].tolist()
-        self.cursor += self.spec.batch_size
-        pick = torch.randint(0, 2**62, (len(items),), generator=self.data_gen).tolist()
+    def _gather(self, index: Tensor) -> Batch:
+        items = index.tolist()
+        pick = torch.randint(0, 2**62, (len(items),), generator=self.data_generator).tolist()
         data = []
         for k, r in zip(items, pick, strict=True):
             g = self.graphs[k].clone()
@@ -191,48 +141,9 @@ class GraphTrainer:
             data.append(g)
         return Batch.from_data_list(data).to(self.device)
 
-    def fit(self) -> list[float]:
-        """Train to ``spec.steps`` (resuming from ``out_dir/checkpoints/last.pt`` if present); the per-step losses."""
+    def _loss(self, batch: Batch, model: Any) -> Tensor:
         s = self.spec
-        if self.checkpoint_path is not None and self.checkpoint_path.is_file():
-            self.load_state_dict(load_checkpoint(self.checkpoint_path))
-        log = self.out_dir / "train_log.jsonl" if self.out_dir is not None else None
-        if log is not None:
-            log.parent.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=s.steps, initial=self.step, desc="distance DSM", leave=False) if self.progress else None
-        self.model.train()
-        try:
-            while self.step < s.steps:
-                start = time.perf_counter()
-                batch = self._next_batch()
-                loss = distance_dsm_loss(
-                    self.model, self.process, batch, generator=self.noise_gen, eps=s.eps, weighting=s.weighting
-                )
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"distance DSM loss is {value} at step {self.step}")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if s.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
-                self.optimizer.step()
-                self.ema.update(self.model)
-                self.step += 1
-                self.losses.append(value)
-                self.train_seconds += time.perf_counter() - start
-                if log is not None and (self.step % s.log_every == 0 or self.step == s.steps):
-                    with open(log, "a", encoding="utf-8") as fh:
-                        fh.write(json.dumps({"step": self.step, "loss": self.losses[-1]}) + "\n")
-                if self.step % s.checkpoint_every == 0 or self.step == s.steps:
-                    self.save()
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-        self.model.eval()
-        return self.losses
+        return distance_dsm_loss(model, self.process, batch, generator=self.noise_generator, eps=s.eps, weighting=s.weighting)
 
-    @property
-    def ema_model(self) -> nn.Module:
-        return self.ema.model
+    def _distributed_model(self, ddp: nn.Module) -> RankSlicedGraphScore:
+        return RankSlicedGraphScore(ddp, self.dist)

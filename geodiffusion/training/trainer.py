@@ -1,4 +1,9 @@
-"""Training loop for score models: AdamW on the DSM loss, EMA, clipping, seeded and resumable."""
+r"""Training loop for score models: AdamW on a DSM loss, EMA, clipping, seeded, resumable and data parallel.
+
+:class:`TrainerBase` is the one loop; :class:`Trainer` (points of :math:`\mathbb R^d` or of a manifold),
+:class:`~geodiffusion.training.FunctionTrainer` (functions) and :class:`~geodiffusion.training.GraphTrainer`
+(conformer graphs) supply only their data's validation, its number of items, how a batch is gathered and its loss.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,11 +35,16 @@ from geodiffusion.training.ema import EMA
 from geodiffusion.training.losses import Weighting, dsm_loss
 from geodiffusion.training.riemannian import riemannian_dsm_loss
 
-__all__ = ["TrainingSpec", "Trainer", "derive_seed"]
+__all__ = ["TrainingSpec", "TrainerBase", "Trainer", "derive_seed"]
 
 CHECKPOINT_FORMAT = 1
 # fields that may change between an interrupted run and its resumption without changing the result
 _RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "log_every"})
+# what load_state_dict reads: a checkpoint lacking one of them was written by another (older) layout
+_STATE_KEYS = frozenset(
+    {"step", "model", "ema", "optimizer", "data_generator", "noise_generator", "permutation", "cursor"}
+    | {"python_rng", "torch_rng", "spec", "history", "train_seconds"}
+)
 
 
 def derive_seed(seed: int, *keys: str | int) -> int:
@@ -62,80 +72,65 @@ class TrainingSpec(Spec):
     log_every: int = Field(50, ge=1, description="append a line to train_log.jsonl every this many steps")
 
 
-class Trainer:
-    r"""Fits a score model :math:`s_\theta` to ``data`` by minimising the DSM loss with AdamW: :func:`dsm_loss`
-    on :math:`\mathbb R^d`, :func:`~geodiffusion.training.riemannian_dsm_loss` (exact heat-kernel target, Riemannian
-    norm) when the process lives on a manifold (``process.manifold is not None``).
+class TrainerBase:
+    r"""The training loop shared by every trainer: AdamW on the mean loss of a minibatch of *items* (data points,
+    functions, graphs), gradient clipping, an EMA of the parameters, seeded and exactly resumable, data parallel.
 
-    Minibatches are consecutive slices of a per-epoch permutation drawn from a data generator
-    (the tail of each epoch that does not fill a batch is skipped); times and noise come from a
-    second generator. Both are seeded from ``spec.seed`` and saved in every checkpoint together
-    with the model, its EMA, the optimiser, the permutation and the global RNG states, so that
-    :meth:`fit` resumed from ``out_dir/checkpoints/last.pt`` ends bit-for-bit where an uninterrupted
-    run ends (on CPU). Every ``log_every`` steps a JSON line goes to ``out_dir/train_log.jsonl``.
+    One step draws ``spec.batch_size`` item indices as the next consecutive slice of a per-epoch permutation of the
+    :attr:`num_items` items (the tail of an epoch that does not fill a batch is skipped), gathers them into a
+    batch (:meth:`_gather`) and takes one optimiser step on its loss :math:`\mathcal L(\theta)` (:meth:`_loss`).
+    The permutation comes from a *data* generator, times and noise (and any other per-step randomness) from a
+    *noise* generator, seeded ``derive_seed(spec.seed, "data")`` and ``derive_seed(spec.seed, "noise")``; both live
+    on the CPU, so the draws do not depend on the device. Every checkpoint holds them with the model, its EMA,
+    the optimiser, the permutation, its cursor and the global RNG states, so that :meth:`fit` resumed from
+    ``out_dir/checkpoints/last.pt`` ends bit-for-bit where an uninterrupted run ends (on CPU); the spec may change
+    on resumption only in ``steps``, ``checkpoint_every`` and ``log_every``. Every ``log_every`` steps a JSON line
+    (mean loss since the last line, gradient norm, learning rate, training seconds) goes to
+    ``out_dir/train_log.jsonl``; a resumed run first drops the lines written after its checkpoint.
 
     **Distributed data parallel.** Under ``torchrun`` (or with ``distributed=True`` in an initialised process
     group) the model is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (gloo on CPU, NCCL on
     GPU; a CUDA ``device`` without index becomes ``cuda:LOCAL_RANK``). ``spec.batch_size`` stays the *global*
-    batch: every rank draws the same permutation, times and noise, and runs the model on its contiguous slice
-    of the batch (:func:`~geodiffusion.training.distributed.batch_bounds`); the loss is the mean over the global
-    batch and DDP averages the gradients, so a step equals the single-process step to round-off (the
-    noising of the batch, which needs no model, is repeated on every rank). Only rank 0 writes checkpoints and
+    batch: every rank draws the same items, times and noise, and runs the model on its contiguous slice of the
+    batch only (:meth:`_distributed_model`; the batch's noising, which needs no model, is repeated on every rank).
+    The loss is the global-batch mean and rank :math:`r` back-propagates :math:`W\mathcal L` through its own rows,
+    so DDP's gradient average equals the single-process gradient to round-off. Only rank 0 writes checkpoints and
     logs (a barrier follows each save); on resumption rank 0 reads the checkpoint and broadcasts it, so
     ``out_dir`` need not be shared between nodes. Checkpoints hold the bare model (no ``module.`` prefix):
     a DDP checkpoint resumes in a single process and vice versa. ``distributed=False`` trains alone even
     under torchrun; models must use all their parameters in every forward (DDP's default) and should not
     use batch statistics (BatchNorm sees a rank's slice only).
 
-    Launching ``geodiffusion run`` on several GPUs (the command line maps ``--device cuda`` to each worker's GPU
-    and lets only rank 0 write ``OUT``)::
-
-        # one node, 4 GPUs
-        torchrun --standalone --nproc_per_node=4 -m geodiffusion run quickstart --device cuda --out runs/q
-        # two nodes of 8 GPUs: run on each node, with its --node_rank (0 on the host at MASTER_ADDR)
-        torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 \
-            -m geodiffusion run quickstart --device cuda --out /shared/runs/q
-
-    Shapes: ``data [N, *event_shape]``; the model maps ``(t [B], x [B, *event_shape])`` to ``[B, *event_shape]``.
+    A subclass validates its data and stores it, then calls ``super().__init__``, and implements
+    :attr:`num_items`, :meth:`_gather` and :meth:`_loss` (optionally :meth:`_to_device`, :meth:`_check_model`
+    and :meth:`_distributed_model`). ``spec`` needs the fields of :class:`TrainingSpec` (other than ``weighting``).
     """
+
+    #: the spec class that dict specs are validated with
+    spec_type: ClassVar[type[Spec]] = Spec
+    #: what an item is, for messages ("data points", "functions", "graphs")
+    item_name: ClassVar[str] = "items"
+    #: the loop's name in the progress bar
+    progress_desc: ClassVar[str] = "training"
 
     def __init__(
         self,
         model: nn.Module,
         process: Process,
-        data: Tensor,
-        spec: TrainingSpec | dict[str, Any],
-        out_dir: str | Path | None = None,
-        device: str | torch.device | None = None,
-        progress: bool = True,
-        distributed: bool | None = None,
+        spec: Spec,
+        out_dir: str | Path | None,
+        device: torch.device,
+        progress: bool,
+        distributed: bool | None,
     ) -> None:
-        spec = spec if isinstance(spec, TrainingSpec) else TrainingSpec.model_validate(spec)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-        if not isinstance(process, Process):
-            raise TypeError(f"process: expected a Process, got {type(process).__name__}")
-        self._check_data(data, process, spec)
+        params = self._trainable_parameters(model)
+        if spec.batch_size > self.num_items:
+            raise ValueError(f"batch_size ({spec.batch_size}) exceeds the number of {self.item_name} ({self.num_items})")
         if not spec.eps < process.T:
             raise ValueError(f"spec.eps ({spec.eps}) must be smaller than the process's T ({process.T})")
-        if process.manifold is not None:
-            # Riemannian DSM: sigma_t^2 weighting needs the process's sigma(t); the marginal at t = 0 is a point mass
-            if spec.weighting == "sigma2" and not callable(getattr(process, "sigma", None)):
-                raise ValueError(f"weighting='sigma2' needs a process with sigma(t), got {type(process).__name__}")
-            if spec.eps <= 0:
-                raise ValueError(f"spec.eps must be positive for a process on a manifold (a point mass at t = 0), got {spec.eps}")
-        elif spec.weighting == "sigma2" and not isinstance(process, LinearGaussianProcess):
-            raise ValueError(f"weighting='sigma2' needs a LinearGaussianProcess, got {type(process).__name__}")
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError(f"{type(model).__name__} has no trainable parameters")
-        # complex points (SU(n)) are trained by a real network: compare with the points' real dtype
-        if params[0].dtype != data.real.dtype:
-            raise ValueError(f"data has dtype {data.dtype} but the model's parameters are {params[0].dtype}; cast one of them")
-
         self.spec = spec
         self.process = process
-        self.device = torch.device(device) if device is not None else data.device
+        self.device = torch.device(device)
         self.dist: DistributedContext | None = setup_distributed(self.device, distributed=distributed)
         if self.dist is not None:
             self.device = local_device(self.device)
@@ -145,10 +140,10 @@ class Trainer:
                     "every rank evaluates a slice of the global batch"
                 )
         self.model = model.to(self.device)
-        self.data = data.to(self.device)
+        self._to_device(self.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress and (self.dist is None or self.dist.is_main)
-        self._check_model_fits_data()
+        self._check_model()
         self._ddp: nn.Module | None = None
         if self.dist is not None:
             # DDP broadcasts rank 0's parameters and buffers at construction: every rank (and its EMA, copied
@@ -167,41 +162,43 @@ class Trainer:
         self._permutation: Tensor | None = None
         self._cursor = 0
 
-    # --- validation -------------------------------------------------------
+    @classmethod
+    def _coerce_spec(cls, spec: Spec | dict[str, Any]) -> Any:
+        return spec if isinstance(spec, cls.spec_type) else cls.spec_type.model_validate(spec)
 
     @staticmethod
-    def _check_data(data: Tensor, process: Process, spec: TrainingSpec) -> None:
-        check_tensor("data", data)
-        if not (data.is_floating_point() or (data.is_complex() and getattr(process, "manifold", None) is not None)):
-            raise ValueError(f"data: expected a floating tensor (complex only for points of a manifold), got {data.dtype}")
-        if data.dim() < process.event_ndim + 1:
-            raise ValueError(
-                f"data: expected shape [N, *event_shape] with {process.event_ndim} event axes, got {list(data.shape)}"
-            )
-        if not bool(torch.isfinite(data).all()):
-            bad = int((~torch.isfinite(data)).flatten(1).any(-1).sum())
-            raise ValueError(f"data: {bad} of {len(data)} points contain NaN or inf")
-        if spec.batch_size > len(data):
-            raise ValueError(f"batch_size ({spec.batch_size}) exceeds the number of data points ({len(data)})")
+    def _trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{type(model).__name__} has no trainable parameters")
+        return params
 
-    def _check_model_fits_data(self) -> None:
-        x = self.data[:2]
-        t = torch.full((x.shape[0],), 0.5 * self.process.T, dtype=x.real.dtype, device=x.device)
-        was_training = self.model.training
-        try:
-            with torch.no_grad():
-                out = self.model.eval()(t, x)
-        except Exception as err:  # any failure here means the data do not fit the model
-            raise ValueError(
-                f"data of shape [N, {', '.join(map(str, x.shape[1:]))}] do not fit {type(self.model).__name__}: {err}"
-            ) from err
-        finally:
-            self.model.train(was_training)
-        if not isinstance(out, Tensor) or out.shape != x.shape:
-            got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(
-                f"{type(self.model).__name__} maps inputs of shape {list(x.shape)} to {got}; expected the same shape"
-            )
+    # --- what a subclass supplies -------------------------------------------
+
+    @property
+    def num_items(self) -> int:
+        """The number of items the minibatches are drawn from."""
+        raise NotImplementedError
+
+    def _gather(self, index: Tensor) -> Any:
+        """The batch of the items ``index [B]`` (CPU, long), on :attr:`device`; may draw from :attr:`noise_generator`."""
+        raise NotImplementedError
+
+    def _loss(self, batch: Any, model: Any) -> Tensor:
+        """The mean loss of ``batch`` under the score ``model``, drawing times and noise from :attr:`noise_generator`."""
+        raise NotImplementedError
+
+    def _to_device(self, device: torch.device) -> None:
+        """Move the data to ``device`` (called once, after the device is final)."""
+
+    def _check_model(self) -> None:
+        """Raise a ValueError if the model cannot take the data (called before training)."""
+
+    def _distributed_model(self, ddp: nn.Module) -> Any:
+        """The score that :meth:`_loss` calls under DDP: the global batch in, ``ddp`` run on this rank's slice."""
+        return RankSlicedScore(ddp, self.dist)
 
     # --- paths ------------------------------------------------------------
 
@@ -230,6 +227,7 @@ class Trainer:
         spec_of = lambda obj: obj.spec.model_dump(mode="json") if isinstance(getattr(obj, "spec", None), Spec) else None  # noqa: E731
         return {
             "format": CHECKPOINT_FORMAT,
+            "trainer": self._checkpoint_kind(),
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
@@ -248,10 +246,21 @@ class Trainer:
             "world_size": self.dist.world_size if self.dist is not None else 1,  # provenance only: resumable anywhere
         }
 
+    @classmethod
+    def _checkpoint_kind(cls) -> str:
+        # the nearest of the package's trainers: a user's subclass reads its parent's checkpoints
+        return next(k.__name__ for k in cls.__mro__ if k.__module__.startswith("geodiffusion.training."))
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; the training spec may differ only in steps and logging cadence."""
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"unsupported checkpoint format {state.get('format')!r}; expected {CHECKPOINT_FORMAT}")
+        # checkpoints from before the shared loop carry no "trainer": only the Trainer's layout is unchanged since
+        kind, expected, missing = state.get("trainer"), self._checkpoint_kind(), sorted(_STATE_KEYS - state.keys())
+        if missing or (kind != expected and not (kind is None and expected == "Trainer")):
+            who = f"by {kind}" if kind is not None else "by an earlier version of geodiffusion"
+            lacking = f" (it lacks {', '.join(missing)})" if missing else ""
+            raise ValueError(f"the checkpoint was written {who}{lacking}; {expected} cannot resume it: use another out_dir")
         saved, current = state["spec"], self.spec.model_dump(mode="json")
         changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
         if changed:
@@ -279,7 +288,7 @@ class Trainer:
         (:meth:`fit` calls it on rank 0 only)."""
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
-            raise ValueError("no checkpoint path: pass one or give the Trainer an out_dir")
+            raise ValueError(f"no checkpoint path: pass one or give the {type(self).__name__} an out_dir")
         return save_checkpoint(path, self.state_dict())
 
     def load(self, path: str | Path) -> None:
@@ -287,14 +296,15 @@ class Trainer:
 
     # --- training ---------------------------------------------------------
 
-    def _next_batch(self) -> Tensor:
-        n, size = len(self.data), self.spec.batch_size
+    def _next_index(self) -> Tensor:
+        """The items of the next minibatch: the next slice of this epoch's permutation (a new one when it is used up)."""
+        n, size = self.num_items, self.spec.batch_size
         if self._permutation is None or (self._cursor + 1) * size > n:
             self._permutation = torch.randperm(n, generator=self.data_generator)
             self._cursor = 0
-        idx = self._permutation[self._cursor * size : (self._cursor + 1) * size]
+        index = self._permutation[self._cursor * size : (self._cursor + 1) * size]
         self._cursor += 1
-        return self.data[idx.to(self.device)]
+        return index
 
     def _resume(self) -> bool:
         """Load ``out_dir/checkpoints/last.pt`` if present (rank 0 reads it and broadcasts it to the other ranks)."""
@@ -318,12 +328,6 @@ class Trainer:
             self.save()
         barrier(self.dist, self.device)
 
-    def _loss(self, x0: Tensor) -> Tensor:
-        # looked up at call time (module globals), so that the loss can be patched in tests
-        loss_fn = riemannian_dsm_loss if self.process.manifold is not None else dsm_loss
-        model = self.model if self._ddp is None else RankSlicedScore(self._ddp, self.dist)
-        return loss_fn(model, self.process, x0, generator=self.noise_generator, weighting=self.spec.weighting, eps=self.spec.eps)
-
     def _prepare_log(self, resumed: bool) -> None:
         if self.log_path is None or not self.is_main:
             return
@@ -343,14 +347,16 @@ class Trainer:
         resumed = self._resume() if self.step == 0 else False
         self._prepare_log(resumed)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        bar = tqdm(total=spec.steps, initial=min(self.step, spec.steps), desc="training", unit="step", disable=not self.progress)
+        model = self.model if self._ddp is None else self._distributed_model(self._ddp)
+        bar = tqdm(
+            total=spec.steps, initial=min(self.step, spec.steps), desc=self.progress_desc, unit="step", disable=not self.progress
+        )
         window: list[float] = []
         session_start, offset = time.perf_counter(), self.train_seconds
         self.model.train()
         try:
             while self.step < spec.steps:
-                x0 = self._next_batch()
-                loss = self._loss(x0)
+                loss = self._loss(self._gather(self._next_index()), model)
                 # the global-batch loss: the same value on every rank, so all ranks stop together on divergence
                 value = loss.item()
                 if not np.isfinite(value):
@@ -391,3 +397,106 @@ class Trainer:
         if self.log_path is not None and self.is_main:
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+
+class Trainer(TrainerBase):
+    r"""Fits a score model :math:`s_\theta` to ``data`` by minimising the DSM loss with AdamW: :func:`dsm_loss`
+    on :math:`\mathbb R^d`, :func:`~geodiffusion.training.riemannian_dsm_loss` (exact heat-kernel target, Riemannian
+    norm) when the process lives on a manifold (``process.manifold is not None``). The items are the data points;
+    the loop, checkpoints, logs and data parallelism are :class:`TrainerBase`'s.
+
+    Launching ``geodiffusion run`` on several GPUs (the command line maps ``--device cuda`` to each worker's GPU
+    and lets only rank 0 write ``OUT``)::
+
+        # one node, 4 GPUs
+        torchrun --standalone --nproc_per_node=4 -m geodiffusion run quickstart --device cuda --out runs/q
+        # two nodes of 8 GPUs: run on each node, with its --node_rank (0 on the host at MASTER_ADDR)
+        torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 \
+            -m geodiffusion run quickstart --device cuda --out /shared/runs/q
+
+    Shapes: ``data [N, *event_shape]``; the model maps ``(t [B], x [B, *event_shape])`` to ``[B, *event_shape]``.
+    """
+
+    spec_type = TrainingSpec
+    item_name = "data points"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        process: Process,
+        data: Tensor,
+        spec: TrainingSpec | dict[str, Any],
+        out_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+        distributed: bool | None = None,
+    ) -> None:
+        spec = self._coerce_spec(spec)
+        if not isinstance(process, Process):
+            raise TypeError(f"process: expected a Process, got {type(process).__name__}")
+        self._check_data(data, process)
+        if process.manifold is not None:
+            # Riemannian DSM: sigma_t^2 weighting needs the process's sigma(t); the marginal at t = 0 is a point mass
+            if spec.weighting == "sigma2" and not callable(getattr(process, "sigma", None)):
+                raise ValueError(f"weighting='sigma2' needs a process with sigma(t), got {type(process).__name__}")
+            if spec.eps <= 0:
+                raise ValueError(f"spec.eps must be positive for a process on a manifold (a point mass at t = 0), got {spec.eps}")
+        elif spec.weighting == "sigma2" and not isinstance(process, LinearGaussianProcess):
+            raise ValueError(f"weighting='sigma2' needs a LinearGaussianProcess, got {type(process).__name__}")
+        # complex points (SU(n)) are trained by a real network: compare with the points' real dtype
+        dtype = self._trainable_parameters(model)[0].dtype
+        if dtype != data.real.dtype:
+            raise ValueError(f"data has dtype {data.dtype} but the model's parameters are {dtype}; cast one of them")
+        self.data = data
+        super().__init__(model, process, spec, out_dir, device if device is not None else data.device, progress, distributed)
+
+    # --- validation -------------------------------------------------------
+
+    @staticmethod
+    def _check_data(data: Tensor, process: Process) -> None:
+        check_tensor("data", data)
+        if not (data.is_floating_point() or (data.is_complex() and getattr(process, "manifold", None) is not None)):
+            raise ValueError(f"data: expected a floating tensor (complex only for points of a manifold), got {data.dtype}")
+        if data.dim() < process.event_ndim + 1:
+            raise ValueError(
+                f"data: expected shape [N, *event_shape] with {process.event_ndim} event axes, got {list(data.shape)}"
+            )
+        if not bool(torch.isfinite(data).all()):
+            bad = int((~torch.isfinite(data)).flatten(1).any(-1).sum())
+            raise ValueError(f"data: {bad} of {len(data)} points contain NaN or inf")
+
+    def _check_model(self) -> None:
+        x = self.data[:2]
+        t = torch.full((x.shape[0],), 0.5 * self.process.T, dtype=x.real.dtype, device=x.device)
+        was_training = self.model.training
+        try:
+            with torch.no_grad():
+                out = self.model.eval()(t, x)
+        except Exception as err:  # any failure here means the data do not fit the model
+            raise ValueError(
+                f"data of shape [N, {', '.join(map(str, x.shape[1:]))}] do not fit {type(self.model).__name__}: {err}"
+            ) from err
+        finally:
+            self.model.train(was_training)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"{type(self.model).__name__} maps inputs of shape {list(x.shape)} to {got}; expected the same shape"
+            )
+
+    # --- the items and their loss -------------------------------------------
+
+    @property
+    def num_items(self) -> int:
+        return len(self.data)
+
+    def _to_device(self, device: torch.device) -> None:
+        self.data = self.data.to(device)
+
+    def _gather(self, index: Tensor) -> Tensor:
+        return self.data[index.to(self.device)]
+
+    def _loss(self, x0: Tensor, model: Any) -> Tensor:
+        # looked up at call time (module globals), so that the loss can be patched in tests
+        loss_fn = riemannian_dsm_loss if self.process.manifold is not None else dsm_loss
+        return loss_fn(model, self.process, x0, generator=self.noise_generator, weighting=self.spec.weighting, eps=self.spec.eps)
