@@ -89,34 +89,47 @@ def walk(sphere, x0, t, steps):
     return geodesic_random_walk(sphere, x0, t, steps, torch.Generator().manual_seed(3))
 
 
+def evaluation_record(n: int, t: float, batch: int) -> dict:
+    """Errors of auto and of the eigen expansion with the fewest terms reaching auto's bulk error, and the seconds of
+    log_prob + score of each on ``batch`` points drawn from p_t(x0, .)."""
+    sphere = gd.Sphere(dim=n)
+    auto = sphere.heat_kernel()
+    bulk, tail = bulk_angles(n, t), tail_angles(n, t)
+    a_bulk, _ = errors(auto, n, t, bulk)
+    a_tail, _ = errors(auto, n, t, tail)
+    target = max(a_bulk, 1e-10)  # eigen's rounding floor in the bulk is ~1e-11 on S^15
+    chosen, e_bulk = None, math.inf
+    L = 4
+    while L <= 5000:
+        e_bulk = errors(sphere.heat_kernel(estimator="eigen", n_terms=L), n, t, bulk)[0]
+        if e_bulk <= target:
+            chosen = L
+            break
+        L = int(math.ceil(L * 1.25))
+    eigen = sphere.heat_kernel(estimator="eigen", n_terms=chosen or L)
+    e_tail, _ = errors(eigen, n, t, tail)
+    gen = torch.Generator().manual_seed(0)
+    x0 = sphere.random_point(1, gen, dtype=torch.float64).expand(batch, -1)
+    x = auto.sample(x0, t, gen)
+    return {
+        "auto_bulk": a_bulk,
+        "auto_tail": a_tail,
+        "auto_s": timed(evaluate, auto, x0, x, t),
+        "eigen_terms": chosen or f">{L}",
+        "eigen_bulk": e_bulk,
+        "eigen_tail": e_tail,
+        "eigen_s": timed(evaluate, eigen, x0, x, t),
+    }
+
+
 def evaluation_rows(ns, times, batch: int) -> list[str]:
     rows = []
     for n in ns:
-        sphere = gd.Sphere(dim=n)
-        auto = sphere.heat_kernel()
-        gen = torch.Generator().manual_seed(0)
         for t in times:
-            bulk, tail = bulk_angles(n, t), tail_angles(n, t)
-            a_bulk, _ = errors(auto, n, t, bulk)
-            a_tail, _ = errors(auto, n, t, tail)
-            target = max(a_bulk, 1e-10)  # eigen's rounding floor in the bulk is ~1e-11 on S^15
-            chosen, e_bulk = None, math.inf
-            L = 4
-            while L <= 5000:
-                e_bulk = errors(sphere.heat_kernel(estimator="eigen", n_terms=L), n, t, bulk)[0]
-                if e_bulk <= target:
-                    chosen = L
-                    break
-                L = int(math.ceil(L * 1.25))
-            eigen = sphere.heat_kernel(estimator="eigen", n_terms=chosen or L)
-            e_tail, _ = errors(eigen, n, t, tail)
-            x0 = sphere.random_point(1, gen, dtype=torch.float64).expand(batch, -1)
-            x = auto.sample(x0, t, gen)
-            t_auto = timed(evaluate, auto, x0, x, t)
-            t_eigen = timed(evaluate, eigen, x0, x, t)
+            r = evaluation_record(n, t, batch)
             rows.append(
-                f"| {n} | {t:g} | {a_bulk:.1e} | {a_tail:.1e} | {1e3 * t_auto:.2f} | {chosen or f'>{L}'} | {e_bulk:.1e} | "
-                f"{e_tail:.1e} | {1e3 * t_eigen:.2f} | {t_eigen / t_auto:.2f} |"
+                f"| {n} | {t:g} | {r['auto_bulk']:.1e} | {r['auto_tail']:.1e} | {1e3 * r['auto_s']:.2f} | {r['eigen_terms']} | "
+                f"{r['eigen_bulk']:.1e} | {r['eigen_tail']:.1e} | {1e3 * r['eigen_s']:.2f} | {r['eigen_s'] / r['auto_s']:.2f} |"
             )
             print(rows[-1], flush=True)
     return rows
@@ -133,30 +146,45 @@ def radial_cdf(kernel, t: float):
     return lambda a: np.interp(a, theta, cdf)
 
 
+def sampling_record(n: int, t: float, draws: int, max_steps: int) -> dict:
+    """KS statistic and seconds of ``draws`` exact samples, and of the geodesic random walk with the fewest steps
+    (doubling up to ``max_steps``) whose KS statistic is no larger."""
+    sphere = gd.Sphere(dim=n)
+    kernel = sphere.heat_kernel()
+    cdf = radial_cdf(kernel, t)
+    x0 = sphere.random_point(1, torch.Generator().manual_seed(1), dtype=torch.float64).expand(draws, -1)
+    gen = torch.Generator().manual_seed(2)
+    exact = kernel.sample(x0, t, gen)
+    ks_exact = stats.kstest(sphere.dist(x0, exact).numpy(), cdf).statistic
+    t_exact = timed(kernel.sample, x0, t, gen)
+    steps, ks_grw = 1, math.inf
+    while steps <= max_steps:
+        ks_grw = stats.kstest(sphere.dist(x0, walk(sphere, x0, t, steps)).numpy(), cdf).statistic
+        if ks_grw <= ks_exact:
+            break
+        steps *= 2
+    found = steps <= max_steps
+    steps = min(steps, max_steps)
+    return {
+        "ks_exact": ks_exact,
+        "exact_s": t_exact,
+        "grw_steps": steps,
+        "grw_found": found,
+        "ks_grw": ks_grw,
+        "grw_s": timed(walk, sphere, x0, t, steps, repeats=1),
+    }
+
+
 def sampling_rows(ns, times, draws: int, max_steps: int) -> list[str]:
     rows = []
     for n in ns:
-        sphere = gd.Sphere(dim=n)
-        kernel = sphere.heat_kernel()
         for t in times:
-            cdf = radial_cdf(kernel, t)
-            x0 = sphere.random_point(1, torch.Generator().manual_seed(1), dtype=torch.float64).expand(draws, -1)
-            gen = torch.Generator().manual_seed(2)
-            exact = kernel.sample(x0, t, gen)
-            ks_exact = stats.kstest(sphere.dist(x0, exact).numpy(), cdf).statistic
-            t_exact = timed(kernel.sample, x0, t, gen)
-            steps, ks_grw = 1, math.inf
-            while steps <= max_steps:
-                ks_grw = stats.kstest(sphere.dist(x0, walk(sphere, x0, t, steps)).numpy(), cdf).statistic
-                if ks_grw <= ks_exact:
-                    break
-                steps *= 2
-            found = steps <= max_steps
-            steps = min(steps, max_steps)
-            t_grw = timed(walk, sphere, x0, t, steps, repeats=1)
+            r = sampling_record(n, t, draws, max_steps)
+            steps = r["grw_steps"] if r["grw_found"] else f">{max_steps}"
+            bound = "" if r["grw_found"] else " (lower bound)"
             rows.append(
-                f"| {n} | {t:g} | {draws} | {ks_exact:.4f} | {1e3 * t_exact:.1f} | {steps if found else f'>{max_steps}'} | "
-                f"{ks_grw:.4f} | {1e3 * t_grw:.1f} | {t_grw / t_exact:.2g}{'' if found else ' (lower bound)'} |"
+                f"| {n} | {t:g} | {draws} | {r['ks_exact']:.4f} | {1e3 * r['exact_s']:.1f} | {steps} | "
+                f"{r['ks_grw']:.4f} | {1e3 * r['grw_s']:.1f} | {r['grw_s'] / r['exact_s']:.2g}{bound} |"
             )
             print(rows[-1], flush=True)
     return rows

@@ -45,7 +45,14 @@ from geodiffusion.spec import component_spec
 from geodiffusion.training.graph import GraphTrainer
 from geodiffusion.training.trainer import TrainingSpec, derive_seed
 
-__all__ = ["ConformersQM9Experiment", "SkeletonsExperiment", "chirality_signs", "match_chirality"]
+__all__ = [
+    "ConformersQM9Experiment",
+    "SkeletonsExperiment",
+    "chirality_signs",
+    "etkdg_conformers",
+    "match_chirality",
+    "sample_graphs",
+]
 
 ETKDG_SEED_BASE = 10_000_000  # reference ensembles were embedded with seeds < 10^6
 _PROCESS = {"kind": "distance_ve", "sigma_min": 0.01, "sigma_max": 5.0}
@@ -81,7 +88,7 @@ def _stereo_centres(mol) -> Tensor:
     return torch.tensor(rows, dtype=torch.long).reshape(-1, 4)
 
 
-def _sample_graphs(sampler: Sampler, model, process: DistanceVEProcess, graphs: list[Data], generator, dtype) -> Tensor:
+def sample_graphs(sampler: Sampler, model, process: DistanceVEProcess, graphs: list[Data], generator, dtype) -> Tensor:
     """Coordinates for a list of graphs sampled together as one PyG batch; ``[sum N, 3]`` in list order."""
     batch = Batch.from_data_list(graphs)
 
@@ -90,6 +97,27 @@ def _sample_graphs(sampler: Sampler, model, process: DistanceVEProcess, graphs: 
 
     with torch.no_grad():
         return sampler.sample(score, process, (batch.num_nodes, 3), generator=generator, dtype=dtype, graph=batch)
+
+
+def etkdg_conformers(test: list[ConformerEnsemble], counts: list[int], seed: int = 0) -> tuple[list[Tensor], float]:
+    """RDKit ETKDGv3 baseline: ``counts[k]`` conformers of ``test[k]``, one ``EmbedMolecule`` each with seed
+    ``10^7 + 10^6 seed + 1000 k + j`` (disjoint from the references' seeds < 10^6); failed embeddings are skipped.
+    Returns the coordinates ``[<= counts[k], N_k, 3]`` per molecule and the wall seconds."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem, rdDistGeom
+
+    params = rdDistGeom.ETKDGv3()
+    out: list[Tensor] = []
+    start = time.perf_counter()
+    for e, n in zip(test, counts, strict=True):
+        mol = Chem.Mol(e.mol)
+        xyz = []
+        for j in range(n):
+            params.randomSeed = ETKDG_SEED_BASE + 1_000_000 * seed + 1000 * e.index + j
+            if AllChem.EmbedMolecule(mol, params) == 0:
+                xyz.append(torch.from_numpy(mol.GetConformer().GetPositions()))
+        out.append(torch.stack(xyz) if xyz else torch.zeros(0, e.n_atoms, 3, dtype=torch.float64))
+    return out, time.perf_counter() - start
 
 
 class _GraphDiffusionSpec(ExperimentSpec):
@@ -207,7 +235,7 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         for k, g in jobs:
             chunk.extend([(k, g)] * counts[k])
             if len(chunk) >= s.sample_chunk or k == len(jobs) - 1:
-                pos = _sample_graphs(sampler, model, process, [g for _, g in chunk], sample_gen, dtype)
+                pos = sample_graphs(sampler, model, process, [g for _, g in chunk], sample_gen, dtype)
                 sizes = [g.num_nodes for _, g in chunk]
                 for (kk, _), x in zip(chunk, torch.split(pos, sizes), strict=True):
                     generated[kk].append(x)
@@ -230,7 +258,7 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
             "model_nonfinite_molecules": float(sum(not ok for ok in finite)),
         }
         if s.etkdg:
-            etkdg_samples, etkdg_seconds = self._etkdg(test, counts)
+            etkdg_samples, etkdg_seconds = etkdg_conformers(test, counts, s.seed)
             for x, e in zip(etkdg_samples, test, strict=True):
                 d = heavy_atom_rmsd_matrix(e.mol, x) if x.shape[0] else torch.full((e.n_conformers, 1), 1e3)
                 rmsd_etkdg.append(d)
@@ -259,25 +287,6 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         torch.save({"smiles": [e.smiles for e in test], "model": samples}, out_dir / "samples.pt")
         self._plot(out_dir / "conformers.png", losses, rmsd_model, rmsd_etkdg)
         return metrics
-
-    def _etkdg(self, test: list[ConformerEnsemble], counts: list[int]) -> tuple[list[Tensor], float]:
-        """ETKDGv3 conformers, one ``EmbedMolecule`` per conformer with seed ``10^7 + 10^6 seed + 1000 k + j`` (disjoint from
-        the references' seeds < 10^6); failed embeddings are skipped. Returns coordinates and seconds."""
-        from rdkit import Chem
-        from rdkit.Chem import AllChem, rdDistGeom
-
-        params = rdDistGeom.ETKDGv3()
-        out: list[Tensor] = []
-        start = time.perf_counter()
-        for e, n in zip(test, counts, strict=True):
-            mol = Chem.Mol(e.mol)
-            xyz = []
-            for j in range(n):
-                params.randomSeed = ETKDG_SEED_BASE + 1_000_000 * self.spec.seed + 1000 * e.index + j
-                if AllChem.EmbedMolecule(mol, params) == 0:
-                    xyz.append(torch.from_numpy(mol.GetConformer().GetPositions()))
-            out.append(torch.stack(xyz) if xyz else torch.zeros(0, e.n_atoms, 3, dtype=torch.float64))
-        return out, time.perf_counter() - start
 
     def _plot(self, path: Path, losses: list[float], rmsd_model: list[Tensor], rmsd_etkdg: list[Tensor]) -> None:
         from matplotlib.figure import Figure
@@ -352,7 +361,7 @@ class SkeletonsExperiment(_GraphDiffusion, kind="skeletons"):
         sample_gen = torch.Generator().manual_seed(derive_seed(s.seed, "sample"))
         n = 2 * s.n_reference
         start = time.perf_counter()
-        pos = _sample_graphs(sampler, trainer.ema_model, process, [graph] * n, sample_gen, dtype)
+        pos = sample_graphs(sampler, trainer.ema_model, process, [graph] * n, sample_gen, dtype)
         seconds = time.perf_counter() - start
         samples = pos.reshape(n, s.data.n_joints, 3).double()
         lengths = s.data.bone_lengths()
