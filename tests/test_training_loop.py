@@ -19,7 +19,7 @@ from geodiffusion.data.functions import sample_functions
 from geodiffusion.models import BiDimensionalAttention
 from geodiffusion.models.edge import EdgeScoreModel
 from geodiffusion.processes.distance import DistanceVEProcess
-from geodiffusion.training import FunctionTrainer, GraphTrainer, Trainer, TrainerBase, load_checkpoint
+from geodiffusion.training import FunctionTrainer, GraphTrainer, Trainer, TrainerBase, TrainingSpec, load_checkpoint
 from geodiffusion.training import functions as functions_module
 from geodiffusion.training import graph as graph_module
 from geodiffusion.training.distributed import batch_bounds
@@ -217,3 +217,43 @@ def test_graph_and_function_trainers_reject_bad_settings_before_training():
         FunctionTrainer(network, process, x, y, {"batch_size": 5})
     with pytest.raises(ValueError, match="dtype"):
         FunctionTrainer(network, process, x.float(), y.float(), {"batch_size": 2})
+
+
+class MeanTrainer(TrainerBase):
+    """The smallest subclass: items are rows of ``data``, the loss is the squared distance to a learnable mean."""
+
+    spec_type = TrainingSpec
+    item_name = "rows"
+
+    def __init__(self, data: torch.Tensor, spec: dict, out_dir: Path | None = None) -> None:
+        self.data = data
+        torch.manual_seed(0)
+        model = torch.nn.Linear(1, data.shape[1], bias=False).double()
+        super().__init__(model, gd.VPProcess(), spec, out_dir, "cpu", False, None)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.data)
+
+    def _gather(self, index: torch.Tensor) -> torch.Tensor:
+        return self.data[index]
+
+    def _loss(self, batch: torch.Tensor, model) -> torch.Tensor:
+        return (batch - model.weight.T).pow(2).sum(-1).mean()
+
+
+def test_a_subclass_supplying_items_gather_and_loss_trains_and_resumes(tmp_path):
+    with pytest.raises(TypeError, match="abstract"):
+        TrainerBase(torch.nn.Linear(1, 1), gd.VPProcess(), TrainingSpec(), None, "cpu", False, None)
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 3.0
+    spec = {"steps": 200, "batch_size": 16, "lr": 0.1, "ema_decay": 0.9, "checkpoint_every": 50, "log_every": 50}
+    straight = MeanTrainer(data, spec)
+    straight.fit()
+    torch.testing.assert_close(straight.model.weight.T[0], data.mean(0), atol=0.15, rtol=0)
+    MeanTrainer(data, {**spec, "steps": 70}, tmp_path).fit()
+    resumed = MeanTrainer(data, spec, tmp_path)
+    resumed.fit()
+    assert resumed.history == straight.history and torch.equal(resumed.ema_model.weight, straight.ema_model.weight)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["trainer"] == "TrainerBase"
+    with pytest.raises(ValueError, match="rows"):
+        MeanTrainer(data[:8], spec)

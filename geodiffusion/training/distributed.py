@@ -6,6 +6,8 @@ evaluates the model only on its contiguous slice :math:`I_r` of the batch. With 
 global batch, :math:`\mathcal L = \frac1B \sum_{i=1}^{B} \ell_i`, rank :math:`r` back-propagates
 :math:`W \cdot \frac1B \sum_{i \in I_r} \ell_i` and DDP's gradient average over the :math:`W` ranks gives
 :math:`\frac1W \sum_r W \frac1B \sum_{i \in I_r} \nabla \ell_i = \nabla \mathcal L`, the single-process gradient.
+The rows are data points or functions (:class:`RankSlicedScore`), or the edges of whole graphs
+(:class:`RankSlicedGraphScore`, whose loss averages over all the batch's edges: :math:`B` is then the edge count).
 """
 
 from __future__ import annotations

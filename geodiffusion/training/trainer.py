@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -72,7 +73,7 @@ class TrainingSpec(Spec):
     log_every: int = Field(50, ge=1, description="append a line to train_log.jsonl every this many steps")
 
 
-class TrainerBase:
+class TrainerBase(ABC):
     r"""The training loop shared by every trainer: AdamW on the mean loss of a minibatch of *items* (data points,
     functions, graphs), gradient clipping, an EMA of the parameters, seeded and exactly resumable, data parallel.
 
@@ -117,12 +118,13 @@ class TrainerBase:
         self,
         model: nn.Module,
         process: Process,
-        spec: Spec,
+        spec: Spec | dict[str, Any],
         out_dir: str | Path | None,
-        device: torch.device,
+        device: str | torch.device,
         progress: bool,
         distributed: bool | None,
     ) -> None:
+        spec = self._coerce_spec(spec)
         params = self._trainable_parameters(model)
         if spec.batch_size > self.num_items:
             raise ValueError(f"batch_size ({spec.batch_size}) exceeds the number of {self.item_name} ({self.num_items})")
@@ -178,22 +180,24 @@ class TrainerBase:
     # --- what a subclass supplies -------------------------------------------
 
     @property
+    @abstractmethod
     def num_items(self) -> int:
         """The number of items the minibatches are drawn from."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _gather(self, index: Tensor) -> Any:
-        """The batch of the items ``index [B]`` (CPU, long), on :attr:`device`; may draw from :attr:`noise_generator`."""
-        raise NotImplementedError
+        """The batch of the items ``index [B]`` (CPU, long), on :attr:`device`; may draw from :attr:`noise_generator`
+        (the same draws on every rank)."""
 
+    @abstractmethod
     def _loss(self, batch: Any, model: Any) -> Tensor:
-        """The mean loss of ``batch`` under the score ``model``, drawing times and noise from :attr:`noise_generator`."""
-        raise NotImplementedError
+        r"""The mean loss :math:`\mathcal L` of ``batch`` under the score ``model`` (:attr:`model`, or under DDP
+        :meth:`_distributed_model`), drawing times and noise from :attr:`noise_generator`."""
 
-    def _to_device(self, device: torch.device) -> None:
+    def _to_device(self, device: torch.device) -> None:  # noqa: B027 (optional hook: data may stay where it is)
         """Move the data to ``device`` (called once, after the device is final)."""
 
-    def _check_model(self) -> None:
+    def _check_model(self) -> None:  # noqa: B027 (optional hook: the first step checks the model anyway)
         """Raise a ValueError if the model cannot take the data (called before training)."""
 
     def _distributed_model(self, ddp: nn.Module) -> Any:
