@@ -94,7 +94,16 @@ from geodiffusion.samplers import (
     riemannian_log_likelihood,
 )
 from geodiffusion.spec import ComponentSpec, Spec, component_spec
-from geodiffusion.training import Trainer, TrainingSpec, dsm_loss, riemannian_dsm_loss  # noqa: E402
+from geodiffusion.training import (  # noqa: E402
+    BridgeTrainer,
+    FunctionTrainer,
+    GraphTrainer,
+    Trainer,
+    TrainerBase,
+    TrainingSpec,
+    dsm_loss,
+    riemannian_dsm_loss,
+)
 
 __version__ = "0.1.0"
 
@@ -185,6 +194,10 @@ __all__ = [
     "Spec",
     "component_spec",
     "Trainer",
+    "TrainerBase",
+    "FunctionTrainer",
+    "GraphTrainer",
+    "BridgeTrainer",
     "TrainingSpec",
     "dsm_loss",
     "riemannian_dsm_loss",

@@ -32,12 +32,12 @@ from geodiffusion.models.base import ScoreModel
 from geodiffusion.models.frame_averaging import FrameAveraged
 from geodiffusion.models.preconditioning import NoisePredictor
 from geodiffusion.processes.base import Process
-from geodiffusion.processes.bridges import BridgeWeighting, DenoiserBridgeScore, DiffusionBridge, bridge_score_matching_loss
+from geodiffusion.processes.bridges import BridgeWeighting, DenoiserBridgeScore, DiffusionBridge
 from geodiffusion.registry import build, registry
 from geodiffusion.samplers.base import Sampler
 from geodiffusion.samplers.bridges import BridgeSampler
 from geodiffusion.spec import Spec, component_spec
-from geodiffusion.training.ema import EMA
+from geodiffusion.training.bridges import BridgeTrainer
 from geodiffusion.training.trainer import Trainer, TrainingSpec, derive_seed
 
 __all__ = ["RotatedDigitsExperiment", "BridgeDenoiseExperiment", "BridgeStyleExperiment", "ClassifierSpec"]
@@ -243,7 +243,7 @@ class _BridgeSpec(ExperimentSpec):
     )
     training: TrainingSpec = Field(
         TrainingSpec(steps=4000, batch_size=128, lr=2e-3, ema_decay=0.999, checkpoint_every=1000, log_every=100),
-        description="optimisation of both trained models (checkpoint_every is unused: one checkpoint at the end)",
+        description="optimisation of both trained models (resumable from OUT/<model>/checkpoints)",
     )
     weighting: BridgeWeighting = Field("x0", description="bridge score matching weighting (x0: DDBM's data-prediction loss)")
     n_eval: int = Field(297, ge=1, description="held-out pairs translated for L1 and SSIM")
@@ -264,44 +264,6 @@ class _BridgeSpec(ExperimentSpec):
         return self
 
 
-def _fit_bridge(
-    model: DenoiserBridgeScore,
-    bridge: DiffusionBridge,
-    x0: Tensor,
-    x_T: Tensor,
-    spec: TrainingSpec,
-    weighting: BridgeWeighting,
-    progress: bool,
-) -> tuple[nn.Module, list[float], float]:
-    """AdamW on bridge score matching with EMA and gradient clipping, seeded minibatches and noise.
-    Returns the EMA model, the per-step losses and the training wall time."""
-    from tqdm.auto import tqdm
-
-    data_gen = torch.Generator().manual_seed(derive_seed(spec.seed, "data"))
-    noise_gen = torch.Generator().manual_seed(derive_seed(spec.seed, "noise"))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    ema = EMA(model, spec.ema_decay)
-    history: list[float] = []
-    start = time.perf_counter()
-    model.train()
-    for _ in tqdm(range(spec.steps), desc="bridge training", leave=False, disable=not progress):
-        idx = torch.randint(0, len(x0), (spec.batch_size,), generator=data_gen).to(x0.device)
-        loss = bridge_score_matching_loss(
-            model, bridge, x0[idx], x_T[idx], generator=noise_gen, weighting=weighting, eps=max(spec.eps, 1e-4)
-        )
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"bridge training diverged: loss is {loss.item()} at step {len(history) + 1}")
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        if spec.grad_clip is not None:
-            nn.utils.clip_grad_norm_(params, spec.grad_clip)
-        optimiser.step()
-        ema.update(model)
-        history.append(loss.item())
-    return ema.model, history, time.perf_counter() - start
-
-
 class _BridgeExperiment(_ImageExperiment):
     task: str = ""
 
@@ -318,13 +280,12 @@ class _BridgeExperiment(_ImageExperiment):
         models: dict[str, nn.Module] = {}
         histories: dict[str, list[float]] = {}
         for name in ("unet", "wt"):
-            net = self._build(name, "model" if name == "unet" else "wt_model").to(device)
-            ema_model, histories[name], metrics[f"train_seconds_{name}"] = _fit_bridge(
-                DenoiserBridgeScore(net, bridge), bridge, x0, x_T, s.training, s.weighting, progress
-            )
-            (out_dir / name).mkdir(parents=True, exist_ok=True)
-            torch.save(ema_model.state_dict(), out_dir / name / "ema_model.pt")
-            models[name] = ema_model
+            net = self._build(name, "model" if name == "unet" else "wt_model")
+            score = DenoiserBridgeScore(net, bridge)
+            trainer = BridgeTrainer(score, bridge, x0, x_T, s.training, out_dir / name, device, progress, weighting=s.weighting)
+            histories[name] = trainer.fit()
+            metrics[f"train_seconds_{name}"] = trainer.train_seconds
+            models[name] = trainer.ema_model
         models["fa"] = DenoiserBridgeScore(FrameAveraged.wrap(models["unet"].net, group), bridge)
         metrics["train_seconds_fa"] = metrics["train_seconds_unet"]  # FA reuses the plain network
         rows: dict[str, Tensor] = {"x_T": test_x_T}

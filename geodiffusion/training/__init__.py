@@ -1,5 +1,6 @@
-"""Training: denoising score matching, EMA, atomic checkpoints and a resumable trainer."""
+"""Training: denoising score matching, EMA, atomic checkpoints and one resumable, data-parallel training loop."""
 
+from geodiffusion.training.bridges import BridgeTrainer
 from geodiffusion.training.checkpoint import load_checkpoint, save_checkpoint
 from geodiffusion.training.distributed import DistributedContext, batch_bounds, is_main_process, setup_distributed
 from geodiffusion.training.ema import EMA
@@ -24,4 +25,4 @@ __all__ += ["riemannian_dsm_loss", "RiemannianWeighting", "RIEMANNIAN_WEIGHTINGS
 __all__ += ["function_dsm_loss", "function_riemannian_dsm_loss", "FunctionTrainer", "FunctionTrainingSpec"]
 __all__ += ["DistributedContext", "setup_distributed", "batch_bounds", "is_main_process"]
 __all__ += ["GraphTrainer", "distance_dsm_loss"]
-__all__ += ["TrainerBase"]
+__all__ += ["TrainerBase", "BridgeTrainer"]
