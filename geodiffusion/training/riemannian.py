@@ -9,14 +9,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from geodiffusion._random import rand
 from geodiffusion._validation import check_tensor
 from geodiffusion.processes.base import Process, ScoreFn
+from geodiffusion.training.losses import WEIGHTINGS, _check_weighting_and_eps, _noised_prediction, _weight
 
 __all__ = ["riemannian_dsm_loss", "RiemannianWeighting", "RIEMANNIAN_WEIGHTINGS"]
 
 RiemannianWeighting = Literal["sigma2", "likelihood", "none"]
-RIEMANNIAN_WEIGHTINGS: tuple[str, ...] = ("sigma2", "likelihood", "none")
+RIEMANNIAN_WEIGHTINGS: tuple[str, ...] = WEIGHTINGS
 
 
 def riemannian_dsm_loss(
@@ -49,12 +49,13 @@ def riemannian_dsm_loss(
     manifold = getattr(process, "manifold", None)
     if manifold is None:
         raise ValueError(f"riemannian_dsm_loss needs a process on a manifold, got {type(process).__name__}; use dsm_loss on R^d")
-    if weighting not in RIEMANNIAN_WEIGHTINGS:
-        raise ValueError(f"weighting: expected one of {list(RIEMANNIAN_WEIGHTINGS)}, got {weighting!r}")
-    if weighting == "sigma2" and not callable(getattr(process, "sigma", None)):
-        raise ValueError(f"weighting='sigma2' needs a process with sigma(t), got {type(process).__name__}")
-    if not 0.0 < eps < process.T:
-        raise ValueError(f"eps: expected a value in (0, T={process.T}) (the marginal at t = 0 is a point mass), got {eps}")
+    _check_weighting_and_eps(
+        process,
+        weighting,
+        eps,
+        sigma2_missing=None if callable(getattr(process, "sigma", None)) else "a process with sigma(t)",
+        eps_positive=True,
+    )
     manifold.check_point("x0", x0)
     process.check_inputs(x0, eps, name="x0")
     if x0.dim() != len(manifold.point_shape) + 1 or x0.shape[0] == 0:
@@ -65,21 +66,8 @@ def riemannian_dsm_loss(
     if bool(off.any()):
         raise ValueError(f"x0: {int(off.sum())} of {len(x0)} points are not on {type(manifold).__name__}")
 
-    batch = x0.shape[0]
-    t = eps + (process.T - eps) * rand((batch,), generator, dtype=x0.real.dtype, device=x0.device)
-    marginal = process.marginal(x0, t)
-    x_t = marginal.sample(generator)
-    target = marginal.score(x_t)
-    prediction = model(t, x_t, **(dict(context) if context else {}))
-    if not isinstance(prediction, Tensor) or prediction.shape != x_t.shape:
-        got = list(prediction.shape) if isinstance(prediction, Tensor) else type(prediction).__name__
-        raise ValueError(f"model output: expected the shape of x {list(x_t.shape)}, got {got}")
+    t, x_t, target, prediction = _noised_prediction(model, process, x0, eps=eps, generator=generator, context=context)
     diff = manifold.proj(x_t, prediction) - target
     per_sample = manifold.inner(x_t, diff, diff)
-    if weighting == "sigma2":
-        lam = process.sigma(t) ** 2
-    elif weighting == "likelihood":
-        lam = process.diffusion(t) ** 2
-    else:
-        lam = torch.ones_like(t)
+    lam = process.sigma(t) ** 2 if weighting == "sigma2" else _weight(process, t, weighting)
     return (lam.to(per_sample.dtype) * per_sample).mean()
