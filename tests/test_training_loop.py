@@ -257,3 +257,22 @@ def test_a_subclass_supplying_items_gather_and_loss_trains_and_resumes(tmp_path)
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["trainer"] == "TrainerBase"
     with pytest.raises(ValueError, match="rows"):
         MeanTrainer(data[:8], spec)
+
+
+def test_divergence_is_caught_at_the_flush_before_any_log_or_checkpoint(tmp_path, monkeypatch):
+    """Losses stay on the device between log/checkpoint steps; a non-finite one is reported with its step, and nothing
+    from the diverged steps reaches the log, the checkpoint or the history."""
+    real = functions_module.function_dsm_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(functions_module, "function_dsm_loss", poisoned)
+    trainer = function_trainer(8, tmp_path, checkpoint_every=4, log_every=4)
+    with pytest.raises(FloatingPointError, match="at step 3"):
+        trainer.fit()
+    assert trainer.history == [] and not (tmp_path / "checkpoints" / "last.pt").exists()
+    assert (tmp_path / "train_log.jsonl").read_text() == ""

@@ -355,47 +355,65 @@ class TrainerBase(ABC):
         bar = tqdm(
             total=spec.steps, initial=min(self.step, spec.steps), desc=self.progress_desc, unit="step", disable=not self.progress
         )
-        window: list[float] = []
+        # losses and gradient norms stay on the device between log/checkpoint steps: one host sync per flush,
+        # not per step (.item() would stall a GPU's queue every step)
+        pending: list[Tensor] = []
+        grad_norm: Tensor | None = None
+        last_logged = self.step
         session_start, offset = time.perf_counter(), self.train_seconds
         self.model.train()
         try:
             while self.step < spec.steps:
                 loss = self._loss(self._gather(self._next_index()), model)
-                # the global-batch loss: the same value on every rank, so all ranks stop together on divergence
-                value = loss.item()
-                if not np.isfinite(value):
-                    raise FloatingPointError(f"training diverged: loss is {value} at step {self.step + 1}")
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.dist is None:
                     loss.backward()
                 else:
                     # this rank's rows carry the gradient; DDP divides the sum over ranks by world_size
                     (loss * self.dist.world_size).backward()
-                grad_norm = nn.utils.clip_grad_norm_(params, spec.grad_clip).item() if spec.grad_clip is not None else None
+                if spec.grad_clip is not None:
+                    grad_norm = nn.utils.clip_grad_norm_(params, spec.grad_clip)
                 self.optimizer.step()
                 self.ema.update(self.model)
                 self.step += 1
-                self.train_seconds = offset + time.perf_counter() - session_start
-                self.history.append(value)
-                window.append(value)
+                pending.append(loss.detach())
                 bar.update(1)
-                if self.step % spec.log_every == 0 or self.step == spec.steps:
+                log_now = self.step % spec.log_every == 0 or self.step == spec.steps
+                checkpoint_now = self.step % spec.checkpoint_every == 0 or self.step == spec.steps
+                if log_now or checkpoint_now:
+                    self._flush(pending)
+                    pending = []
+                    self.train_seconds = offset + time.perf_counter() - session_start
+                if log_now:
+                    window = self.history[last_logged:]  # the steps since the last line (of this session)
+                    last_logged = self.step
                     bar.set_postfix(loss=f"{np.mean(window):.4f}")
                     self._log(
                         {
                             "step": self.step,
                             "loss": float(np.mean(window)),
-                            "grad_norm": grad_norm,
+                            "grad_norm": float(grad_norm) if grad_norm is not None else None,
                             "lr": self.optimizer.param_groups[0]["lr"],
                             "elapsed_s": self.train_seconds,
                         }
                     )
-                    window = []
-                if self.step % spec.checkpoint_every == 0 or self.step == spec.steps:
+                if checkpoint_now:
                     self._checkpoint()
         finally:
             bar.close()
         return list(self.history)
+
+    def _flush(self, pending: list[Tensor]) -> list[float]:
+        """Move the losses of the steps since the last flush to :attr:`history` (one host sync); raise if one is
+        not finite, before anything is logged or checkpointed. The loss is the global-batch loss, the same on every
+        rank, so all ranks stop together."""
+        values = torch.stack(pending).double().tolist() if pending else []
+        first = self.step - len(values) + 1
+        for k, value in enumerate(values):
+            if not np.isfinite(value):
+                raise FloatingPointError(f"training diverged: loss is {value} at step {first + k}")
+        self.history.extend(values)
+        return values
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.log_path is not None and self.is_main:
