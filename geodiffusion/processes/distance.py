@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor
 
 from geodiffusion._random import randn
 from geodiffusion.processes.base import Process
-from geodiffusion.spec import Spec
+from geodiffusion.processes.euclidean import _GeometricSigmaSpec
 
 __all__ = ["NoncentralChi3", "DistanceVEProcess", "log_sinhc", "u_coth_u"]
 
@@ -123,19 +123,12 @@ class DistanceVEProcess(Process, kind="distance_ve"):
     edge score model; the prior is the Maxwell law of scale :math:`s_T`. Shapes: ``x [..., E]`` (distances).
     """
 
-    class Spec(Spec):
+    class Spec(_GeometricSigmaSpec):
         """VE diffusion of edge distances (coordinate noise with a geometric sigma schedule)."""
 
-        T: float = Field(1.0, gt=0, description="terminal time")
-        sigma_min: float = Field(0.01, gt=0, description="coordinate noise sigma(0)")
+        # fields T, sigma_min, sigma_max, event_ndim in that order; sigma_max keeps its own default and units
         sigma_max: float = Field(10.0, gt=0, description="coordinate noise sigma(T); in the units of the coordinates")
         event_ndim: int = Field(1, ge=0, description="trailing axes of x forming one sample (0: per-edge log-probs)")
-
-        @model_validator(mode="after")
-        def _ordered(self):
-            if self.sigma_max <= self.sigma_min:
-                raise ValueError(f"sigma_max ({self.sigma_max}) must exceed sigma_min ({self.sigma_min})")
-            return self
 
     @property
     def T(self) -> float:

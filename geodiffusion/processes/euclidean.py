@@ -14,8 +14,11 @@ from geodiffusion.spec import Spec
 __all__ = ["VPProcess", "SubVPProcess", "VEProcess"]
 
 
-class _EuclideanSpec(Spec):
+class _TimeSpec(Spec):
     T: float = Field(1.0, gt=0, description="terminal time")
+
+
+class _EuclideanSpec(_TimeSpec):
     event_ndim: int = Field(1, ge=0, description="trailing axes of x forming one sample")
 
 
@@ -27,6 +30,20 @@ class _LinearBetaSpec(_EuclideanSpec):
     def _ordered(self):
         if self.beta_max < self.beta_min:
             raise ValueError(f"beta_max ({self.beta_max}) must be >= beta_min ({self.beta_min})")
+        return self
+
+
+class _GeometricSigmaSpec(_TimeSpec):
+    r"""Fields of a geometric schedule :math:`\sigma(t) = \sigma_{\min}(\sigma_{\max}/\sigma_{\min})^{t/T}`, shared by
+    :class:`VEProcess` and :class:`~geodiffusion.processes.DistanceVEProcess` so both validate alike."""
+
+    sigma_min: float = Field(0.01, gt=0, description="sigma(0)")
+    sigma_max: float = Field(50.0, gt=0, description="sigma(T), the prior std")
+
+    @model_validator(mode="after")
+    def _sigma_ordered(self):
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError(f"sigma_max ({self.sigma_max}) must exceed sigma_min ({self.sigma_min})")
         return self
 
 
@@ -96,17 +113,9 @@ class VEProcess(LinearGaussianProcess, kind="ve"):
     :math:`dx = \sqrt{d\sigma^2/dt}\,dW`, exact :math:`\sigma_t^2 = \sigma(t)^2 - \sigma_{\min}^2`,
     prior :math:`\mathcal{N}(0, \sigma_{\max}^2 I)`."""
 
-    class Spec(_EuclideanSpec):
+    # base order gives the fields T, event_ndim, sigma_min, sigma_max, as before the schedule fields were shared
+    class Spec(_GeometricSigmaSpec, _EuclideanSpec):
         """Variance-exploding SDE with a geometric noise schedule."""
-
-        sigma_min: float = Field(0.01, gt=0, description="sigma(0)")
-        sigma_max: float = Field(50.0, gt=0, description="sigma(T), the prior std")
-
-        @model_validator(mode="after")
-        def _ordered(self):
-            if self.sigma_max <= self.sigma_min:
-                raise ValueError(f"sigma_max ({self.sigma_max}) must exceed sigma_min ({self.sigma_min})")
-            return self
 
     @property
     def T(self) -> float:
