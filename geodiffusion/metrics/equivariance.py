@@ -28,6 +28,38 @@ def _default_elements(group: Group, x: Tensor) -> Tensor:
     return group.sample(DEFAULT_SAMPLED_ELEMENTS, generator, device=x.device, dtype=x.dtype)
 
 
+def _check_output(output: str) -> None:
+    if output not in ("vector", "point", "invariant"):
+        raise ValueError(f"output: expected 'vector', 'point' or 'invariant', got {output!r}")
+
+
+def _transform_output(group: Group, g: Tensor, y: Tensor, output: Output) -> Tensor:
+    r""":math:`\rho(g)\,y` for outputs that transform as ``output`` says."""
+    if output == "vector":
+        return group.act_on_vectors(g, y)
+    if output == "point":
+        return group.act(g, y)
+    _check_output(output)
+    return y
+
+
+def _transformed_outputs(
+    fn: Callable[[Tensor], Tensor], group: Group, x: Tensor, fx: Tensor, g: Tensor, output: Output
+) -> tuple[Tensor, Tensor]:
+    r"""Both sides of :math:`f(g \cdot x) = \rho(g) f(x)` for a stack of elements ``g [m, *element_shape]``:
+    ``(f(g.x), rho(g) f(x))``, each ``[m, *fx.shape]``, with ``fx = fn(x)`` given. ``fn`` sees all elements in
+    one call of ``[m * B, ...]`` points (just ``x``'s shape when ``m = 1``). Shared by
+    :func:`equivariance_error` and :func:`geodiffusion.testing.equivariance_errors`; no input checks.
+    """
+    nd, element_shape = group.event_ndim, tuple(group.element_shape)
+    m = g.shape[0]
+    # one element per copy of the batch: [m, 1, ..., 1, *element_shape] against [1, B, *event_shape]
+    g = g.to(x.device).reshape((m,) + (1,) * (x.dim() - nd) + element_shape)
+    gx = group.act(g, x.unsqueeze(0))
+    f_gx = fn(gx.reshape((m * x.shape[0],) + tuple(x.shape[1:]))).reshape((m,) + tuple(fx.shape))
+    return f_gx, _transform_output(group, g, fx.unsqueeze(0), output)
+
+
 def equivariance_error(
     fn: Callable[[Tensor], Tensor],
     group: Group,
@@ -46,8 +78,7 @@ def equivariance_error(
 
     Shapes: ``x [B, *event_shape]`` (or one point ``[*event_shape]``), elements ``[m, *element_shape]``.
     """
-    if output not in ("vector", "point", "invariant"):
-        raise ValueError(f"output: expected 'vector', 'point' or 'invariant', got {output!r}")
+    _check_output(output)
     check_finite("x", x)
     nd = group.event_ndim
     if x.dim() < nd:
@@ -58,21 +89,9 @@ def equivariance_error(
     element_shape = tuple(group.element_shape)
     if g.dim() != len(element_shape) + 1 or tuple(g.shape[1:]) != element_shape or len(g) == 0:
         raise ValueError(f"elements: expected a non-empty stack [m, {', '.join(map(str, element_shape))}], got {list(g.shape)}")
-    m, batch = g.shape[0], x.shape[0]
-    # one element per copy of the batch: [m, 1, ..., 1, *element_shape] against [1, B, *event_shape]
-    g = g.to(x.device).reshape((m,) + (1,) * (x.dim() - nd) + element_shape)
-
     with torch.no_grad():
         fx = fn(x)
-        gx = group.act(g, x.unsqueeze(0))
-        f_gx = fn(gx.reshape((m * batch,) + tuple(x.shape[1:])))
-        f_gx = f_gx.reshape((m,) + tuple(fx.shape))
-        if output == "vector":
-            expected = group.act_on_vectors(g, fx.unsqueeze(0))
-        elif output == "point":
-            expected = group.act(g, fx.unsqueeze(0))
-        else:
-            expected = fx.unsqueeze(0)
+        f_gx, expected = _transformed_outputs(fn, group, x, fx, g, output)
         error = (f_gx - expected).abs().max()
         scale = fx.abs().max() + torch.finfo(fx.dtype).tiny
     return float(error / scale)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -19,6 +18,7 @@ from geodiffusion.groups.base import Group
 from geodiffusion.heat.base import HeatKernel
 from geodiffusion.kernels.base import Kernel
 from geodiffusion.manifolds.base import Manifold
+from geodiffusion.metrics.equivariance import Output, _check_output, _transformed_outputs
 from geodiffusion.processes.base import LinearGaussianProcess, Process
 from geodiffusion.samplers.base import Sampler
 from geodiffusion.testing.oracles import GaussianScore
@@ -41,8 +41,6 @@ __all__ = [
     "sampler_errors",
     "check_sampler",
 ]
-
-Output = Literal["vector", "point", "invariant"]
 
 
 class CheckError(AssertionError):
@@ -393,16 +391,6 @@ def check_process(process: Process, *, seed: int = 0, dtype: torch.dtype = torch
 # --- equivariance ----------------------------------------------------------
 
 
-def _transform_output(group: Group, g: Tensor, y: Tensor, output: Output) -> Tensor:
-    if output == "vector":
-        return group.act_on_vectors(g, y)
-    if output == "point":
-        return group.act(g, y)
-    if output == "invariant":
-        return y
-    raise ValueError(f"output: expected 'vector', 'point' or 'invariant', got {output!r}")
-
-
 def equivariance_errors(
     fn: Callable[[Tensor], Tensor],
     group: Group,
@@ -420,11 +408,13 @@ def equivariance_errors(
             elements = group.elements(device=x.device)
         else:
             elements = group.sample(n, _gen(seed), dtype=x.dtype, device=x.device)
+    _check_output(output)
     y = fn(x)
     errors = {}
+    # one element per call of fn, on x's own shape: fn may close over per-sample context of x's batch size
     for i, g in enumerate(elements):
-        lhs = fn(group.act(g, x))
-        errors[f"{output} equivariance under {group!r}, element {i}"] = _err(lhs, _transform_output(group, g, y, output))
+        lhs, rhs = _transformed_outputs(fn, group, x, y, g.unsqueeze(0), output)
+        errors[f"{output} equivariance under {group!r}, element {i}"] = _err(lhs[0], rhs[0])
     return errors
 
 
