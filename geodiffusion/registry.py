@@ -4,6 +4,12 @@ Each abstract base class (Group, Manifold, ...) opens a *family*; every
 concrete subclass registers itself in its family under a lower-case ``kind``
 when the class statement runs, so a user's class defined in their own module
 is built and listed exactly like a built-in one.
+
+Name note: the package re-exports the function :func:`registry` at the top level, so the attribute
+``geodiffusion.registry`` is that function, not this module (even after ``import geodiffusion.registry``,
+and ``import geodiffusion.registry as m`` binds the function too). Import names from the module with
+``from geodiffusion.registry import build, families, spec_class_for``, which always resolves the module;
+to hold the module object itself use ``importlib.import_module("geodiffusion.registry")``.
 """
 
 from __future__ import annotations
@@ -121,7 +127,11 @@ def families() -> list[type]:
 
 
 def registry(base: type | None = None) -> dict[str, type]:
-    """``{kind: class}`` of the registered concrete subclasses of ``base`` (all families if None)."""
+    """``{kind: class}`` of the registered concrete subclasses of ``base`` (all families if None).
+
+    This function is what ``geodiffusion.registry`` names; the module that defines it is reached with
+    ``from geodiffusion.registry import ...`` or ``importlib.import_module("geodiffusion.registry")``.
+    """
     if base is None:
         return {k: c for table in _FAMILIES.values() for k, c in table.items()}
     if getattr(base, "family", None) not in _FAMILIES:
