@@ -18,7 +18,7 @@ from torch import Tensor
 
 from geodiffusion._random import randn
 from geodiffusion.processes.base import Process
-from geodiffusion.processes.euclidean import _GeometricSigmaSpec
+from geodiffusion.processes.euclidean import _GeometricSigmaSpec, _TimeFromSpec
 
 __all__ = ["NoncentralChi3", "DistanceVEProcess", "log_sinhc", "u_coth_u"]
 
@@ -114,7 +114,7 @@ class NoncentralChi3:
         return self.second_moment - self.mean**2
 
 
-class DistanceVEProcess(Process, kind="distance_ve"):
+class DistanceVEProcess(_TimeFromSpec, Process, kind="distance_ve"):
     r"""Edge distances of coordinates under VE noise :math:`\sigma(t) = \sigma_{\min}(\sigma_{\max}/\sigma_{\min})^{t/T}`.
 
     Each distance solves the 3-dimensional Bessel SDE :math:`dd = \frac{a(t)}{d}\,dt + \sqrt{a(t)}\,dW` with
@@ -129,14 +129,6 @@ class DistanceVEProcess(Process, kind="distance_ve"):
         # fields T, sigma_min, sigma_max, event_ndim in that order; sigma_max keeps its own default and units
         sigma_max: float = Field(10.0, gt=0, description="coordinate noise sigma(T); in the units of the coordinates")
         event_ndim: int = Field(1, ge=0, description="trailing axes of x forming one sample (0: per-edge log-probs)")
-
-    @property
-    def T(self) -> float:
-        return self.spec.T
-
-    @property
-    def event_ndim(self) -> int:
-        return self.spec.event_ndim
 
     @property
     def _rate(self) -> float:

@@ -47,9 +47,8 @@ class _GeometricSigmaSpec(_TimeSpec):
         return self
 
 
-class _LinearBeta(LinearGaussianProcess):
-    r"""Shared schedule :math:`\beta(t) = \beta_0 + (\beta_1 - \beta_0) t / T` and
-    drift :math:`f = -\tfrac12 \beta(t) x`, so :math:`\alpha_t = e^{-B(t)/2}`, :math:`B = \int_0^t \beta`."""
+class _TimeFromSpec:
+    """``T`` and ``event_ndim`` of a process, read off its spec's fields of the same names."""
 
     @property
     def T(self) -> float:
@@ -58,6 +57,11 @@ class _LinearBeta(LinearGaussianProcess):
     @property
     def event_ndim(self) -> int:
         return self.spec.event_ndim
+
+
+class _LinearBeta(_TimeFromSpec, LinearGaussianProcess):
+    r"""Shared schedule :math:`\beta(t) = \beta_0 + (\beta_1 - \beta_0) t / T` and
+    drift :math:`f = -\tfrac12 \beta(t) x`, so :math:`\alpha_t = e^{-B(t)/2}`, :math:`B = \int_0^t \beta`."""
 
     def beta(self, t: Tensor) -> Tensor:
         s = self.spec
@@ -108,7 +112,7 @@ class SubVPProcess(_LinearBeta, kind="subvp"):
         return -torch.expm1(-self.integrated_beta(t))
 
 
-class VEProcess(LinearGaussianProcess, kind="ve"):
+class VEProcess(_TimeFromSpec, LinearGaussianProcess, kind="ve"):
     r"""Variance exploding: :math:`\sigma(t) = \sigma_{\min}(\sigma_{\max}/\sigma_{\min})^{t/T}`,
     :math:`dx = \sqrt{d\sigma^2/dt}\,dW`, exact :math:`\sigma_t^2 = \sigma(t)^2 - \sigma_{\min}^2`,
     prior :math:`\mathcal{N}(0, \sigma_{\max}^2 I)`."""
@@ -116,14 +120,6 @@ class VEProcess(LinearGaussianProcess, kind="ve"):
     # base order gives the fields T, event_ndim, sigma_min, sigma_max, as before the schedule fields were shared
     class Spec(_GeometricSigmaSpec, _EuclideanSpec):
         """Variance-exploding SDE with a geometric noise schedule."""
-
-    @property
-    def T(self) -> float:
-        return self.spec.T
-
-    @property
-    def event_ndim(self) -> int:
-        return self.spec.event_ndim
 
     @property
     def _log_ratio(self) -> float:
