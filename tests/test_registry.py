@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import sys
@@ -197,3 +198,8 @@ def test_load_spec_file_reads_json_and_yaml(tmp_path):
     (tmp_path / "c.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="mapping"):
         load_spec_file(str(tmp_path / "c.json"))
+
+
+def test_the_name_registry_is_the_function_and_the_module_is_reachable():
+    module = importlib.import_module("geodiffusion.registry")  # attribute access would give the function
+    assert callable(gd.registry) and module.registry is gd.registry and module.build is gd.build
