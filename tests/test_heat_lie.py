@@ -13,9 +13,9 @@ from pydantic import ValidationError
 from scipy import integrate, stats
 
 import geodiffusion as gd
-from geodiffusion.heat.lie import SO3HeatKernel, SUHeatKernel
+from geodiffusion.heat.lie import SO3HeatKernel, SUHeatKernel, _flow_start, _su_torus
 from geodiffusion.heat.sphere import SphereHeatKernel
-from geodiffusion.manifolds.lie import SO3, SU, su_casimir, su_dimension, su_partitions
+from geodiffusion.manifolds.lie import SO3, SU, su_angles, su_casimir, su_dimension, su_partitions
 from geodiffusion.testing import check_heat_kernel
 
 F64 = torch.float64
@@ -203,6 +203,35 @@ def test_su3_auto_matches_mpmath(t):
             assert abs(got - float(dref)) <= 1e-5 * max(abs(float(dref)), float(g[i].norm())), (t, th, direction)
 
 
+# points where eigenvalues coincide on the cut locus (the sum over paths divides 0/0 there): diag(-1, -1, 1), the
+# centre element e^{2 pi i/3} I, and points 1e-9 and 1e-8 from them (projected onto the wall, error ~ eps^2/t^2)
+SU3_WALL_POINTS = [
+    [math.pi, -math.pi, 0.0],
+    [2 * math.pi / 3, 2 * math.pi / 3, -4 * math.pi / 3],
+    [math.pi - 1e-9, -math.pi + 1e-9, 0.0],
+    [math.pi, math.pi - 1e-8, -2 * math.pi + 1e-8],
+]
+
+
+@pytest.mark.parametrize("t", [1e-4, 1e-2, 0.3, 1.0])
+def test_su3_auto_matches_mpmath_on_the_cut_locus(t):
+    """Was wrong by up to e^{10000} at diag(-1, -1, 1) (t = 1e-3: log p = 6.5 against -9837.8): the singular images
+    made the sum over paths invalid and the capped character expansion cancelled to noise."""
+    k = SUHeatKernel(manifold={"kind": "su", "n": 3})
+    theta = torch.tensor(SU3_WALL_POINTS, dtype=F64)
+    e = torch.eye(3, dtype=torch.complex128).expand(len(SU3_WALL_POINTS), 3, 3)
+    x = torch.diag_embed(torch.polar(torch.ones_like(theta), theta))
+    logp = k.log_prob(e, x, t)
+    g = (x.mH @ k.score(e, x, t)).diagonal(dim1=-2, dim2=-1).imag
+    for i, th in enumerate(SU3_WALL_POINTS):
+        assert _rel(float(logp[i]), su3_paths(th, t)) <= 1e-6, (t, th, float(logp[i]))
+    # diag(-1, -1, 1): the score along the wall, d/dh log p(pi + h, -pi + h, -2h), against mpmath
+    dref = mp.diff(lambda h: mp.log(su3_paths([math.pi + h, -math.pi + h, -2 * h], t)), 0)
+    got = float((g[0] * torch.tensor([1.0, 1.0, -2.0], dtype=F64)).sum())
+    assert abs(got - float(dref)) <= 1e-5 * max(abs(float(dref)), 1.0), (t, got, float(dref))
+    assert float(g[1].abs().max()) < 1e-6 * max(1.0, 1 / t)  # a centre element is a critical point
+
+
 def test_no_nan_or_inf_at_small_times_and_singular_points():
     so3, su3 = SO3HeatKernel(), SUHeatKernel(manifold={"kind": "su", "n": 3})
     e3 = torch.eye(3, dtype=F64)
@@ -294,20 +323,150 @@ def test_su3_kernel_contract_with_fewer_draws():
 
 
 def test_su3_probability_flow_sampler_against_rejection():
-    """Draws at t = 0.4 by the torus ODE (from rejection draws at s0 ~ 1) have the exact mean of d^2 and lie on SU(3)."""
+    """Draws at t = 0.4 by the torus ODE (from rejection draws at s0 ~ 1; sample() uses it only where both rejection
+    samplers need more than 64 proposals, n >= 5) have the exact mean of d^2."""
     k = SUHeatKernel(manifold={"kind": "su", "n": 3})
     gen = torch.Generator().manual_seed(5)
     x0 = torch.eye(3, dtype=torch.complex128).expand(60, 3, 3)
     t = 0.4
-    x = k.sample(x0, t, gen)
-    assert SU(n=3).belongs(x, atol=1e-6).all()
-    d2 = SU(n=3).dist(x0, x) ** 2
+    s0 = torch.full((60,), _flow_start(k), dtype=F64)
+    psi = k._flow(k._rejection(s0, k._log_peak(s0), gen), s0, torch.full((60,), t, dtype=F64))
+    d2 = (su_angles(torch.polar(torch.ones_like(psi), psi)) ** 2).sum(-1)
     # E d^2 by importance sampling from Haar
     y = SU(n=3).random_point(20000, gen, dtype=F64)
     w = torch.exp(k.log_prob(x0[:1].expand(20000, 3, 3), y, t) + SU(n=3).log_volume)
     exact = (SU(n=3).dist(x0[:1].expand(20000, 3, 3), y) ** 2 * w).mean()
     se = math.sqrt(float(d2.var()) / 60 + float((SU(n=3).dist(x0[:1].expand(20000, 3, 3), y) ** 2 * w).var()) / 20000)
     assert abs(float(d2.mean() - exact)) < 5 * se
+
+
+# --- Lie-algebra Gaussian proposals ---------------------------------------------------------------------
+
+
+def _torus_points(n: int, count: int, gen: torch.Generator) -> torch.Tensor:
+    """Eigenangles (sum zero, least norm) of uniform torus points, plus the identity, walls and the cut locus."""
+    phi = (2 * torch.rand(count, n, generator=gen, dtype=F64) - 1) * math.pi
+    phi = phi - phi.mean(-1, keepdim=True)
+    special = torch.zeros(4, n, dtype=F64)
+    special[1, :2] = torch.tensor([0.3, 0.3])  # a wall
+    special[2, :2] = torch.tensor([math.pi, -math.pi])  # diag(-1, -1, 1, ...): the cut locus
+    special[3, :2] = torch.tensor([1e-6, -1e-6])  # next to the identity
+    special = special - special.mean(-1, keepdim=True)
+    phi = torch.cat([phi, special])
+    return su_angles(torch.polar(torch.ones_like(phi), phi))
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_gaussian_proposal_bounds_the_heat_kernel(n):
+    """log p_t - log q_t - log M_t <= 0 (the code's p_t, q_t the density of exp of N(0, tI) on su(n), M_t =
+    e^{|rho|^2 t/2}), and the sampler's acceptance is exp of it: the rejection sampler is exact."""
+    gen = torch.Generator().manual_seed(n)
+    k = SUHeatKernel(manifold={"kind": "su", "n": n})
+    torus = _su_torus(n)
+    worst = -math.inf
+    for t in (1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 2.0):
+        psi = _torus_points(n, 400, gen)
+        tt = torch.full((psi.shape[0],), t, dtype=F64)
+        gap = k.torus_log_prob(psi, tt) - torus.proposal_log_prob(psi, tt) - torus.log_bound(tt)
+        assert torch.isfinite(gap[:-2]).all()  # the cut locus and the identity's neighbour may give -inf
+        worst = max(worst, float(gap[torch.isfinite(gap)].max()))
+        acc = torus.acceptance(psi, tt)
+        torch.testing.assert_close(acc, torch.exp(gap).nan_to_num(0.0), atol=1e-9, rtol=1e-8)
+    assert worst <= 1e-12, worst
+    # the bound is sharp: near the identity at small t the acceptance tends to 1
+    assert worst > -1e-3
+
+
+def test_gaussian_proposal_density_is_normalised():
+    """E_Haar[vol q_t] = 1 for SU(3) at t = 0.3, by the Weyl integration formula on a periodic grid of the torus."""
+    torus = _su_torus(3)
+    # offsets h/3 and -h/3 keep every node off the walls, where q is infinite (q |Delta|^2 is smooth and periodic)
+    h = 2 * math.pi / 240
+    grid = torch.arange(240, dtype=F64) * h - math.pi
+    a, b = torch.meshgrid(grid + h / 3, grid - h / 3, indexing="ij")
+    psi = torch.stack([a, b, -a - b], -1).reshape(-1, 3)
+    psi = su_angles(torch.polar(torch.ones_like(psi), psi))
+    weyl = _weyl_density(psi)
+    q = torch.exp(torus.proposal_log_prob(psi, torch.full((psi.shape[0],), 0.3, dtype=F64)))
+    assert abs(float((q * weyl).sum() / weyl.sum()) * math.exp(SU(n=3).log_volume) - 1) < 1e-9
+
+
+def _weyl_density(psi: torch.Tensor) -> torch.Tensor:
+    """|Delta(e^{i psi})|^2: the Haar law of the eigenangles up to a constant."""
+    out = torch.ones_like(psi[:, 0])
+    for j, k in itertools.combinations(range(psi.shape[-1]), 2):
+        out = out * (2 * torch.sin(0.5 * (psi[:, j] - psi[:, k]))) ** 2
+    return out
+
+
+def _su3_stats(psi: torch.Tensor) -> dict[str, np.ndarray]:
+    """Class functions of e^{i psi}: the squared distance to the identity and Re tr."""
+    ang = su_angles(torch.polar(torch.ones_like(psi), psi))
+    return {"d2": (ang**2).sum(-1).numpy(), "retr": torch.cos(psi).sum(-1).numpy()}
+
+
+@pytest.mark.parametrize("t", [1e-3, 0.1])
+def test_su3_gaussian_sampler_moments_match_exact_law(t):
+    """Sample means of d^2 and Re tr against the exact law p_t |Delta|^2 on the torus (periodic grid), to 4.5 SE."""
+    k = SUHeatKernel(manifold={"kind": "su", "n": 3})
+    gen = torch.Generator().manual_seed(21)
+    psi = k._gaussian_rejection(torch.full((4000,), t, dtype=F64), gen)
+    half = min(math.pi, 12 * math.sqrt(t))  # the law is negligible beyond 12 standard deviations
+    grid = torch.linspace(-half, half, 141, dtype=F64)
+    a, b = torch.meshgrid(grid, grid, indexing="ij")
+    pts = torch.stack([a, b, -a - b], -1).reshape(-1, 3)
+    dens = torch.exp(k.torus_log_prob(pts, torch.tensor(t, dtype=F64))) * _weyl_density(pts)
+    for name, values in _su3_stats(pts).items():
+        exact = float((torch.as_tensor(values) * dens).sum() / dens.sum())
+        got = _su3_stats(psi)[name]
+        se = got.std() / math.sqrt(len(got))
+        assert abs(got.mean() - exact) < 4.5 * se, (t, name, got.mean(), exact, se)
+
+
+def test_su3_gaussian_sampler_against_haar_rejection_and_ode():
+    """Two-sample KS of d^2 and Re tr: Gaussian proposals against Haar-proposal rejection (t = 1) and against the
+    probability-flow ODE sampler (t = 0.01, few draws)."""
+    k = SUHeatKernel(manifold={"kind": "su", "n": 3})
+    gen = torch.Generator().manual_seed(8)
+    t = torch.full((1000,), 1.0, dtype=F64)
+    new = _su3_stats(k._gaussian_rejection(t, gen))
+    old = _su3_stats(k._rejection(t, k._log_peak(t), gen))
+    for name in new:
+        assert stats.ks_2samp(new[name], old[name]).pvalue > 1e-3, name
+    t = torch.full((60,), 0.01, dtype=F64)
+    s0 = torch.full_like(t, _flow_start(k))
+    ode = _su3_stats(k._flow(k._rejection(s0, k._log_peak(s0), gen), s0, t))
+    new = _su3_stats(k._gaussian_rejection(torch.full((2000,), 0.01, dtype=F64), gen))
+    for name in new:
+        assert stats.ks_2samp(new[name], ode[name]).pvalue > 1e-3, name
+
+
+@pytest.mark.parametrize("t", [1e-3, 0.3, 1.5])
+def test_su2_gaussian_sampler_matches_exact_s3_law(t):
+    """SU(2) = S^3(sqrt 2): the Gaussian-proposal sampler's angle against the exact law (KS, as above)."""
+    k = SUHeatKernel(manifold={"kind": "su", "n": 2})
+    gen = torch.Generator().manual_seed(13)
+    psi = k._gaussian_rejection(torch.full((1500,), t, dtype=F64), gen)
+    phi = su_angles(torch.polar(torch.ones_like(psi), psi))[:, 0].abs()
+
+    def log_density(v):
+        return k.torus_log_prob(torch.stack([v, -v], -1), torch.tensor(t, dtype=F64)) + 2 * torch.log(torch.sin(v) + 1e-300)
+
+    result = stats.kstest(phi.numpy(), _angle_cdf(log_density, math.pi))
+    assert result.pvalue > 1e-3, result
+
+
+def test_su_sampler_dispatch_honours_generator_device_and_dtype():
+    """sample() uses Gaussian proposals below the crossing time, is reproducible under a generator, keeps dtype."""
+    k = SUHeatKernel(manifold={"kind": "su", "n": 3})
+    x0 = SU(n=3).random_point(8, torch.Generator().manual_seed(0), dtype=torch.float32)
+    t = torch.tensor([1e-3, 1e-3, 0.1, 0.1, 1.0, 1.0, 3.0, 3.0], dtype=F64)
+    a = k.sample(x0, t, torch.Generator().manual_seed(1))
+    b = k.sample(x0, t, torch.Generator().manual_seed(1))
+    assert a.dtype == torch.complex64 and torch.equal(a, b)
+    assert SU(n=3).belongs(a, atol=1e-5).all()
+    d = SU(n=3).dist(x0.to(torch.complex128), a.to(torch.complex128))
+    assert float(d[:2].max()) < 0.5  # sqrt(8 t) scale
 
 
 # --- products and bad input ------------------------------------------------------------------------------

@@ -25,7 +25,15 @@ SO(3) is :math:`S^3(2\sqrt2)/\{\pm1\}`, so :math:`p_t(\theta) = 2^{-9/2}[P_{t/8}
 :math:`\theta = 0` and :math:`\theta = \pi` are regular points of the formula.
 
 ``auto``: SO(3)/SU(2) sum over paths for :math:`s \le 2` (S^3 time), eigen beyond; SU(n), n >= 3, sum over paths
-for :math:`t \le 0.5` where it is well conditioned, eigen elsewhere. Everything in float64 and log space.
+for :math:`t \le 0.5` where it is well conditioned (on walls, where eigenvalues coincide and a term divides 0/0,
+its limit: :meth:`_SUTorus.wall`), eigen elsewhere. Everything in float64 and log space.
+
+Sampling SU(n): eigenangles by rejection from Lie-algebra Gaussians :math:`e^X`, :math:`X \sim N(0, tI)`, whose
+density :math:`q_t` has one term per preimage, :math:`(2\pi t)^{-D/2}e^{-|H+\gamma|^2/2t}/J(H+\gamma)`,
+:math:`J = \prod_{\alpha>0}(\sin(\alpha/2)/(\alpha/2))^2`: the path term of the same preimage is
+:math:`e^{|\rho|^2t/2}\prod_\alpha\sin(\alpha/2)/(\alpha/2)` times it, so :math:`p_t \le e^{|\rho|^2t/2}q_t` and the
+acceptance rate is :math:`e^{-|\rho|^2t/2}`; Haar proposals beyond the time where :math:`\mathrm{vol}\,p_t(e)` is
+the smaller bound; a probability-flow ODE only where both bounds exceed 64 (n >= 5 at moderate t).
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ _RANK_ONE_PATHS_UP_TO = 2.0  # S^3 time s
 _SU_PATHS_UP_TO = 0.5
 _MAX_PROPOSALS = 64.0
 _ODE_TOL = 1e-9
+_WALL = 1e-7  # eigenangles closer than this are treated as coinciding where the sum over paths is singular
 _MAX_ROWS = 120  # character expansion of SU(n >= 3): largest first row of a partition used by auto
 
 
@@ -241,6 +250,142 @@ class _SUTorus:
         )
         return log_p, valid
 
+    # walls: coinciding eigenvalues -------------------------------------------------------------------
+
+    def wall(self, phi: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        r"""``(log p, ok)`` where eigenvalues coincide (clusters closer than ``_WALL``), by the limit of the sum
+        over paths on the wall.
+
+        With :math:`F(\phi) = \sum_m \Delta(\phi_m)e^{-|\phi_m|^2/2t}` (:math:`\Delta(x) = \prod_{j<k}(x_j - x_k)`,
+        :math:`\phi_m = \phi + 2\pi m`) and :math:`D(\phi) = \prod_{j<k} 2\sin((\phi_j - \phi_k)/2)`,
+        :math:`p_t = (2\pi t)^{-D/2}e^{|\rho|^2t/2}(\pm F/D)`; at a point :math:`\bar\phi` of a wall with :math:`N_0`
+        vanishing roots both vanish to order :math:`N_0` along any line :math:`\bar\phi + sv`, so
+        :math:`F/D = [s^{N_0}]F / [s^{N_0}]D`, Taylor coefficients taken exactly (products of linear factors
+        times the series of :math:`e^{as + bs^2}`): no division by a vanishing root. A point within ``_WALL`` of the
+        wall is replaced by its projection :math:`\bar\phi` (cluster means): :math:`\nabla p(\bar\phi)` is
+        invariant under the reflections fixing :math:`\bar\phi`, so orthogonal to the displacement :math:`\epsilon`,
+        and the error is :math:`O(|\epsilon|^2 \|\nabla^2 p\|) \lesssim \tfrac12|\epsilon|^2(|\phi|^2/t^2 + D/t)\,p`."""
+        phi, k = _centred(phi)
+        log_p = torch.zeros_like(t)
+        ok = torch.zeros_like(t, dtype=torch.bool)
+        for kv in torch.unique(k).tolist():
+            sel = k == kv
+            lp, good = self._wall_k(phi[sel], t[sel], int(kv))
+            log_p = log_p.masked_scatter(sel, lp)
+            ok = ok.masked_scatter(sel, good)
+        return log_p, ok
+
+    def _wall_k(self, phi: Tensor, t: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        n, P = self.n, phi.shape[0]
+        dev = phi.device
+        # clusters: runs of the sorted (centred) angles closer than _WALL; their means, bar, lie on the wall
+        srt, order = phi.detach().sort(-1)
+        start = torch.cat([torch.ones(P, 1, dtype=torch.bool, device=dev), (srt[:, 1:] - srt[:, :-1]) >= _WALL], -1)
+        cid = torch.empty_like(order).scatter_(-1, order, start.long().cumsum(-1) - 1)
+        member = (cid[:, :, None] == torch.arange(n, device=dev)[None, None, :]).to(phi.dtype)  # [P, n, cluster]
+        mean = (phi[:, :, None] * member).sum(1) / member.sum(1).clamp_min(1.0)
+        bar = (member * mean[:, None, :]).sum(-1)
+        # a direction with distinct entries, so no root vanishes on it: the centred ranks
+        v = order.argsort(-1).to(phi.dtype) - 0.5 * (n - 1)
+        jj, kk = _pairs(n)
+        on = cid[:, jj] == cid[:, kk]  # [P, A]: roots vanishing on the wall
+        order0 = on.sum(-1)
+        top = int(order0.max())
+        reach = 2 * float(bar.detach().norm(dim=-1).max()) + 2 * math.pi * abs(k) + math.sqrt(92 * float(t.detach().max()))
+        box = _lattice(n, k, math.ceil(2 * reach / (2 * math.pi)) / 2).to(dev)
+        x = bar[:, None, :] + 2 * math.pi * box[None]  # [P, T, n]
+        expo = -(x**2).sum(-1) / (2 * t[:, None])
+        shift = expo.detach().amax(-1, keepdim=True)
+        d = x[..., jj] - x[..., kk]  # [P, T, A]
+        c = (v[:, jj] - v[:, kk])[:, None, :].expand_as(d)
+        # [s^i] Delta(x + s v) = [s^i] prod_a (d_a + c_a s), i <= top
+        poly = [torch.ones_like(expo)] + [torch.zeros_like(expo)] * top
+        for a in range(len(jj)):
+            poly = [d[..., a] * poly[0]] + [d[..., a] * poly[i] + c[..., a] * poly[i - 1] for i in range(1, top + 1)]
+        # [s^i] exp(alpha s + beta s^2) = e_i, from e' = (alpha + 2 beta s) e
+        alpha = -(x * v[:, None, :]).sum(-1) / t[:, None]
+        beta = (-(v**2).sum(-1) / (2 * t))[:, None].expand_as(alpha)
+        ser = [torch.ones_like(alpha)]
+        for i in range(1, top + 1):
+            ser.append((alpha * ser[i - 1] + (2 * beta * ser[i - 2] if i >= 2 else 0.0)) / i)
+        coef = torch.stack([sum(poly[j] * ser[i - j] for j in range(i + 1)) for i in range(top + 1)], -1)  # [P, T, top+1]
+        lead = torch.gather(coef, -1, order0[:, None, None].expand(-1, coef.shape[1], 1))[..., 0]
+        terms = lead * torch.exp(expo - shift)
+        total = terms.sum(-1)
+        # [s^N0] D(bar + s v) = prod_{on} alpha(v) prod_{off} 2 sin(alpha(bar)/2)
+        dbar = bar[:, jj] - bar[:, kk]
+        den = torch.where(on, v[:, jj] - v[:, kk], 2 * torch.sin(0.5 * dbar)).prod(-1)
+        ratio = (-1.0) ** ((n + 1) * k) * total / den
+        cancel = terms.detach().abs().sum(-1) / total.detach().abs().clamp_min(1e-300)
+        ok = (ratio.detach() > 0) & (cancel < 1e6)
+        log_p = (
+            -0.5 * self.dim * (_LOG_2PI + torch.log(t))
+            + 0.5 * self.rho2 * t
+            + shift[:, 0]
+            + torch.log(torch.where(ok, ratio, torch.ones_like(ratio)))
+        )
+        return log_p, ok
+
+    # Gaussian proposals in the Lie algebra ------------------------------------------------------------
+
+    def _proposal_terms(self, psi: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Per preimage :math:`\psi_m = \psi + 2\pi m` (:math:`m` in the coroot lattice) of :math:`e^{i\psi}`:
+        ``(E, L, sign)`` with :math:`E_m = -|\psi_m|^2/2t`, :math:`L_m = \sum_{\alpha>0}\log|y_\alpha/\sin y_\alpha|`,
+        :math:`y_\alpha = \alpha(\psi_m)/2`, and the sign of :math:`\prod_\alpha y_\alpha/\sin y_\alpha`; ``psi`` [P, n]
+        with sum zero. Images with :math:`|\psi_m| > |\psi| + \sqrt{120t}` (weight below :math:`e^{-60}` of the
+        :math:`m = 0` term) are left out."""
+        n = self.n
+        reach = 2 * float(psi.norm(dim=-1).max()) + math.sqrt(120 * float(t.max()))
+        box = _lattice(n, 0, math.ceil(2 * reach / (2 * math.pi)) / 2).to(psi.device)  # [T, n], sum zero
+        expo = -((psi[:, None, :] + 2 * math.pi * box[None]) ** 2).sum(-1) / (2 * t[:, None])
+        jj, kk = _pairs(n)
+        y0 = 0.5 * (psi[:, jj] - psi[:, kk])  # [P, A]
+        mjk = box[:, jj] - box[:, kk]  # [T, A]
+        ym = y0[:, None, :] + math.pi * mjk[None]
+        # sin(y_m) = (-1)^{m_jk} sin(y_0), exact in floating point (sin(y_0 + pi m) computed directly is not)
+        sm = (1 - 2 * torch.remainder(mjk, 2))[None] * torch.sin(y0)[:, None, :]
+        same = (mjk == 0)[None]
+        lead = _x_over_sin(y0)[:, None, :]  # y/sin y with the series at 0 (roots with m_jk = 0 share y_0)
+        tiny = torch.finfo(psi.dtype).tiny
+        log_abs = torch.where(
+            same, torch.log(lead.abs()), torch.log(ym.abs().clamp_min(tiny)) - torch.log(sm.abs().clamp_min(tiny))
+        )
+        sign = torch.where(same, torch.sign(lead), torch.sign(ym) * torch.sign(sm))
+        return expo, log_abs.sum(-1), sign.prod(-1)
+
+    def proposal_log_prob(self, psi: Tensor, t: Tensor) -> Tensor:
+        r""":math:`\log q_t(e^{i\psi})`, the density (Riemannian volume, like :math:`p_t`) of :math:`e^X`,
+        :math:`X \sim N(0, tI)` on :math:`\mathfrak{su}(n)`: :math:`q_t = (2\pi t)^{-D/2}\sum_m e^{-|\psi_m|^2/2t}/J(\psi_m)`,
+        :math:`J(Y) = \prod_{\alpha>0}(\sin(\alpha(Y)/2)/(\alpha(Y)/2))^2` the Jacobian of exp. ``psi`` [P, n], sum zero."""
+        expo, log_abs, _ = self._proposal_terms(psi, t)
+        return -0.5 * self.dim * (_LOG_2PI + torch.log(t)) + torch.logsumexp(expo + 2 * log_abs, -1)
+
+    def log_bound(self, t: Tensor) -> Tensor:
+        r""":math:`\log M_t = |\rho|^2t/2`: each path term of :math:`p_t` is :math:`e^{|\rho|^2t/2}\prod_\alpha
+        \sin y_\alpha/y_\alpha` (:math:`|\cdot| \le 1`) times the term of :math:`q_t` of the same preimage, so
+        :math:`p_t \le M_t q_t`."""
+        return 0.5 * self.rho2 * t
+
+    def acceptance(self, psi: Tensor, t: Tensor) -> Tensor:
+        r""":math:`p_t/(M_t q_t) = \sum_m s_m e^{E_m + L_m} / \sum_m e^{E_m + 2L_m} \in [0, 1]` at ``psi`` [P, n]
+        (sum zero): the sum over paths of :math:`p_t` and :math:`q_t` over the same preimages, constants cancelled."""
+        expo, log_abs, sign = self._proposal_terms(psi, t)
+        den = expo + 2 * log_abs
+        shift = den.amax(-1, keepdim=True)
+        ratio = (sign * torch.exp(expo + log_abs - shift)).sum(-1) / torch.exp(den - shift).sum(-1)
+        return ratio.clamp(0.0, 1.0)  # >= 0 up to round-off (it is p_t / (M q_t)); <= 1 since |y / sin y| >= 1
+
+    def propose(self, t: Tensor, generator) -> Tensor:
+        r"""Eigenvalues :math:`\psi` (sum zero) of :math:`X/i`, :math:`X \sim N(0, tI)` in :math:`\mathfrak{su}(n)`
+        (Frobenius): a traceless Hermitian matrix with :math:`N(0, t)` diagonal directions and off-diagonal
+        entries of variance :math:`t/2` in their real and imaginary parts, diagonalised."""
+        n = self.n
+        a = randn((t.numel(), n, n), generator, dtype=torch.float64, device=t.device)
+        b = randn((t.numel(), n, n), generator, dtype=torch.float64, device=t.device)
+        h = torch.complex(0.5 * (a + a.mT), 0.5 * (b - b.mT)) * torch.sqrt(t)[:, None, None]
+        psi = torch.linalg.eigvalsh(h)
+        return psi - psi.mean(-1, keepdim=True)  # the trace, removed after diagonalising (same law)
+
     # characters ---------------------------------------------------------------------------------------
 
     def eigen_rows(self, t_min: float, cap: int | None = None) -> int:
@@ -318,10 +463,16 @@ class _SUTorus:
             idx = small.nonzero()[:, 0][valid]
             out = out.index_put((idx,), lp[valid])
             done = done.index_put((idx,), torch.ones_like(idx, dtype=torch.bool))
+        # where the sum over paths is singular (coinciding eigenvalues with a non-negligible image across the wall:
+        # the cut locus, e.g. diag(-1, -1, 1), or a centre element), its limit on the wall
+        stuck = small & ~done
+        if bool(stuck.any()):
+            lp, ok = self.wall(phi[stuck], t[stuck])
+            idx = stuck.nonzero()[:, 0][ok]
+            out = out.index_put((idx,), lp[ok])
+            done = done.index_put((idx,), torch.ones_like(idx, dtype=torch.bool))
         rest = ~done
         if bool(rest.any()):
-            # known gap: where the sum over paths is singular (a wall on the cut locus: e.g. a centre element or
-            # diag(-1, -1, 1)) at t < ~0.05, the capped expansion is finite but not accurate (see tests)
             lp, _ = self.eigen(phi[rest], t[rest], rows=self.eigen_rows(float(t[rest].min()), _MAX_ROWS))
             out = out.masked_scatter(rest, lp)
         return out
@@ -579,18 +730,55 @@ class SUHeatKernel(_LieHeatKernel, kind="su_heat"):
         return v @ torch.diag_embed(torch.polar(torch.ones_like(phi), phi)) @ v.mH
 
     def _sample_angles(self, t: Tensor, generator) -> Tensor:
+        r"""Exact eigenangles at times ``t``: per time the cheaper rejection sampler (expected proposals per draw:
+        :math:`M_t = e^{|\rho|^2t/2}` for Lie-algebra Gaussians, :math:`\mathrm{vol}\,p_t(e)` for Haar), and the
+        probability-flow ODE where both need more than ``_MAX_PROPOSALS`` (large n at moderate t)."""
         out = torch.empty(t.shape + (self.n,), dtype=torch.float64, device=t.device)
-        times, index = torch.unique(t, return_inverse=True)
-        log_m = self._log_peak(times)[index]
-        direct = log_m <= math.log(_MAX_PROPOSALS)
+        cap = math.log(_MAX_PROPOSALS)
+        log_gauss = _su_torus(self.n).log_bound(t)
+        # the Gaussian bound grows with t and the Haar one falls: Gaussians below the crossing time
+        gauss = (t <= _gauss_until(self.n)) & (log_gauss <= cap)
+        if bool(gauss.any()):
+            out[gauss] = self._gaussian_rejection(t[gauss], generator)
+        rest = ~gauss
+        if not bool(rest.any()):
+            return out
+        log_m = torch.full_like(t, math.inf)
+        times, index = torch.unique(t[rest], return_inverse=True)
+        log_m[rest] = self._log_peak(times)[index]
+        direct = rest & (log_m <= cap)
         if bool(direct.any()):
             out[direct] = self._rejection(t[direct], log_m[direct], generator)
-        if bool((~direct).any()):
+        flow = rest & ~direct
+        if bool(flow.any()):
             s0 = _flow_start(self)
-            s0_t = torch.full_like(t[~direct], s0)
+            s0_t = torch.full_like(t[flow], s0)
             start = self._rejection(s0_t, self._log_peak(s0_t), generator)
-            out[~direct] = self._flow(start, s0_t, t[~direct])
+            out[flow] = self._flow(start, s0_t, t[flow])
         return out
+
+    def _gaussian_rejection(self, t: Tensor, generator) -> Tensor:
+        r"""Exact eigenangles by rejection from :math:`e^X`, :math:`X \sim N(0, tI)` in :math:`\mathfrak{su}(n)`:
+        accept :math:`\psi` with probability :math:`p_t/(M_t q_t)` (:meth:`_SUTorus.acceptance`); the acceptance
+        rate is :math:`1/M_t = e^{-|\rho|^2t/2}`."""
+        torus = _su_torus(self.n)
+        out = torch.empty(t.shape + (self.n,), dtype=torch.float64, device=t.device)
+        todo = torch.arange(t.numel(), device=t.device)
+        for _ in range(10_000):
+            if todo.numel() == 0:
+                return out
+            tt = t[todo]
+            # 1.5 M proposals per draw: a point is left without an accepted one with probability ~ e^{-1.5}
+            k = int(min(_MAX_PROPOSALS, math.ceil(1.5 * math.exp(float(torus.log_bound(tt).max())))))
+            tk = tt[:, None].expand(-1, k).reshape(-1)
+            psi = torus.propose(tk, generator)
+            u = rand(tk.shape, generator, dtype=torch.float64, device=t.device)
+            accept = (u < torus.acceptance(psi, tk)).reshape(-1, k)
+            hit = accept.any(-1)
+            first = accept.to(torch.int8).argmax(-1)
+            out[todo[hit]] = psi.reshape(-1, k, self.n)[hit, first[hit]]
+            todo = todo[~hit]
+        raise RuntimeError("Gaussian-proposal rejection sampling on SU(n) did not finish")
 
     def _rejection(self, t: Tensor, log_m: Tensor, generator) -> Tensor:
         """Haar proposals accepted with probability p_t(g) / p_t(e)."""
@@ -642,6 +830,22 @@ def _flow_start_n(n: int) -> float:
         else:
             hi = mid
     return hi
+
+
+@functools.lru_cache(maxsize=16)
+def _gauss_until(n: int) -> float:
+    """The time where Gaussian and Haar proposals need equally many draws, |rho|^2 t / 2 = log(vol p_t(e))."""
+    kernel = SUHeatKernel(manifold={"kind": "su", "n": n})
+    torus = _su_torus(n)
+    lo, hi = 1e-3, 20.0
+    for _ in range(40):
+        mid = math.sqrt(lo * hi)
+        tm = torch.tensor([mid], dtype=torch.float64)
+        if float(torus.log_bound(tm)[0]) < float(kernel._log_peak(tm)[0]):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _flow_start(kernel: SUHeatKernel) -> float:
