@@ -51,7 +51,7 @@ from geodiffusion._random import rand, randn
 from geodiffusion._validation import check_same_device_dtype, check_tensor
 from geodiffusion.heat.base import HeatKernel
 from geodiffusion.manifolds.base import Manifold
-from geodiffusion.manifolds.lie import SO3, SU, real_dtype, su_casimir, su_dimension, su_partitions
+from geodiffusion.manifolds.lie import SO3, SU, real_dtype, su_angles, su_casimir, su_dimension, su_partitions
 from geodiffusion.registry import build
 from geodiffusion.spec import Spec, component_spec
 
@@ -64,6 +64,7 @@ _RANK_ONE_PATHS_UP_TO = 2.0  # S^3 time s
 _SU_PATHS_UP_TO = 0.5
 _MAX_PROPOSALS = 64.0
 _ODE_TOL = 1e-9
+_PROPOSAL_BLOCK = 8192  # proposals per block of the acceptance computation
 _WALL = 1e-7  # eigenangles closer than this are treated as coinciding where the sum over paths is singular
 _MAX_ROWS = 120  # character expansion of SU(n >= 3): largest first row of a partition used by auto
 
@@ -332,10 +333,12 @@ class _SUTorus:
         r"""Per preimage :math:`\psi_m = \psi + 2\pi m` (:math:`m` in the coroot lattice) of :math:`e^{i\psi}`:
         ``(E, L, sign)`` with :math:`E_m = -|\psi_m|^2/2t`, :math:`L_m = \sum_{\alpha>0}\log|y_\alpha/\sin y_\alpha|`,
         :math:`y_\alpha = \alpha(\psi_m)/2`, and the sign of :math:`\prod_\alpha y_\alpha/\sin y_\alpha`; ``psi`` [P, n]
-        with sum zero. Images with :math:`|\psi_m| > |\psi| + \sqrt{120t}` (weight below :math:`e^{-60}` of the
-        :math:`m = 0` term) are left out."""
+        with sum zero, replaced by the least-norm representative (the set of preimages is the same). Images with
+        :math:`|\psi_m|^2 > |\psi|^2 + 80t` (weight below :math:`e^{-40}` of the :math:`m = 0` term) are left out."""
         n = self.n
-        reach = 2 * float(psi.norm(dim=-1).max()) + math.sqrt(120 * float(t.max()))
+        psi = su_angles(torch.polar(torch.ones_like(psi), psi))
+        r = float(psi.norm(dim=-1).max())
+        reach = r + math.sqrt(r * r + 80 * float(t.max()))  # |2 pi m| <= |psi| + |psi_m|
         box = _lattice(n, 0, math.ceil(2 * reach / (2 * math.pi)) / 2).to(psi.device)  # [T, n], sum zero
         expo = -((psi[:, None, :] + 2 * math.pi * box[None]) ** 2).sum(-1) / (2 * t[:, None])
         jj, kk = _pairs(n)
@@ -369,11 +372,14 @@ class _SUTorus:
     def acceptance(self, psi: Tensor, t: Tensor) -> Tensor:
         r""":math:`p_t/(M_t q_t) = \sum_m s_m e^{E_m + L_m} / \sum_m e^{E_m + 2L_m} \in [0, 1]` at ``psi`` [P, n]
         (sum zero): the sum over paths of :math:`p_t` and :math:`q_t` over the same preimages, constants cancelled."""
-        expo, log_abs, sign = self._proposal_terms(psi, t)
-        den = expo + 2 * log_abs
-        shift = den.amax(-1, keepdim=True)
-        ratio = (sign * torch.exp(expo + log_abs - shift)).sum(-1) / torch.exp(den - shift).sum(-1)
-        return ratio.clamp(0.0, 1.0)  # >= 0 up to round-off (it is p_t / (M q_t)); <= 1 since |y / sin y| >= 1
+        out = []
+        for start in range(0, psi.shape[0], _PROPOSAL_BLOCK):  # blocks bound the [P, images, roots] memory
+            expo, log_abs, sign = self._proposal_terms(psi[start : start + _PROPOSAL_BLOCK], t[start : start + _PROPOSAL_BLOCK])
+            den = expo + 2 * log_abs
+            shift = den.amax(-1, keepdim=True)
+            out.append((sign * torch.exp(expo + log_abs - shift)).sum(-1) / torch.exp(den - shift).sum(-1))
+        # >= 0 up to round-off (it is p_t / (M q_t)); <= 1 since |y / sin y| >= 1
+        return torch.cat(out).clamp(0.0, 1.0) if out else psi.sum(-1)
 
     def propose(self, t: Tensor, generator) -> Tensor:
         r"""Eigenvalues :math:`\psi` (sum zero) of :math:`X/i`, :math:`X \sim N(0, tI)` in :math:`\mathfrak{su}(n)`
