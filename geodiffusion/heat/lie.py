@@ -672,9 +672,7 @@ class SUHeatKernel(_LieHeatKernel, kind="su_heat"):
 
     @classmethod
     def examples(cls):
-        # SU(3) is checked in tests/test_heat_lie.py with fewer Monte Carlo points: its sampler at t = 0.3
-        # (probability-flow ODE) is too slow for the contract suite's 20000 draws
-        return [cls.Spec(), cls.Spec(estimator="eigen")]
+        return [cls.Spec(), cls.Spec(estimator="eigen"), cls.Spec(manifold={"kind": "su", "n": 3})]
 
     @property
     def n(self) -> int:
