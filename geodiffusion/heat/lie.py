@@ -57,7 +57,7 @@ from geodiffusion.spec import Spec, component_spec
 
 __all__ = ["SO3HeatKernel", "SUHeatKernel", "s3_log_kernel"]
 
-Estimator = Literal["auto", "eigen", "varadhan", "sum_over_paths"]
+Estimator = Literal["auto", "eigen", "varadhan", "schwinger_dewitt", "sum_over_paths"]
 _LOG_2PI = math.log(2 * math.pi)
 _CUT = 42.0  # a weight below e^-42 of the largest changes no float64 digit of a positive sum
 _RANK_ONE_PATHS_UP_TO = 2.0  # S^3 time s
@@ -142,6 +142,10 @@ def s3_log_kernel(psi: Tensor, s: Tensor, estimator: str = "auto") -> Tensor:
         return _s3_eigen(psi, s)
     if estimator == "varadhan":
         return -(psi**2) / (2 * s) - 1.5 * (_LOG_2PI + torch.log(s))
+    if estimator == "schwinger_dewitt":
+        # the k = 0 path: on a group the Schwinger-DeWitt series terminates (e^{s/2} is its whole time series), so
+        # this is exact up to the other geodesics' weight e^{-((2 pi - psi)^2 - psi^2)/2s}; it diverges at psi = pi
+        return -1.5 * (_LOG_2PI + torch.log(s)) + 0.5 * s - psi**2 / (2 * s) + torch.log(_x_over_sin(psi))
     small = s <= _RANK_ONE_PATHS_UP_TO
     out = torch.zeros_like(psi)
     if bool(small.any()):
@@ -451,6 +455,17 @@ class _SUTorus:
         theta = su_angles(torch.polar(torch.ones_like(phi), phi))
         return -(theta**2).sum(-1) / (2 * t) - 0.5 * self.dim * (_LOG_2PI + torch.log(t))
 
+    def schwinger_dewitt(self, phi: Tensor, t: Tensor) -> Tensor:
+        r"""The minimal-geodesic term :math:`(2\pi t)^{-D/2}e^{|\rho|^2t/2}e^{-|\theta|^2/2t}\prod_{\alpha>0}
+        \frac{\alpha(\theta)/2}{\sin(\alpha(\theta)/2)}` (:math:`\theta` the least-norm logarithm): the whole
+        Schwinger-DeWitt series on a compact group, exact up to the other paths' weight; it diverges on the cut locus."""
+        from geodiffusion.manifolds.lie import su_angles
+
+        theta = su_angles(torch.polar(torch.ones_like(phi), phi))
+        jj, kk = _pairs(self.n)
+        main = torch.log(_x_over_sin(0.5 * (theta[:, jj] - theta[:, kk])).abs()).sum(-1)
+        return self.varadhan(phi, t) + 0.5 * self.rho2 * t + main
+
     def log_p(self, phi: Tensor, t: Tensor, estimator: str = "auto") -> Tensor:
         """log p_t at eigenangles ``phi`` [P, n] (any representatives) and times ``t`` [P]."""
         if phi.shape[0] == 0:
@@ -461,6 +476,8 @@ class _SUTorus:
             return self.paths(phi, t)[0]
         if estimator == "varadhan":
             return self.varadhan(phi, t)
+        if estimator == "schwinger_dewitt":
+            return self.schwinger_dewitt(phi, t)
         out = torch.zeros_like(t)
         small = t <= _SU_PATHS_UP_TO
         done = torch.zeros_like(small)
@@ -593,7 +610,7 @@ class SO3HeatKernel(_LieHeatKernel, kind="so3_heat"):
         """Heat kernel of SO(3) (Frobenius metric, generator Laplacian/2)."""
 
         manifold: component_spec(Manifold) = Field(default_factory=lambda: SO3.Spec())
-        estimator: Estimator = Field("auto", description="eigen | sum_over_paths | varadhan | auto (per t)")
+        estimator: Estimator = Field("auto", description="eigen | sum_over_paths | varadhan | schwinger_dewitt | auto (per t)")
 
         @model_validator(mode="after")
         def _check(self):
@@ -614,6 +631,8 @@ class SO3HeatKernel(_LieHeatKernel, kind="so3_heat"):
             return -(theta**2) / t - 1.5 * (_LOG_2PI + torch.log(t))
         s = t / 8
         a = s3_log_kernel(0.5 * theta, s, est)
+        if est == "schwinger_dewitt":  # the minimal geodesic only: the lift at pi - theta/2 is another path
+            return a - 4.5 * math.log(2.0)
         b = s3_log_kernel(math.pi - 0.5 * theta, s, est)
         return torch.logaddexp(a, b) - 4.5 * math.log(2.0)
 
@@ -661,7 +680,7 @@ class SUHeatKernel(_LieHeatKernel, kind="su_heat"):
         """Heat kernel of SU(n) (Frobenius metric, generator Laplacian/2)."""
 
         manifold: component_spec(Manifold) = Field(default_factory=lambda: SU.Spec(n=2))
-        estimator: Estimator = Field("auto", description="eigen | sum_over_paths | varadhan | auto (per t)")
+        estimator: Estimator = Field("auto", description="eigen | sum_over_paths | varadhan | schwinger_dewitt | auto (per t)")
 
         @model_validator(mode="after")
         def _check(self):
