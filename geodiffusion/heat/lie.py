@@ -199,15 +199,21 @@ class _SUTorus:
 
     def paths(self, phi: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(log p, valid)``; ``valid`` is False where terms cancel too much (walls at larger t)."""
+        return self._by_class(self._paths_k, phi, t)
+
+    @staticmethod
+    def _by_class(fn, phi: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        r"""``fn(phi, t, k)`` on the centred angles of each class :math:`k = \sum_j\phi_j/2\pi` (its lattice coset),
+        reassembled: ``(log p, ok)``."""
         phi, k = _centred(phi)
         log_p = torch.zeros_like(t)
-        valid = torch.zeros_like(t, dtype=torch.bool)
+        ok = torch.zeros_like(t, dtype=torch.bool)
         for kv in torch.unique(k).tolist():
             sel = k == kv
-            lp, ok = self._paths_k(phi[sel], t[sel], int(kv))
+            lp, good = fn(phi[sel], t[sel], int(kv))
             log_p = log_p.masked_scatter(sel, lp)
-            valid = valid.masked_scatter(sel, ok)
-        return log_p, valid
+            ok = ok.masked_scatter(sel, good)
+        return log_p, ok
 
     def _paths_k(self, phi: Tensor, t: Tensor, k: int) -> tuple[Tensor, Tensor]:
         n = self.n
@@ -270,15 +276,7 @@ class _SUTorus:
         wall is replaced by its projection :math:`\bar\phi` (cluster means): :math:`\nabla p(\bar\phi)` is
         invariant under the reflections fixing :math:`\bar\phi`, so orthogonal to the displacement :math:`\epsilon`,
         and the error is :math:`O(|\epsilon|^2 \|\nabla^2 p\|) \lesssim \tfrac12|\epsilon|^2(|\phi|^2/t^2 + D/t)\,p`."""
-        phi, k = _centred(phi)
-        log_p = torch.zeros_like(t)
-        ok = torch.zeros_like(t, dtype=torch.bool)
-        for kv in torch.unique(k).tolist():
-            sel = k == kv
-            lp, good = self._wall_k(phi[sel], t[sel], int(kv))
-            log_p = log_p.masked_scatter(sel, lp)
-            ok = ok.masked_scatter(sel, good)
-        return log_p, ok
+        return self._by_class(self._wall_k, phi, t)
 
     def _wall_k(self, phi: Tensor, t: Tensor, k: int) -> tuple[Tensor, Tensor]:
         n, P = self.n, phi.shape[0]

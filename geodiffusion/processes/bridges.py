@@ -33,7 +33,7 @@ from geodiffusion._random import rand, randn
 from geodiffusion._validation import check_finite, check_same_device_dtype, check_time, expand_time
 from geodiffusion.processes.base import LinearGaussianProcess
 from geodiffusion.processes.distributions import DiagonalGaussian
-from geodiffusion.processes.euclidean import VEProcess, VPProcess
+from geodiffusion.processes.euclidean import VEProcess, VPProcess, _EuclideanSpec, _GeometricSigmaSpec
 from geodiffusion.registry import Component
 from geodiffusion.spec import Spec
 
@@ -209,19 +209,11 @@ class VEBridge(DiffusionBridge, kind="ve_bridge"):
     :math:`q(x_t \mid x_0, x_T) = \mathcal N(r_t x_T + (1 - r_t) x_0, \sigma_t^2 (1 - r_t) I)`,
     :math:`r_t = \sigma_t^2/\sigma_T^2` (a Brownian bridge in the time :math:`\sigma_t^2`)."""
 
-    class Spec(Spec):
+    class Spec(_GeometricSigmaSpec, _EuclideanSpec):
         """VE denoising diffusion bridge (DDBM) with a geometric noise schedule."""
 
         T: float = Field(1.0, gt=0, description="terminal time, where the bridge is pinned at x_T")
-        event_ndim: int = Field(1, ge=0, description="trailing axes of x forming one sample")
-        sigma_min: float = Field(0.01, gt=0, description="sigma(0) of the VE forward process")
         sigma_max: float = Field(1.0, gt=0, description="sigma(T): the bridge's std peaks at about sigma_max / 2")
-
-        @model_validator(mode="after")
-        def _ordered(self):
-            if self.sigma_max <= self.sigma_min:
-                raise ValueError(f"sigma_max ({self.sigma_max}) must exceed sigma_min ({self.sigma_min})")
-            return self
 
     def __init__(self, spec=None, /, **fields) -> None:
         super().__init__(spec, **fields)
