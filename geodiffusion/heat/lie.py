@@ -494,8 +494,12 @@ class _SUTorus:
             done = done.index_put((idx,), torch.ones_like(idx, dtype=torch.bool))
         rest = ~done
         if bool(rest.any()):
-            lp, _ = self.eigen(phi[rest], t[rest], rows=self.eigen_rows(float(t[rest].min()), _MAX_ROWS))
-            out = out.masked_scatter(rest, lp)
+            # one character expansion per octave of t: the rows needed fall like t^{-1/2}, and the cost like their square
+            octave = torch.floor(torch.log2(t.detach() / t.detach()[rest].min())).clamp_max(4)
+            for b in torch.unique(octave[rest]).tolist():
+                sel = rest & (octave == b)
+                lp, _ = self.eigen(phi[sel], t[sel], rows=self.eigen_rows(float(t[sel].min()), _MAX_ROWS))
+                out = out.masked_scatter(sel, lp)
         return out
 
     def grad(self, phi: Tensor, t: Tensor, estimator: str = "auto") -> Tensor:
