@@ -11,6 +11,7 @@ from pydantic import ValidationError
 import geodiffusion as gd
 from geodiffusion.data import lattice
 from geodiffusion.experiments import Experiment, SO3MixtureExperiment, SU3LatticeExperiment
+from geodiffusion.experiments.base import ManifoldTrainingSpec
 
 
 def test_log_z_derivative_is_the_mean_plaquette_and_haar_limits_hold():
@@ -71,6 +72,11 @@ def test_specs_are_registered_and_reject_mismatched_manifolds():
         SU3LatticeExperiment.resolve_spec({"size": 3, "process": {"manifold": {"power": 4}}})
     with pytest.raises(ValidationError, match="SO\\(3\\)"):
         SO3MixtureExperiment.resolve_spec({"process": {"manifold": {"kind": "sphere", "dim": 2}}})
+    # both inherit the shared manifold-experiment fields and their batch-size check
+    for cls in (SO3MixtureExperiment, SU3LatticeExperiment):
+        assert issubclass(cls.Spec, ManifoldTrainingSpec)
+        with pytest.raises(ValidationError, match="exceeds n_train"):
+            cls.resolve_spec({"n_train": 100, "training": {"batch_size": 128}}, quick=True)
 
 
 TRAIN = {"steps": 20, "batch_size": 32, "checkpoint_every": 20, "log_every": 10}

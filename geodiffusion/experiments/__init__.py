@@ -1,6 +1,13 @@
 """Experiments: specs that train, sample and evaluate, writing everything into one folder."""
 
-from geodiffusion.experiments.base import Experiment, ExperimentSpec, ManifoldExperimentSpec, merge_spec_dicts, write_json
+from geodiffusion.experiments.base import (
+    Experiment,
+    ExperimentSpec,
+    ManifoldExperimentSpec,
+    ManifoldTrainingSpec,
+    merge_spec_dicts,
+    write_json,
+)
 from geodiffusion.experiments.conformers import ConformersQM9Experiment, SkeletonsExperiment
 from geodiffusion.experiments.earth import EarthEarthquake, EarthExperiment, EarthFire, EarthFlood, EarthVolcano
 from geodiffusion.experiments.gp import GP1DExperiment, SphereTracksExperiment, VectorField2DExperiment
@@ -20,6 +27,7 @@ __all__ = [
     "VMFMixture",
     "ExperimentSpec",
     "ManifoldExperimentSpec",
+    "ManifoldTrainingSpec",
     "QuickstartExperiment",
     "SO3MixtureExperiment",
     "SU3LatticeExperiment",

@@ -24,7 +24,7 @@ from geodiffusion.samplers.riemannian import ChartODEOptions
 from geodiffusion.spec import Spec, component_spec
 from geodiffusion.training.trainer import Trainer, TrainingSpec, derive_seed
 
-__all__ = ["Experiment", "ExperimentSpec", "ManifoldExperimentSpec", "merge_spec_dicts", "write_json"]
+__all__ = ["Experiment", "ExperimentSpec", "ManifoldExperimentSpec", "ManifoldTrainingSpec", "merge_spec_dicts", "write_json"]
 
 
 class ExperimentSpec(Spec):
@@ -38,9 +38,9 @@ class ExperimentSpec(Spec):
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="optimisation settings")
 
 
-class ManifoldExperimentSpec(ExperimentSpec):
+class ManifoldTrainingSpec(ExperimentSpec):
     """Fields of a density-estimation experiment on a manifold: a reverse-SDE sampler, sigma2-weighted Riemannian
-    DSM, the probability-flow NLL, and train / test / sample counts."""
+    DSM, the probability-flow NLL, and train / test counts."""
 
     sampler: component_spec(Sampler) = Field({"kind": "geodesic_euler_maruyama", "steps": 500}, description="reverse SDE")
     training: TrainingSpec = Field(
@@ -50,7 +50,6 @@ class ManifoldExperimentSpec(ExperimentSpec):
     likelihood: ChartODEOptions = Field(ChartODEOptions(method="rk4", steps=100), description="probability-flow ODE of the NLL")
     n_train: int = Field(20000, ge=1, description="training points")
     n_test: int = Field(1000, ge=2, description="held-out points")
-    n_samples: int = Field(1000, ge=2, description="samples drawn from the model")
     dtype: Literal["float32", "float64"] = Field("float32", description="dtype of data and model")
 
     @model_validator(mode="after")
@@ -58,6 +57,12 @@ class ManifoldExperimentSpec(ExperimentSpec):
         if self.training.batch_size > self.n_train:
             raise ValueError(f"training.batch_size ({self.training.batch_size}) exceeds n_train ({self.n_train})")
         return self
+
+
+class ManifoldExperimentSpec(ManifoldTrainingSpec):
+    """:class:`ManifoldTrainingSpec` plus the number of model samples drawn for the plots and sample metrics."""
+
+    n_samples: int = Field(1000, ge=2, description="samples drawn from the model")
 
 
 def merge_spec_dicts(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

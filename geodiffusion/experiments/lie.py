@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from geodiffusion.data.lattice import mean_plaquette_exact, metropolis_su3, n_links, plaquettes, wilson_log_density
-from geodiffusion.experiments.base import Experiment, ExperimentSpec, ManifoldExperimentSpec
+from geodiffusion.experiments.base import Experiment, ManifoldExperimentSpec, ManifoldTrainingSpec
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.metrics.two_sample import energy_distance
 from geodiffusion.models.base import ScoreModel
@@ -183,7 +183,7 @@ class SU3LatticeExperiment(Experiment, kind="su3-lattice"):
         "sampler": {"steps": 50},
     }
 
-    class Spec(ExperimentSpec):
+    class Spec(ManifoldTrainingSpec):
         """Wilson-action SU(3) lattice field in two dimensions."""
 
         size: int = Field(_LATTICE_SIZE, ge=2, le=8, description="lattice side L (2L(L-1) links)")
@@ -201,7 +201,6 @@ class SU3LatticeExperiment(Experiment, kind="su3-lattice"):
             },
             description="score network s_theta(t, U) in T_U SU(3)^k",
         )
-        sampler: component_spec(Sampler) = Field({"kind": "geodesic_euler_maruyama", "steps": 500}, description="reverse SDE")
         training: TrainingSpec = Field(
             TrainingSpec(steps=10000, batch_size=256, lr=5e-4, ema_decay=0.999, weighting="sigma2", checkpoint_every=2000),
             description="optimisation settings",
@@ -228,8 +227,6 @@ class SU3LatticeExperiment(Experiment, kind="su3-lattice"):
                     raise ValueError(
                         f"{name}: expected a component on SU(3)^{want['power']} for L = {self.size}, got {manifold!r}"
                     )
-            if self.training.batch_size > self.n_train:
-                raise ValueError(f"training.batch_size ({self.training.batch_size}) exceeds n_train ({self.n_train})")
             return self
 
     def run(self, out_dir: Path, *, device: torch.device, progress: bool) -> dict[str, float]:
