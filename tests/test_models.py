@@ -116,3 +116,18 @@ def test_models_reject_wrong_input_shapes():
         gd.TimeMLP(dim=2, time_embedding_dim=7)
     with pytest.raises(ValueError, match="divisible"):
         gd.SetTransformer(dim=2, hidden=10, heads=4)
+
+
+def test_sin_activation_builds_every_kind_of_mlp_with_it():
+    from geodiffusion.models.layers import activation
+
+    x = torch.linspace(-4, 4, 9, dtype=torch.float64)
+    assert torch.equal(activation("sin")(x), torch.sin(x))
+    model = gd.build(
+        {"kind": "tangent_mlp", "manifold": {"kind": "sphere", "dim": 2}, "activation": "sin", "hidden": 8, "depth": 2}
+    )
+    assert any(type(m).__name__ == "Sin" for m in model.modules())
+    x0 = torch.nn.functional.normalize(torch.randn(5, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    out = model(torch.full((5,), 0.3), x0)
+    # a tangent vector field: orthogonal to the point
+    assert float((out * x0).sum(-1).abs().max()) < 1e-5

@@ -348,6 +348,69 @@ def test_resuming_with_different_settings_is_refused(tmp_path):
         Trainer(small_model(), process, data, spec(steps=10, lr=0.5), out_dir=tmp_path, progress=False).fit()
 
 
+def test_learning_rate_schedules():
+    constant = spec(lr=0.1)
+    assert [constant.lr_at(k) for k in (0, 5, 23)] == [0.1, 0.1, 0.1]
+    warm = spec(lr=0.1, warmup_steps=4)
+    assert [warm.lr_at(k) for k in range(6)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+    cosine = spec(lr=0.1, steps=14, warmup_steps=4, lr_schedule="cosine")
+    lrs = [cosine.lr_at(k) for k in range(14)]
+    assert lrs[3] == pytest.approx(0.1) and lrs[4] == pytest.approx(0.1) and lrs[9] == pytest.approx(0.05)
+    assert lrs[13] == pytest.approx(0.05 * (1 + math.cos(math.pi * 0.9)))
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))
+    with pytest.raises(ValidationError, match="warmup_steps"):
+        spec(steps=10, warmup_steps=11)
+    with pytest.raises(ValidationError, match="lr_schedule"):
+        spec(lr_schedule="linear")
+
+
+def test_cosine_schedule_is_applied_logged_and_resumed_bitwise(tmp_path, monkeypatch):
+    process = gd.VPProcess()
+    data = gaussian_data(200, seed=0, dtype=torch.float32)
+    scheduled = spec(lr_schedule="cosine", warmup_steps=6)
+    straight = Trainer(small_model(), process, data, scheduled, progress=False)
+    straight.fit()
+    constant = Trainer(small_model(), process, data, spec(), progress=False)
+    assert constant.fit() != straight.history
+
+    real_loss, calls = trainer_module.dsm_loss, {"n": 0}
+
+    def crashing_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 18:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "dsm_loss", crashing_loss)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(small_model(), process, data, scheduled, out_dir=tmp_path, progress=False).fit()
+    monkeypatch.undo()
+    resumed = Trainer(small_model(seed=2), process, data, scheduled, out_dir=tmp_path, progress=False)
+    resumed.fit()
+    assert_bitwise_equal(straight, resumed)
+    records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records] == [scheduled.lr_at(r["step"] - 1) for r in records]
+    # the cosine ends at `steps`: extending the run would not reproduce it, unlike a constant rate
+    with pytest.raises(ValueError, match="steps"):
+        Trainer(small_model(), process, data, spec(steps=30, lr_schedule="cosine", warmup_steps=6), out_dir=tmp_path).fit()
+
+
+def test_checkpoints_from_before_a_spec_field_existed_resume(tmp_path):
+    process = gd.VPProcess()
+    data = gaussian_data(100, seed=0, dtype=torch.float32)
+    Trainer(small_model(), process, data, spec(steps=5), out_dir=tmp_path, progress=False).fit()
+    path = tmp_path / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    del state["spec"]["lr_schedule"], state["spec"]["warmup_steps"]
+    save_checkpoint(path, state)
+    resumed = Trainer(small_model(), process, data, spec(steps=10), out_dir=tmp_path, progress=False)
+    resumed.fit()
+    assert resumed.step == 10
+    with pytest.raises(ValueError, match="warmup_steps"):
+        save_checkpoint(path, state)
+        Trainer(small_model(), process, data, spec(steps=10, warmup_steps=2), out_dir=tmp_path, progress=False).fit()
+
+
 def test_seed_determines_the_run():
     process = gd.VPProcess()
     data = gaussian_data(100, seed=0, dtype=torch.float32)

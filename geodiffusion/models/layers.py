@@ -10,11 +10,18 @@ from torch import Tensor, nn
 
 __all__ = ["SinusoidalTimeEmbedding", "activation", "Activation"]
 
-Activation = Literal["silu", "gelu", "relu", "tanh"]
+Activation = Literal["silu", "gelu", "relu", "tanh", "sin"]
+
+
+class Sin(nn.Module):
+    r"""Elementwise :math:`\sin x`, the activation of RSGM's earth-data MLPs (periodic features suit sharp densities)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(x)
 
 
 def activation(name: Activation) -> nn.Module:
-    return {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}[name]()
+    return {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "sin": Sin}[name]()
 
 
 class SinusoidalTimeEmbedding(nn.Module):

@@ -8,7 +8,7 @@ from geodiffusion.training.functions import FunctionTrainer, FunctionTrainingSpe
 from geodiffusion.training.graph import GraphTrainer, distance_dsm_loss
 from geodiffusion.training.losses import WEIGHTINGS, Weighting, dsm_loss
 from geodiffusion.training.riemannian import RIEMANNIAN_WEIGHTINGS, RiemannianWeighting, riemannian_dsm_loss
-from geodiffusion.training.trainer import Trainer, TrainerBase, TrainingSpec, derive_seed
+from geodiffusion.training.trainer import LRScheduleSpec, Trainer, TrainerBase, TrainingSpec, derive_seed
 
 __all__ = [
     "dsm_loss",
@@ -18,6 +18,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "Trainer",
+    "LRScheduleSpec",
     "TrainingSpec",
     "derive_seed",
 ]

@@ -24,9 +24,8 @@ from geodiffusion._random import rand
 from geodiffusion._validation import check_finite
 from geodiffusion.processes.base import Process
 from geodiffusion.processes.gp import OUGaussianProcess
-from geodiffusion.spec import Spec
 from geodiffusion.training.distributed import RankSlicedScore
-from geodiffusion.training.trainer import TrainerBase, derive_seed
+from geodiffusion.training.trainer import LRScheduleSpec, TrainerBase, derive_seed
 
 __all__ = [
     "FunctionTrainingSpec",
@@ -130,7 +129,7 @@ def function_riemannian_dsm_loss(
     return losses.mean() if reduce else losses
 
 
-class FunctionTrainingSpec(Spec):
+class FunctionTrainingSpec(LRScheduleSpec):
     """Optimisation settings of :class:`FunctionTrainer`."""
 
     steps: int = Field(2000, ge=1, description="number of optimiser steps")

@@ -8,15 +8,16 @@ r"""Training loop for score models: AdamW on a DSM loss, EMA, clipping, seeded, 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -36,7 +37,7 @@ from geodiffusion.training.ema import EMA
 from geodiffusion.training.losses import Weighting, dsm_loss
 from geodiffusion.training.riemannian import riemannian_dsm_loss
 
-__all__ = ["TrainingSpec", "TrainerBase", "Trainer", "derive_seed"]
+__all__ = ["LRScheduleSpec", "TrainingSpec", "TrainerBase", "Trainer", "derive_seed"]
 
 CHECKPOINT_FORMAT = 1
 # fields that may change between an interrupted run and its resumption without changing the result
@@ -55,14 +56,39 @@ def derive_seed(seed: int, *keys: str | int) -> int:
     return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) & (2**63 - 1)
 
 
-class TrainingSpec(Spec):
+class LRScheduleSpec(Spec):
+    """Learning-rate schedule fields of every trainer's spec (which also has ``lr`` and ``steps``)."""
+
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant after the warm-up, or cosine decay to 0 at `steps` after it (RSGM's schedule)"
+    )
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up from 0 over this many steps")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self):
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})")
+        return self
+
+    def lr_at(self, step: int) -> float:
+        r"""Learning rate of update ``step`` (0-based): :math:`\eta\,\min(1, (s+1)/W)` during the warm-up, then
+        :math:`\eta` (constant) or :math:`\tfrac{\eta}{2}(1 + \cos(\pi (s - W)/(S - W)))` (cosine)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return self.lr
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        return 0.5 * self.lr * (1.0 + math.cos(math.pi * progress))
+
+
+class TrainingSpec(LRScheduleSpec):
     """Optimisation settings of :class:`Trainer`."""
 
     steps: int = Field(2000, ge=1, description="number of optimiser steps")
     batch_size: int = Field(
         256, ge=1, description="global minibatch size (at most the number of data points), split over the ranks of a DDP run"
     )
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (the peak of the schedule)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
     ema_decay: float = Field(0.999, ge=0, le=1, description="EMA decay beta (with warm-up min(beta, (1+n)/(10+n)))")
     grad_clip: Annotated[float, Field(gt=0)] | None = Field(1.0, description="max global gradient norm; None: no clipping")
@@ -266,7 +292,12 @@ class TrainerBase(ABC):
             lacking = f" (it lacks {', '.join(missing)})" if missing else ""
             raise ValueError(f"the checkpoint was written {who}{lacking}; {expected} cannot resume it: use another out_dir")
         saved, current = state["spec"], self.spec.model_dump(mode="json")
-        changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
+        # a field added after the checkpoint was written had its default then; a cosine schedule ends at `steps`
+        fields = type(self.spec).model_fields
+        resumable = _RESUMABLE_CHANGES - ({"steps"} if current.get("lr_schedule") == "cosine" else set())
+        changed = sorted(
+            k for k in current if k not in resumable and saved.get(k, fields[k].default if k in fields else None) != current[k]
+        )
         if changed:
             diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
             raise ValueError(f"the checkpoint was trained with different settings ({diffs}); resuming would not reproduce it")
@@ -361,6 +392,8 @@ class TrainerBase(ABC):
         grad_norm: Tensor | None = None
         last_logged = self.step
         session_start, offset = time.perf_counter(), self.train_seconds
+        # a user's spec need not have the schedule fields (LRScheduleSpec): it then trains at a constant lr
+        scheduled = getattr(spec, "lr_schedule", "constant") != "constant" or getattr(spec, "warmup_steps", 0) > 0
         self.model.train()
         try:
             while self.step < spec.steps:
@@ -373,6 +406,10 @@ class TrainerBase(ABC):
                     (loss * self.dist.world_size).backward()
                 if spec.grad_clip is not None:
                     grad_norm = nn.utils.clip_grad_norm_(params, spec.grad_clip)
+                if scheduled:
+                    # a function of the step alone, so a resumed run takes the same rates
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = spec.lr_at(self.step)
                 self.optimizer.step()
                 self.ema.update(self.model)
                 self.step += 1
