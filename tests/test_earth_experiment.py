@@ -50,6 +50,7 @@ def test_tiny_volcano_run_writes_metrics_plots_and_samples_on_the_sphere(tmp_pat
     seeds = [metrics["nll_seed0"], metrics["nll_seed1"]]
     assert metrics["nll_mean"] == pytest.approx(sum(seeds) / 2)
     assert metrics["nll_std"] == pytest.approx(abs(seeds[0] - seeds[1]) / math.sqrt(2))
+    assert [json.loads((tmp_path / f"seed{k}" / "nll.json").read_text())["test_nll"] for k in (0, 1)] == seeds
     assert metrics["nll_uniform"] == pytest.approx(math.log(4 * math.pi))
     assert metrics["max_off_sphere"] <= 1e-6
     assert metrics["n_test"] == 16.0 and metrics["n_train"] == 662.0

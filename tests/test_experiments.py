@@ -91,6 +91,13 @@ def test_execute_writes_the_spec_before_running_and_the_metrics_after(tmp_path):
 
     with pytest.raises(ValueError, match="different spec"):
         ProbeExperiment(value=2.0).execute(tmp_path)
+    # a run written before the field `diverge` existed resumes while the field keeps its default, and only then
+    older = {k: v for k, v in probe.saw_spec.items() if k != "diverge"}
+    (tmp_path / "spec.json").write_text(json.dumps(older))
+    assert ProbeExperiment().execute(tmp_path) == metrics
+    (tmp_path / "spec.json").write_text(json.dumps(older))
+    with pytest.raises(ValueError, match="different spec"):
+        ProbeExperiment(diverge=True).execute(tmp_path)
     with pytest.warns(RuntimeWarning, match="nan"):
         metrics = ProbeExperiment(diverge=True).execute(tmp_path / "nan")
     assert metrics["value"] is None and json.loads((tmp_path / "nan" / "metrics.json").read_text())["value"] is None

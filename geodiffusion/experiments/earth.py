@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from geodiffusion.data.earth import EARTH_DATASETS, load_earth, sphere_to_lat_lon
-from geodiffusion.experiments.base import Experiment, ExperimentSpec
+from geodiffusion.experiments.base import Experiment, ExperimentSpec, write_json
 from geodiffusion.models.base import ScoreModel
 from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
@@ -111,6 +111,8 @@ class EarthExperiment(Experiment, register=False):
             nll_seconds += time.perf_counter() - start
             val_nll.append(float(-riemannian_log_likelihood(score, process, val, options=s.likelihood).mean()))
             metrics[f"nll_seed{k}"] = nll[-1]
+            # each seed's numbers as soon as they exist: a multi-hour run can be read (and resumed) seed by seed
+            write_json(out_dir / f"seed{k}" / "nll.json", {"test_nll": nll[-1], "val_nll": val_nll[-1]})
             if k == 0:
                 first_model, first_test = score, test
                 metrics["n_train"], metrics["n_test"] = float(len(train)), float(len(test))
