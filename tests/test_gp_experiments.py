@@ -219,11 +219,54 @@ def test_tiny_sphere_tracks_run_samples_on_the_sphere(tmp_path):
         "n_train": 16,
         "n_points": 4,
         "n_samples": 8,
+        "n_conditional": 2,
+        "conditional_samples": 3,
         "model": {"network": {"hidden": 8, "heads": 2, "layers": 1}},
         "training": {"steps": 4, "batch_size": 8, "checkpoint_every": 4},
         "sampler": {"steps": 5},
+        "conditional_sampler": {"steps": 4, "inner_steps": 2, "tau": None},
     }
     metrics = cls(cls.resolve_spec(tiny, quick=True)).execute(tmp_path, progress=False)
-    assert metrics["max_off_sphere"] < 1e-5
+    assert metrics["max_off_sphere"] < 1e-5 and metrics["conditional_max_off_sphere"] < 1e-5
     assert metrics["data_plane_residual"] < 0.1 < metrics["prior_plane_residual"]  # noisy great circles vs uniform points
-    assert (tmp_path / "tracks.png").is_file() and (tmp_path / "model/checkpoints/last.pt").is_file()
+    # observed points 0 and 3 of 4: slerp between them is off by about the observation noise only
+    assert metrics["slerp_error"] < 0.1 and math.isfinite(metrics["conditional_error"])
+    conditional = torch.load(tmp_path / "conditional_samples.pt")
+    assert conditional["samples"].shape == (2, 3, 2, 3) and conditional["targets"].tolist() == [1, 2]
+    for name in ("tracks.png", "conditional.png", "model/checkpoints/last.pt"):
+        assert (tmp_path / name).is_file(), name
+    with pytest.raises(ValidationError, match="no point to predict"):
+        cls.resolve_spec({"n_points": 2})
+    with pytest.raises(ValidationError, match="n_conditional"):
+        cls.resolve_spec({"n_samples": 4, "n_conditional": 8})
+
+
+def test_sphere_tracks_slerp_baseline_is_exact_on_great_circles_and_frechet_mean_is_the_centre():
+    from geodiffusion.data.functions import sample_sphere_tracks
+    from geodiffusion.manifolds import Sphere
+
+    cls = gd.registry(Experiment)["sphere-tracks"]
+    sphere = Sphere(dim=2)
+    gen = torch.Generator().manual_seed(0)
+    x, y = sample_sphere_tracks(5, 10, noise=0.0, grid=True, generator=gen, dtype=torch.float64)
+    observed = cls.observed_points(10, 3)
+    assert observed == [0, 3, 6, 9]
+    targets = [i for i in range(10) if i not in observed]
+    # noiseless tracks run along great circles at constant speed: geodesic interpolation recovers them
+    slerp = cls.slerp_interpolation(sphere, x, y, observed, targets)
+    assert float(sphere.dist(slerp, y[:, targets]).max()) < 1e-10
+    noisy = cls.slerp_interpolation(
+        sphere, x, y + 0.05 * torch.randn(y.shape, generator=gen, dtype=torch.float64), [0, 9], targets
+    )
+    assert float(sphere.dist(noisy, y[:, targets]).max()) > 1e-3
+    centre = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    ring = sphere.exp(
+        centre.expand(6, 3),
+        0.4 * torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0.6, 0.8, 0], [-0.6, -0.8, 0]]).double(),
+    )
+    mean = cls.frechet_mean(sphere, ring[None, :, None].expand(2, 6, 1, 3), dim=1)
+    assert mean.shape == (2, 1, 3) and float(sphere.dist(mean, centre).max()) < 1e-10
+    # an asymmetric cloud: the Frechet mean, unlike the normalised Euclidean mean, zeroes the mean of log_m y
+    cloud = sphere.exp(centre.expand(4, 3), torch.tensor([[1.2, 0, 0], [0, 0.3, 0], [-0.2, 0, 0], [0, -0.1, 0]]).double())
+    m = cls.frechet_mean(sphere, cloud, dim=0)
+    assert float(sphere.log(m.expand(4, 3), cloud).mean(0).norm()) < 1e-10

@@ -461,17 +461,28 @@ class SphereTracksExperiment(_FunctionExperiment, kind="sphere-tracks"):
     bi-dimensional attention network projected on the tangent spaces (:class:`~geodiffusion.models.TangentFunctionScore`)
     and geodesic Euler-Maruyama sampling at a regular grid of ``n_points`` inputs.
 
+    Conditional evaluation (interpolation): on ``n_conditional`` held-out tracks every ``context_every``-th point and
+    the last one are observed, and ``conditional_samples`` tracks are drawn at the other points by the Riemannian
+    ``conditional_sampler`` (noised context, geodesic reverse steps, Riemannian Langevin corrector).
+
     Metrics: ``speed_mean``/``speed_std`` and ``plane_residual`` (see :func:`track_statistics`) of ``data_``, ``model_``
-    and ``prior_`` (uniform points) tracks; ``max_off_sphere``; ``train_seconds``; ``functions_per_second``.
-    Plot: ``tracks.png`` (data and sampled tracks on a Mollweide map).
+    and ``prior_`` (uniform points) tracks; ``max_off_sphere``; ``train_seconds``; ``functions_per_second``; and, at the
+    unobserved points, the mean geodesic error to the held-out values of the conditional samples' Fréchet mean
+    (``conditional_error``), of the samples themselves (``conditional_sample_error``), and of the geodesic (slerp)
+    interpolation between the nearest observed points (``slerp_error``), with ``conditional_max_off_sphere`` and
+    ``conditional_seconds``. Plots: ``tracks.png`` (data and sampled tracks on a Mollweide map), ``conditional.png``
+    (observed points, held-out values, conditional samples and the slerp baseline for three held-out tracks).
     """
 
     quick_overrides = {
         "n_train": 512,
         "n_samples": 64,
+        "n_conditional": 8,
+        "conditional_samples": 8,
         "model": {"network": {"hidden": 32, "layers": 2}},
         "training": {"steps": 300, "batch_size": 32, "lr": 2e-3, "ema_decay": 0.95, "checkpoint_every": 300},
         "sampler": {"steps": 100},
+        "conditional_sampler": {"steps": 50, "inner_steps": 10},
     }
 
     class Spec(ExperimentSpec):
@@ -502,6 +513,15 @@ class SphereTracksExperiment(_FunctionExperiment, kind="sphere-tracks"):
         )
         throughput_batch: int = Field(64, ge=1, description="tracks per batch of the throughput measurement")
         dtype: Literal["float32", "float64"] = Field("float32", description="dtype of data and network")
+        n_conditional: int = Field(32, ge=1, description="held-out tracks (the first test tracks) conditioned on")
+        context_every: int = Field(3, ge=2, description="observe points 0, k, 2k, ... and the last one; the rest are targets")
+        conditional_samples: int = Field(16, ge=1, description="conditional samples per held-out track")
+        # psi = 1: the Langevin step gamma = psi beta(t) dt must stay below a few times the conditional variance,
+        # about tau(t) + noise^2 (1.6e-3 + 4e-4 at t = 0.02), which psi = 10 exceeds on this schedule
+        conditional_sampler: component_spec(ConditionalSampler) = Field(
+            {"kind": "langevin_conditional", "steps": 100, "inner_steps": 20, "psi": 1.0, "tau": 0.1},
+            description="Riemannian conditional sampler (noised context, geodesic reverse steps, Langevin corrector)",
+        )
 
         @model_validator(mode="after")
         def _consistent(self):
@@ -512,7 +532,19 @@ class SphereTracksExperiment(_FunctionExperiment, kind="sphere-tracks"):
                 raise ValueError("model: expected a function network from R to S^2 (input_dim 1, output_dim 3)")
             if self.training.batch_size > self.n_train:
                 raise ValueError(f"training.batch_size ({self.training.batch_size}) exceeds n_train ({self.n_train})")
+            if self.n_conditional > self.n_samples:
+                raise ValueError(f"n_conditional ({self.n_conditional}) exceeds the test tracks (n_samples = {self.n_samples})")
+            if len(SphereTracksExperiment.observed_points(self.n_points, self.context_every)) == self.n_points:
+                raise ValueError(
+                    f"context_every: with n_points = {self.n_points}, every {self.context_every}th point and the last one "
+                    "leave no point to predict"
+                )
             return self
+
+    @staticmethod
+    def observed_points(n_points: int, every: int) -> list[int]:
+        """Indices of the observed points of a track: 0, every, 2 every, ... and the last one."""
+        return sorted(set(range(0, n_points, every)) | {n_points - 1})
 
     def run(self, out_dir: Path, *, device: torch.device, progress: bool) -> dict[str, float]:
         s = self.spec
@@ -546,22 +578,117 @@ class SphereTracksExperiment(_FunctionExperiment, kind="sphere-tracks"):
             metrics[f"{name}_plane_residual"] = float(stats["plane_residual"].mean())
         torch.save({"samples": samples.cpu(), "test": ty.cpu(), "inputs": tx.cpu()}, out_dir / "samples.pt")
         self._plot(out_dir / "tracks.png", ty, samples)
+        conditional, cond_metrics = self._conditional(model, process, tx[: s.n_conditional], ty[: s.n_conditional])
+        metrics.update(cond_metrics)
+        torch.save(conditional, out_dir / "conditional_samples.pt")
+        self._plot_conditional(out_dir / "conditional.png", conditional)
         return metrics
+
+    def _conditional(self, model, process, inputs: Tensor, values: Tensor) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Conditional samples ``[n_conditional, S, n_target, 3]`` at the unobserved points of held-out tracks, their
+        geodesic errors against the held-out values, and those of the slerp baseline."""
+        s = self.spec
+        sphere = process.manifold
+        observed = self.observed_points(s.n_points, s.context_every)
+        targets = [i for i in range(s.n_points) if i not in observed]
+        sampler = build(s.conditional_sampler, ConditionalSampler)
+        gen = torch.Generator().manual_seed(derive_function_seed(s.seed, "conditional"))
+        start = time.perf_counter()
+        draws = []
+        with torch.no_grad():
+            # one sampler call per track (the context differs), vectorised over samples and points
+            for x, y in zip(inputs, values, strict=True):
+                draws.append(
+                    sampler.sample(
+                        model,
+                        process,
+                        x[targets],
+                        context_inputs=x[observed],
+                        context_values=y[observed],
+                        n_samples=s.conditional_samples,
+                        generator=gen,
+                    )
+                )
+        seconds = time.perf_counter() - start
+        samples = torch.stack(draws)
+        truth = values[:, targets]
+        mean = self.frechet_mean(sphere, samples.double(), dim=1)
+        slerp = self.slerp_interpolation(sphere, inputs.double(), values.double(), observed, targets)
+        metrics = {
+            "conditional_error": float(sphere.dist(mean, truth.double()).mean()),
+            "conditional_sample_error": float(sphere.dist(samples.double(), truth[:, None].double()).mean()),
+            "slerp_error": float(sphere.dist(slerp, truth.double()).mean()),
+            "conditional_max_off_sphere": float((samples.norm(dim=-1) - 1).abs().max()),
+            "conditional_seconds": seconds,
+        }
+        out = {"samples": samples, "inputs": inputs, "values": values, "observed": torch.tensor(observed)}
+        out |= {"targets": torch.tensor(targets), "slerp": slerp, "frechet_mean": mean}
+        return {k: v.cpu() for k, v in out.items()}, metrics
+
+    @staticmethod
+    def frechet_mean(sphere, points: Tensor, dim: int, iterations: int = 30) -> Tensor:
+        r"""Fréchet mean :math:`\arg\min_m \sum_s d(m, y_s)^2` over axis ``dim`` of points on the sphere, by the
+        fixed-point iteration :math:`m \leftarrow \exp_m(\overline{\log_m y_s})` from the normalised Euclidean mean."""
+        m = points.mean(dim)
+        m = m / m.norm(dim=-1, keepdim=True)
+        for _ in range(iterations):
+            m = sphere.exp(m, sphere.log(m.unsqueeze(dim).expand_as(points), points).mean(dim))
+        return m
+
+    @staticmethod
+    def slerp_interpolation(sphere, inputs: Tensor, values: Tensor, observed: list[int], targets: list[int]) -> Tensor:
+        r"""Geodesic interpolation :math:`\exp_{y_a}(\lambda \log_{y_a} y_b)`, :math:`\lambda = (x - x_a)/(x_b - x_a)`,
+        between the observed points :math:`a < i < b` around each target :math:`i`; ``inputs [B, n, 1]``,
+        ``values [B, n, 3]`` -> ``[B, n_target, 3]``."""
+        obs = torch.tensor(observed)
+        tgt = torch.tensor(targets)
+        right = torch.searchsorted(obs, tgt)  # the first observed index above each target (targets are interior)
+        a, b = obs[right - 1], obs[right]
+        lam = (inputs[:, tgt] - inputs[:, a]) / (inputs[:, b] - inputs[:, a])
+        ya, yb = values[:, a], values[:, b]
+        return sphere.exp(ya, lam * sphere.log(ya, yb))
 
     def _plot(self, path: Path, data: Tensor, samples: Tensor) -> None:
         from matplotlib.figure import Figure
-
-        from geodiffusion.data.earth import sphere_to_lat_lon
 
         fig = Figure(figsize=(12, 3.6), layout="constrained")
         axes = fig.subplots(1, 2, subplot_kw={"projection": "mollweide"})
         for ax, (title, tracks) in zip(axes, (("data tracks", data), ("model samples", samples)), strict=True):
             for k, track in enumerate(tracks[:10].detach().cpu().double()):
-                lat, lon = (torch.deg2rad(v) for v in sphere_to_lat_lon(track))
-                # break the line where a track crosses the antimeridian, instead of drawing across the map
-                cut = 1 + torch.nonzero((lon[1:] - lon[:-1]).abs() > torch.pi).flatten().numpy()
-                lon, lat = np.insert(lon.numpy(), cut, np.nan), np.insert(lat.numpy(), cut, np.nan)
-                ax.plot(lon, lat, ".-", ms=3, lw=0.8, color=f"C{k}")
+                ax.plot(*self._map_line(track), ".-", ms=3, lw=0.8, color=f"C{k}")
             ax.set_title(title)
             ax.grid(True, alpha=0.3)
+        fig.savefig(path, dpi=100)
+
+    @staticmethod
+    def _map_line(track: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Longitudes and latitudes (radians) of points ``[n, 3]``, broken where the line crosses the antimeridian."""
+        from geodiffusion.data.earth import sphere_to_lat_lon
+
+        lat, lon = (torch.deg2rad(v) for v in sphere_to_lat_lon(track))
+        cut = 1 + torch.nonzero((lon[1:] - lon[:-1]).abs() > torch.pi).flatten().numpy()
+        return np.insert(lon.numpy(), cut, np.nan), np.insert(lat.numpy(), cut, np.nan)
+
+    def _plot_conditional(self, path: Path, result: dict[str, Tensor], n_tracks: int = 3) -> None:
+        from matplotlib.figure import Figure
+
+        n_tracks = min(n_tracks, len(result["values"]))
+        fig = Figure(figsize=(5 * n_tracks, 3.2), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, n_tracks, subplot_kw={"projection": "mollweide"}))
+        observed, targets = result["observed"], result["targets"]
+        for k, ax in enumerate(axes):
+            values = result["values"][k].double()
+            full = values.clone()
+            for sample in result["samples"][k, :10].double():
+                full[targets] = sample
+                ax.plot(*self._map_line(full), "-", lw=0.6, color="C0", alpha=0.5)
+            full[targets] = result["slerp"][k]
+            ax.plot(*self._map_line(full), "--", lw=1.0, color="C2", label="slerp")
+            lon, lat = self._map_line(values[targets])
+            ax.plot(lon, lat, "x", ms=5, color="C3", label="held out")
+            lon, lat = self._map_line(values[observed])
+            ax.plot(lon, lat, "o", ms=4, color="k", label="observed")
+            ax.set_title(f"held-out track {k}: conditional samples")
+            ax.grid(True, alpha=0.3)
+        axes[0].legend(loc="lower left", fontsize=7)
         fig.savefig(path, dpi=100)
