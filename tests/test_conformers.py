@@ -297,19 +297,23 @@ def test_batched_sampling_equals_per_molecule_runs():
 def test_sampler_with_exact_distance_score_recovers_the_reference_conformer(ethanol, mode):
     process = DistanceVEProcess()
     reference = ethanol.pos.double()
-    score = _oracle_score(process, edge_vectors(reference, ethanol.edge_index)[1])
-    rmsd = [
-        kabsch_rmsd(
-            ProjectionFreeSampler(mode=mode).sample(
-                score, process, (9, 3), graph=ethanol, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
-            ),
-            reference,
+    reference_distances = edge_vectors(reference, ethanol.edge_index)[1]
+    score = _oracle_score(process, reference_distances)
+    rmsd, residual = [], []
+    for seed in range(3):
+        x = ProjectionFreeSampler(mode=mode).sample(
+            score, process, (9, 3), graph=ethanol, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
         )
-        for seed in range(3)
-    ]
-    # a per-edge score has local optima (a hydrogen on the wrong side, RMSD ~0.75 A, distance residual ~0.6 A),
-    # which about half of the runs reach; converged runs must match the reference to a hundredth of an angstrom
+        rmsd.append(kabsch_rmsd(x, reference))
+        residual.append(float((edge_vectors(x, ethanol.edge_index)[1] - reference_distances).abs().max()))
+    # The per-edge (product) score has local optima on a sparse graph: a hydrogen on the wrong side, RMSD ~0.75 A
+    # with a graph distance off by ~0.6 A; about a third of the runs on ethanol end there (scripts/oracle_recovery.py:
+    # on shipped test molecules the local optima vanish as the graph is densified toward the complete graph).
+    # Every run must end either converged, at a hundredth of an angstrom in RMSD and in every edge length, or in
+    # such an optimum: an edge off by 0.03-0.3 A would be an unconverged run (step scheme, CG or corrector broken).
     assert min(rmsd) < 0.02, rmsd
+    for r, res in zip(rmsd, residual, strict=True):
+        assert (r < 0.02 and res < 0.03) or res > 0.3, (rmsd, residual)
 
 
 def test_sampler_rejects_bad_calls(ethanol):
