@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch_geometric.data import Batch
 
 import geodiffusion as gd
@@ -198,6 +199,8 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path):
     assert metrics["model_conformers_per_second"] > 0 and metrics["speed_ratio_model_over_etkdg"] > 0
     assert (tmp_path / "conformers.png").stat().st_size > 0 and (tmp_path / "model" / "checkpoints" / "last.pt").is_file()
     assert "not GEOM" in (tmp_path / "REFERENCES.txt").read_text()
+    with pytest.raises(ValidationError, match="max_hops"):
+        ConformersQM9Experiment.resolve_spec({"max_hops": 2}, quick=True)
 
 
 def test_skeletons_quick_run_learns_bone_lengths(tmp_path):

@@ -93,6 +93,29 @@ def test_radius_completion_reaches_min_degree_and_batches():
     assert int(torch.bincount(ei.flatten()).min()) >= 4 and bool((et == EDGE_TYPES.index("radius")).any())
 
 
+def test_max_hops_joins_every_pair_within_that_many_bonds():
+    chain = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8]])  # a 9-atom path: hop distance |i - j|
+    hop = lambda ei: (ei[1] - ei[0]).abs()  # noqa: E731
+    base, _ = extend_graph(9, chain)
+    five, types = extend_graph(9, chain, max_hops=5)
+    assert set(map(tuple, five.T.tolist())) == {(i, j) for i in range(9) for j in range(i + 1, 9) if j - i <= 5}
+    assert bool((types[hop(five) > 3] == EDGE_TYPES.index("radius")).all())
+    assert set(map(tuple, base.T.tolist())) <= set(map(tuple, five.T.tolist())) and int(hop(base).max()) == 4
+    full, _ = extend_graph(9, chain, max_hops=None)
+    assert torch.equal(full, complete_graph(9))
+    # relabelling the atoms relabels the graph
+    perm = torch.randperm(9, generator=torch.Generator().manual_seed(0))
+    inverse = torch.argsort(perm)
+    relabelled, _ = extend_graph(9, inverse[chain], max_hops=5)
+    mapped = {tuple(sorted(p)) for p in inverse[five].T.tolist()}
+    assert set(map(tuple, relabelled.T.tolist())) == mapped
+    ethanol = mol_to_graph(embedded("CCO"), max_hops=None)
+    assert ethanol.edge_index.shape[1] == 36 and ethanol.edge_attr.shape[1] == len(EDGE_TYPES)
+    for bad in (2, 0, 3.5, True):
+        with pytest.raises(ValueError, match="max_hops"):
+            extend_graph(9, chain, max_hops=bad)
+
+
 def test_small_molecules_use_the_complete_graph():
     water = mol_to_graph(embedded("O"))
     assert water.edge_index.shape[1] == 3

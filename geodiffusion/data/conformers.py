@@ -58,11 +58,11 @@ class ConformerEnsemble:
         """Reference coordinates ``[C, N, 3]`` in Å."""
         return torch.from_numpy(np.stack([c.GetPositions() for c in self.mol.GetConformers()])).to(dtype)
 
-    def graph(self, min_degree: int = 4):
+    def graph(self, min_degree: int = 4, max_hops: int | None = 3):
         """The extended graph (:func:`geodiffusion.conformers.mol_to_graph`) without coordinates."""
         from geodiffusion.conformers.graph import mol_to_graph
 
-        return mol_to_graph(self.mol, conformer=None, min_degree=min_degree)
+        return mol_to_graph(self.mol, conformer=None, min_degree=min_degree, max_hops=max_hops)
 
 
 def _files():
