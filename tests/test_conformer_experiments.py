@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from torch_geometric.data import Batch
 
 import geodiffusion as gd
+import geodiffusion.experiments.conformers as conformer_experiments
 from geodiffusion.conformers import edge_vectors, mol_to_graph, point_cloud_graph
 from geodiffusion.data import conformers as conformer_data
 from geodiffusion.data.conformers import load_conformers
@@ -174,7 +175,7 @@ def test_match_chirality_reflects_mirrored_samples():
 # --- experiments end to end ----------------------------------------------------------------------------------
 
 
-def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path):
+def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, monkeypatch):
     assert "conformers-qm9" in gd.registry(gd.Experiment) and "skeletons" in gd.registry(gd.Experiment)
     spec = ConformersQM9Experiment.resolve_spec(
         {
@@ -187,8 +188,17 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path):
         },
         quick=True,
     )
+    real_etkdg = conformer_experiments.etkdg_conformers
+
+    def failing_on_the_first_molecule(test, counts, seed=0):
+        out, seconds = real_etkdg(test, counts, seed)
+        return [out[0][:0]] + out[1:], seconds
+
+    monkeypatch.setattr(conformer_experiments, "etkdg_conformers", failing_on_the_first_molecule)
     metrics = ConformersQM9Experiment(spec).execute(tmp_path, progress=False)
     written = json.loads((tmp_path / "metrics.json").read_text())
+    # the molecule ETKDG could not embed covers nothing and stays out of the matching distance
+    assert metrics["etkdg_failed_molecules"] == 1 and metrics["etkdg_cov_r_mean"] <= 75
     assert written == metrics
     assert metrics["references_are_xtb_refined_not_geom"] == 1.0
     assert metrics["n_test_molecules"] == 4 and metrics["sampler_steps"] == 20

@@ -101,21 +101,25 @@ def sample_graphs(sampler: Sampler, model, process: DistanceVEProcess, graphs: l
 
 def etkdg_conformers(test: list[ConformerEnsemble], counts: list[int], seed: int = 0) -> tuple[list[Tensor], float]:
     """RDKit ETKDGv3 baseline: ``counts[k]`` conformers of ``test[k]``, one ``EmbedMolecule`` each with seed
-    ``10^7 + 10^6 seed + 1000 k + j`` (disjoint from the references' seeds < 10^6); failed embeddings are skipped.
+    ``10^7 + 10^6 seed + 1000 k + j`` (disjoint from the references' seeds < 10^6); an embedding that fails is
+    retried from random coordinates (``useRandomCoords``, RDKit's advice for strained cages), then skipped.
     Returns the coordinates ``[<= counts[k], N_k, 3]`` per molecule and the wall seconds."""
     from rdkit import Chem
     from rdkit.Chem import AllChem, rdDistGeom
 
-    params = rdDistGeom.ETKDGv3()
+    params, fallback = rdDistGeom.ETKDGv3(), rdDistGeom.ETKDGv3()
+    fallback.useRandomCoords = True
     out: list[Tensor] = []
     start = time.perf_counter()
     for e, n in zip(test, counts, strict=True):
         mol = Chem.Mol(e.mol)
         xyz = []
         for j in range(n):
-            params.randomSeed = ETKDG_SEED_BASE + 1_000_000 * seed + 1000 * e.index + j
-            if AllChem.EmbedMolecule(mol, params) == 0:
-                xyz.append(torch.from_numpy(mol.GetConformer().GetPositions()))
+            for p in (params, fallback):
+                p.randomSeed = ETKDG_SEED_BASE + 1_000_000 * seed + 1000 * e.index + j
+                if AllChem.EmbedMolecule(mol, p) == 0:
+                    xyz.append(torch.from_numpy(mol.GetConformer().GetPositions()))
+                    break
         out.append(torch.stack(xyz) if xyz else torch.zeros(0, e.n_atoms, 3, dtype=torch.float64))
     return out, time.perf_counter() - start
 
@@ -180,7 +184,8 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
 
     Metrics (COV in %, MAT in Å, mean and median over test molecules): ``model_cov_r_mean``, ``model_mat_r_mean``,
     ``model_cov_p_mean``, ``model_mat_p_mean`` (and ``_median``), the same with prefix ``etkdg_``;
-    ``model_conformers_per_second``, ``etkdg_conformers_per_second``, ``speed_ratio_model_over_etkdg``;
+    ``model_conformers_per_second``, ``etkdg_conformers_per_second``, ``speed_ratio_model_over_etkdg``,
+    ``etkdg_failed_molecules`` (no embedding from any seed: COV 0, left out of the ETKDG MAT);
     ``n_test_molecules``, ``n_reference_conformers``, ``n_train_molecules``, ``train_seconds``, ``final_loss``;
     ``references_are_xtb_refined_not_geom`` (1: GFN2-xTB-refined, 0: the MMFF fallback; never GEOM).
     Plot: ``conformers.png`` (loss, COV-R against the threshold, per-molecule MAT-R of both methods).
@@ -262,11 +267,24 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         }
         if s.etkdg:
             etkdg_samples, etkdg_seconds = etkdg_conformers(test, counts, s.seed)
-            for x, e in zip(etkdg_samples, test, strict=True):
-                d = heavy_atom_rmsd_matrix(e.mol, x) if x.shape[0] else torch.full((e.n_conformers, 1), 1e3)
+            embedded = [x.shape[0] > 0 for x in etkdg_samples]
+            for x, e, ok in zip(etkdg_samples, test, embedded, strict=True):
+                d = heavy_atom_rmsd_matrix(e.mol, x) if ok else None
                 rmsd_etkdg.append(d)
-                per_etkdg.append(coverage_matching(d, s.threshold))
-            metrics.update(summarise_coverage(per_etkdg, "etkdg_"))
+                if d is not None:
+                    per_etkdg.append(coverage_matching(d, s.threshold))
+            # a molecule ETKDG cannot embed covers nothing (COV 0) and has no matching distance: MAT is over the rest
+            failed = len(test) - len(per_etkdg)
+            zero = torch.zeros((), dtype=torch.float64)
+            covs = per_etkdg + [{"cov_r": zero, "cov_p": zero, "mat_r": zero, "mat_p": zero}] * failed
+            summary = summarise_coverage(covs, "etkdg_")
+            if per_etkdg:
+                matched = summarise_coverage(per_etkdg, "etkdg_")
+                summary.update({k: v for k, v in matched.items() if "_mat_" in k})
+            else:
+                summary.update({k: float("inf") for k in summary if "_mat_" in k})
+            metrics.update(summary)
+            metrics["etkdg_failed_molecules"] = float(failed)
             metrics["etkdg_conformers_per_second"] = sum(x.shape[0] for x in etkdg_samples) / etkdg_seconds
             metrics["speed_ratio_model_over_etkdg"] = (
                 metrics["model_conformers_per_second"] / metrics["etkdg_conformers_per_second"]
@@ -291,7 +309,7 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         self._plot(out_dir / "conformers.png", losses, rmsd_model, rmsd_etkdg)
         return metrics
 
-    def _plot(self, path: Path, losses: list[float], rmsd_model: list[Tensor], rmsd_etkdg: list[Tensor]) -> None:
+    def _plot(self, path: Path, losses: list[float], rmsd_model: list[Tensor], rmsd_etkdg: list[Tensor | None]) -> None:
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(15, 4), layout="constrained")
@@ -301,15 +319,17 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         for name, mats in (("model", rmsd_model), ("ETKDG", rmsd_etkdg)):
             if not mats:
                 continue
-            best = [m.nan_to_num(1e3, 1e3).min(1).values for m in mats]
+            # a molecule without conformers (ETKDG failure) covers nothing at any threshold
+            best = [m.nan_to_num(1e3, 1e3).min(1).values if m is not None else torch.full((1,), 1e3) for m in mats]
             cov = torch.stack([torch.stack([(b <= d).double().mean() for b in best]).mean() for d in grid])
             ax_cov.plot(grid.numpy(), 100 * cov.numpy(), label=name)
         ax_cov.axvline(self.spec.threshold, color="grey", ls=":")
         ax_cov.set(xlabel="threshold (Å)", ylabel="COV-R (%)", title="coverage vs threshold")
         ax_cov.legend()
-        if rmsd_etkdg:
-            a = torch.stack([m.nan_to_num(1e3, 1e3).min(1).values.mean() for m in rmsd_model]).clamp_max(3)
-            b = torch.stack([m.min(1).values.mean() for m in rmsd_etkdg]).clamp_max(3)
+        pairs = [(m, e) for m, e in zip(rmsd_model, rmsd_etkdg, strict=False) if e is not None]
+        if pairs:
+            a = torch.stack([m.nan_to_num(1e3, 1e3).min(1).values.mean() for m, _ in pairs]).clamp_max(3)
+            b = torch.stack([e.min(1).values.mean() for _, e in pairs]).clamp_max(3)
             ax_mat.scatter(b.numpy(), a.numpy(), s=8)
             top = float(max(a.max(), b.max()))
             ax_mat.plot([0, top], [0, top], color="grey", ls=":")
