@@ -15,7 +15,8 @@ Sections (method / baseline):
               reverse SDE (WT and FA / plain U-Net); conformers per second of the projection-free sampler /
               RDKit ETKDG on packaged test molecules.
   heat      - S^n heat-kernel log_prob + score evaluations per second, the auto hybrid / the plain eigen expansion
-              at equal accuracy; exact samples per second / the geodesic random walk at equal KS accuracy.
+              at equal accuracy; exact samples per second / the geodesic random walk whose KS statistic reaches
+              the median KS of as many exact draws.
   memory    - peak memory of one training step (or kernel evaluation) against problem size: points per function
               (bi-dimensional attention, EGNN), atoms (edge score network on chain graphs), dimension n of S^n
               (heat kernel), image side (U-Net); the growth exponent is the least-squares slope of log memory on
