@@ -40,7 +40,7 @@ from geodiffusion.processes.gp import FullGaussian, KernelFactor, OUGaussianProc
 from geodiffusion.registry import Component
 from geodiffusion.samplers._progress import CountingScore
 from geodiffusion.samplers.ode import ODEOptions, log_likelihood
-from geodiffusion.samplers.riemannian import _ambient_normal
+from geodiffusion.samplers.riemannian import _ambient_normal, geodesic_reverse_step
 from geodiffusion.spec import Spec
 
 __all__ = [
@@ -300,10 +300,8 @@ class _ManifoldContext(_Context):
         process, tb = self.process, self._times(t, z)
         score = self.output(tb, z)
         if kind == "sde":
-            g = process.diffusion(process.time_like(tb, z))
-            step = -process.reverse_drift(z, tb, score) * dt + g * math.sqrt(dt) * _ambient_normal(z, self.generator)
-        else:
-            step = -process.probability_flow_drift(z, tb, score) * dt
+            return geodesic_reverse_step(process, z, tb, score, dt, self.generator)
+        step = -process.probability_flow_drift(z, tb, score) * dt
         return self.manifold.exp(z, self.manifold.proj(z, step))
 
     def langevin_step(self, y: Tensor, t: float, gamma: float, preconditioner: str) -> Tensor:

@@ -167,6 +167,15 @@ def _time_grid(process: Process, eps: float, steps: int) -> list[float]:
 # --- the reverse SDE ---------------------------------------------------------------------------------
 
 
+def geodesic_reverse_step(process: Process, x: Tensor, t: Tensor, score: Tensor, dt: float, generator) -> Tensor:
+    r"""One geodesic Euler–Maruyama step of the reverse SDE from ``t`` to ``t - dt`` given ``score`` :math:`= s(t, x)`:
+    :math:`x \leftarrow \exp_x\big(P_x[-(f - g^2 s)\,\delta + g\sqrt\delta\,z]\big)`."""
+    z = _ambient_normal(x, generator)
+    g = process.diffusion(process.time_like(t, x))
+    step = -process.reverse_drift(x, t, score) * dt + g * math.sqrt(dt) * z
+    return _exp(process.manifold, x, _proj(process.manifold, x, step))
+
+
 class GeodesicEulerMaruyama(Sampler, kind="geodesic_euler_maruyama"):
     r"""Reverse SDE :math:`dX = [f - g^2 s(t, X)]\,dt + g\,d\bar B^M` by geodesic Euler–Maruyama from :math:`T` to
     :math:`\varepsilon` with ``steps`` equal steps :math:`\delta`:
@@ -185,7 +194,6 @@ class GeodesicEulerMaruyama(Sampler, kind="geodesic_euler_maruyama"):
     def sample(self, score, process, shape, *, generator=None, device=None, dtype=None, x_T=None, progress=False) -> Tensor:
         s = self.spec
         _check_eps(s.eps, process)
-        manifold = process.manifold
         x = self.initial_state(process, shape, generator, device, dtype, x_T)
         counted = CountingScore(score, progress, s.steps, "geodesic Euler-Maruyama")
         times = _time_grid(process, s.eps, s.steps)
@@ -194,10 +202,7 @@ class GeodesicEulerMaruyama(Sampler, kind="geodesic_euler_maruyama"):
             for t_now, t_next in zip(times[:-1], times[1:], strict=True):
                 dt = t_now - t_next
                 t = torch.full((batch,), t_now, dtype=x.real.dtype, device=x.device)
-                z = _ambient_normal(x, generator)
-                g = process.diffusion(process.time_like(t, x))
-                step = -process.reverse_drift(x, t, counted(t, x)) * dt + g * math.sqrt(dt) * z
-                x = _exp(manifold, x, _proj(manifold, x, step))
+                x = geodesic_reverse_step(process, x, t, counted(t, x), dt, generator)
         finally:
             counted.close()
         return x
