@@ -20,6 +20,16 @@ class Spec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
+    @classmethod
+    def with_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` (a dumped spec, e.g. from a checkpoint or ``spec.json``) as this class dumps it today: fields
+        added since it was written take their defaults. Data this class no longer accepts is returned unchanged,
+        so comparing it with a current dump reports the difference."""
+        try:
+            return cls.model_validate(data).model_dump(mode="json")
+        except ValueError:
+            return data
+
 
 def component_spec(base: type | None = None) -> Any:
     """Field type for a nested component of family ``base``: a Spec instance or a

@@ -183,14 +183,8 @@ class Experiment(Component, family=True):
                 previous = json.loads(spec_path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as err:
                 raise ValueError(f"{spec_path} is not valid JSON ({err}); choose another output folder") from err
-            current = self.spec.model_dump(mode="json")
-            if previous != current:
-                # a run written before a spec field existed resumes if that field keeps its default
-                try:
-                    previous = type(self.spec).model_validate(previous).model_dump(mode="json")
-                except ValueError:
-                    pass
-            if previous != current:
+            # a run written before a spec field existed resumes if that field keeps its default
+            if type(self.spec).with_defaults(previous) != self.spec.model_dump(mode="json"):
                 raise ValueError(f"{out_dir} holds a run of a different spec; choose another output folder")
 
     def execute(

@@ -291,13 +291,10 @@ class TrainerBase(ABC):
             who = f"by {kind}" if kind is not None else "by an earlier version of geodiffusion"
             lacking = f" (it lacks {', '.join(missing)})" if missing else ""
             raise ValueError(f"the checkpoint was written {who}{lacking}; {expected} cannot resume it: use another out_dir")
-        saved, current = state["spec"], self.spec.model_dump(mode="json")
         # a field added after the checkpoint was written had its default then; a cosine schedule ends at `steps`
-        fields = type(self.spec).model_fields
+        saved, current = type(self.spec).with_defaults(state["spec"]), self.spec.model_dump(mode="json")
         resumable = _RESUMABLE_CHANGES - ({"steps"} if current.get("lr_schedule") == "cosine" else set())
-        changed = sorted(
-            k for k in current if k not in resumable and saved.get(k, fields[k].default if k in fields else None) != current[k]
-        )
+        changed = sorted(k for k in current if k not in resumable and saved.get(k) != current[k])
         if changed:
             diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
             raise ValueError(f"the checkpoint was trained with different settings ({diffs}); resuming would not reproduce it")
