@@ -20,7 +20,7 @@ from geodiffusion.experiments.conformers import ConformersQM9Experiment, Skeleto
 from geodiffusion.models.edge import EdgeScoreModel
 from geodiffusion.processes.distance import DistanceVEProcess
 from geodiffusion.samplers.projection_free import DistanceToCoordinates, ProjectionFreeSampler
-from geodiffusion.training.graph import GraphTrainer, distance_dsm_loss
+from geodiffusion.training.graph import DistanceDSMValidation, GraphTrainer, distance_dsm_loss
 
 Chem = pytest.importorskip("rdkit.Chem")
 AllChem = pytest.importorskip("rdkit.Chem.AllChem")
@@ -74,13 +74,14 @@ def test_descent_step_never_increases_the_linearised_residual(molecule):
 def test_packaged_splits_verify_and_are_disjoint_by_molecule():
     test = load_conformers("test")
     train = load_conformers("train")
-    assert len(test) >= 100 and len(train) >= 100
-    canon = {Chem.MolToSmiles(Chem.MolFromSmiles(e.smiles)) for e in train}
-    assert not canon & {Chem.MolToSmiles(Chem.MolFromSmiles(e.smiles)) for e in test}
+    val = load_conformers("val")
+    assert len(test) >= 200 and len(train) >= 300 and len(val) >= 30
+    canon = [{Chem.MolToSmiles(Chem.MolFromSmiles(e.smiles)) for e in split} for split in (train, val, test)]
+    assert not canon[0] & canon[1] and not canon[0] & canon[2] and not canon[1] & canon[2]
     e = test[0]
     assert e.n_conformers <= e.cap and e.coordinates().shape == (e.n_conformers, e.n_atoms, 3)
     assert e.rel_energy_kcal[0] == 0.0 and list(e.rel_energy_kcal) == sorted(e.rel_energy_kcal)
-    assert all(x.method == "GFN2-xTB" for x in test + train)
+    assert all(x.method == "GFN2-xTB" for x in test + train + val)
     assert all(a.GetAtomicNum() != 1 or a.GetDegree() == 1 for a in e.mol.GetAtoms())  # explicit H kept
     assert len(load_conformers("test", limit=3, max_atoms=15)) == 3
 
@@ -141,6 +142,32 @@ def test_graph_trainer_resumes_bit_for_bit(tmp_path, molecule):
         GraphTrainer(EdgeScoreModel(**TINY_MODEL), process, [molecule], [confs], {**spec, "batch_size": 2})
 
 
+def test_distance_dsm_validation_is_a_fixed_noise_per_edge_mean(molecule):
+    process = DistanceVEProcess(sigma_max=5.0)
+    torch.manual_seed(0)
+    model = EdgeScoreModel(**TINY_MODEL, process=process.spec)
+    confs = molecule.pos.unsqueeze(0) + 0.05 * torch.randn(3, molecule.num_nodes, 3, generator=torch.Generator().manual_seed(5))
+    small = point_cloud_graph(bonds=torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]]), num_nodes=5)
+    small_confs = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(6))
+    graphs, conformers = [molecule, small], [confs, small_confs]
+    validation = DistanceDSMValidation(process, graphs, conformers, draws=3, seed=11, chunk=2)
+    value = validation(model)
+    assert value == validation(model) and value != DistanceDSMValidation(process, graphs, conformers, draws=3, seed=12)(model)
+    whole = DistanceDSMValidation(process, graphs, conformers, draws=3, seed=11, chunk=64)
+    assert value == pytest.approx(whole(model), rel=1e-5)  # one batch or three: the same draws
+    # a value of the loss: its mean over many draws is distance_dsm_loss's expectation on the five pairs
+    items = Batch.from_data_list([g.clone().update({"pos": p}) for g, c in zip(graphs, conformers, strict=True) for p in c])
+    gen = torch.Generator().manual_seed(13)
+    with torch.no_grad():
+        direct = torch.tensor([float(distance_dsm_loss(model, process, items, generator=gen)) for _ in range(400)])
+    many = DistanceDSMValidation(process, graphs, conformers, draws=400, seed=11, chunk=64)(model)
+    assert abs(many - float(direct.mean())) < 4 * float(direct.std()) * (2 / 400) ** 0.5
+    with pytest.raises(ValueError, match="conformers\\[1\\]"):
+        DistanceDSMValidation(process, graphs, [confs, small_confs[:, :4]])
+    with pytest.raises(ValueError, match="draws"):
+        DistanceDSMValidation(process, graphs, conformers, draws=0)
+
+
 # --- skeletons and chirality --------------------------------------------------------------------------------
 
 
@@ -181,6 +208,8 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
         {
             "n_train": 24,
             "n_test": 4,
+            "n_val": 3,
+            "select": "best_val",
             "max_atoms": 18,
             "model": TINY_MODEL,
             "training": {"steps": 20, "batch_size": 8, "checkpoint_every": 10, "log_every": 5},
@@ -209,8 +238,13 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     assert metrics["model_conformers_per_second"] > 0 and metrics["speed_ratio_model_over_etkdg"] > 0
     assert (tmp_path / "conformers.png").stat().st_size > 0 and (tmp_path / "model" / "checkpoints" / "last.pt").is_file()
     assert "not GEOM" in (tmp_path / "REFERENCES.txt").read_text()
+    # held-out molecules scored at the checkpoints (10, 20); the best step's EMA weights sampled the test set
+    assert metrics["n_val_molecules"] == 3 and metrics["val_best_step"] in (10, 20)
+    assert metrics["sampled_step"] == metrics["val_best_step"] and metrics["val_loss_best"] <= metrics["val_loss_final"]
     with pytest.raises(ValidationError, match="max_hops"):
         ConformersQM9Experiment.resolve_spec({"max_hops": 2}, quick=True)
+    with pytest.raises(ValidationError, match="n_val"):
+        ConformersQM9Experiment.resolve_spec({"n_val": 0, "select": "best_val"}, quick=True)
 
 
 def test_skeletons_quick_run_learns_bone_lengths(tmp_path):

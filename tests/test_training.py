@@ -485,3 +485,70 @@ def test_training_spec_validates_ranges(field, value):
     with pytest.raises(ValidationError, match=field):
         TrainingSpec(**{field: value})
     assert TrainingSpec(grad_clip=None).grad_clip is None
+
+
+def held_out_dsm(process, data, seed=7):
+    """A validation: the DSM loss on held-out points with the same times and noise at every call."""
+
+    def validation(model):
+        return float(dsm_loss(model, process, data, generator=torch.Generator().manual_seed(seed), weighting="sigma2"))
+
+    return validation
+
+
+def test_validation_runs_at_checkpoints_keeps_the_best_weights_and_resumes_bitwise(tmp_path, monkeypatch):
+    process = gd.VPProcess()
+    data = gaussian_data(200, seed=0, dtype=torch.float32)
+    validation = held_out_dsm(process, gaussian_data(64, seed=9, dtype=torch.float32))
+    plain = Trainer(small_model(), process, data, spec(), progress=False)
+    plain.fit()
+    straight = Trainer(small_model(), process, data, spec(), progress=False, validation=validation)
+    straight.fit()
+    # validation draws from its own generator: the training steps are those of a run without it
+    assert_bitwise_equal(plain, straight)
+    assert [s for s, _ in straight.val_history] == [5, 10, 15, 20, 24]
+    step, best = straight.best_validation
+    assert best == min(v for _, v in straight.val_history)
+    # the kept weights are the EMA weights of that step: validating them again gives the same value
+    assert validation(straight.best_model()) == best
+    if step != 24:
+        assert validation(straight.ema_model) != best
+
+    real_loss, calls = trainer_module.dsm_loss, {"n": 0}
+
+    def crashing_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 18:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "dsm_loss", crashing_loss)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(small_model(), process, data, spec(), out_dir=tmp_path, progress=False, validation=validation).fit()
+    monkeypatch.undo()
+    resumed = Trainer(small_model(seed=2), process, data, spec(), out_dir=tmp_path, progress=False, validation=validation)
+    resumed.fit()
+    assert_bitwise_equal(straight, resumed)
+    assert resumed.val_history == straight.val_history
+    for p, q in zip(resumed.best_model().parameters(), straight.best_model().parameters(), strict=True):
+        assert torch.equal(p, q)
+    records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    # joined to the loss line where a checkpoint step is logged (20, 24), a line of its own otherwise
+    assert [(r["step"], r.get("val_loss")) for r in records if "val_loss" in r] == straight.val_history
+    assert {r["step"]: set(r) for r in records}[5] == {"step", "val_loss"}
+    assert "loss" in {r["step"]: r for r in records}[20]
+
+
+def test_validation_is_checked():
+    process = gd.VPProcess()
+    data = gaussian_data(100, seed=0, dtype=torch.float32)
+    with pytest.raises(TypeError, match="validation"):
+        Trainer(small_model(), process, data, spec(), progress=False, validation=0.5)
+    unvalidated = Trainer(small_model(), process, data, spec(steps=3), progress=False)
+    unvalidated.fit()
+    assert unvalidated.best_validation is None
+    with pytest.raises(ValueError, match="validation"):
+        unvalidated.best_model()
+    broken = Trainer(small_model(), process, data, spec(steps=5), progress=False, validation=lambda model: float("nan"))
+    with pytest.raises(FloatingPointError, match="validation gave nan at step 5"):
+        broken.fit()

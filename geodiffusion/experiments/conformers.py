@@ -42,7 +42,7 @@ from geodiffusion.processes.distance import DistanceVEProcess
 from geodiffusion.registry import build
 from geodiffusion.samplers.base import Sampler
 from geodiffusion.spec import component_spec
-from geodiffusion.training.graph import GraphTrainer
+from geodiffusion.training.graph import DistanceDSMValidation, GraphTrainer
 from geodiffusion.training.trainer import TrainingSpec, derive_seed
 
 __all__ = [
@@ -160,22 +160,35 @@ class _GraphDiffusionSpec(ExperimentSpec):
 class _GraphDiffusion(Experiment):
     threads = 1  # small graphs; on shared cores extra intra-op threads oversubscribe
 
-    def _train(self, graphs, conformers, out_dir: Path, device, progress):
+    def _train(self, graphs, conformers, out_dir: Path, device, progress, val=None):
+        """Fit the edge score model; ``val``: (graphs, conformers) whose held-out DSM loss is tracked at checkpoints."""
         s = self.spec
         dtype = getattr(torch, s.dtype)
         process = build(s.process, Process)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(s.seed, "init"))
             model = build(s.model, ScoreModel).to(dtype)
-        trainer = GraphTrainer(model, process, graphs, conformers, s.training, out_dir / "model", device, progress)
+        validation = None
+        if val is not None:
+            t = s.training
+            validation = DistanceDSMValidation(
+                process, *val, seed=derive_seed(s.seed, "validation"), eps=t.eps, weighting=t.weighting, chunk=s.sample_chunk
+            )
+        trainer = GraphTrainer(
+            model, process, graphs, conformers, s.training, out_dir / "model", device, progress, validation=validation
+        )
         losses = trainer.fit()
         return trainer, process, losses
 
-    def _plot_losses(self, ax, losses: list[float]) -> None:
+    def _plot_losses(self, ax, losses: list[float], val_history: list[tuple[int, float]] = ()) -> None:
         values = torch.tensor(losses, dtype=torch.float64)
         width = max(1, len(values) // 50)
         smooth = values.unfold(0, width, 1).mean(-1) if len(values) >= width else values
-        ax.plot(np.arange(len(smooth)) + width, smooth.numpy())
+        ax.plot(np.arange(len(smooth)) + width, smooth.numpy(), label="training (smoothed)")
+        if val_history:
+            steps, vals = zip(*val_history, strict=True)
+            ax.plot(steps, vals, "o-", ms=3, label="validation")
+            ax.legend()
         ax.set(xlabel="step", ylabel="distance DSM loss", yscale="log", title="training")
 
 
@@ -187,6 +200,9 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
     ``model_conformers_per_second``, ``etkdg_conformers_per_second``, ``speed_ratio_model_over_etkdg``,
     ``etkdg_failed_molecules`` (no embedding from any seed: COV 0, left out of the ETKDG MAT);
     ``n_test_molecules``, ``n_reference_conformers``, ``n_train_molecules``, ``train_seconds``, ``final_loss``;
+    with a validation split (``n_val`` not 0): ``n_val_molecules``, ``val_loss_final``, ``val_loss_best``,
+    ``val_best_step`` (held-out distance DSM loss of the EMA model at each checkpoint, fixed noise) and
+    ``sampled_step`` (the step whose EMA weights sampled the test set, see ``select``);
     ``references_are_xtb_refined_not_geom`` (1: GFN2-xTB-refined, 0: the MMFF fallback; never GEOM).
     Plot: ``conformers.png`` (loss, COV-R against the threshold, per-molecule MAT-R of both methods).
     """
@@ -194,6 +210,7 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
     quick_overrides = {
         "n_train": 64,
         "n_test": 12,
+        "n_val": 8,
         "max_atoms": 21,
         "model": {"hidden": 32, "layers": 3, "rbf": 16},
         "training": {"steps": 1000, "batch_size": 16, "lr": 2e-3, "ema_decay": 0.99, "checkpoint_every": 250, "log_every": 25},
@@ -208,6 +225,12 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         )
         n_train: int | None = Field(None, ge=1, description="training molecules (None: all packaged)")
         n_test: int | None = Field(None, ge=1, description="test molecules (None: all packaged)")
+        n_val: int | None = Field(
+            None, ge=0, description="validation molecules, scored at every checkpoint (None: all packaged; 0: none)"
+        )
+        select: Literal["last", "best_val"] = Field(
+            "last", description="EMA weights that sample the test set: the last step's, or the lowest validation loss's"
+        )
         max_atoms: int | None = Field(None, ge=2, description="drop molecules with more atoms (with H)")
         threshold: float = Field(QM9_THRESHOLD, gt=0, description="COV threshold delta in Angstrom")
         samples_per_reference: int = Field(2, ge=1, description="generated conformers per reference conformer")
@@ -221,6 +244,8 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         def _batch(self):
             if self.n_train is not None and self.training.batch_size > self.n_train:
                 raise ValueError(f"training.batch_size ({self.training.batch_size}) exceeds n_train ({self.n_train})")
+            if self.select == "best_val" and self.n_val == 0:
+                raise ValueError("select='best_val' needs validation molecules: n_val must not be 0")
             return self
 
     def run(self, out_dir: Path, *, device: torch.device, progress: bool) -> dict[str, float]:
@@ -228,9 +253,15 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         dtype = getattr(torch, s.dtype)
         train = load_conformers("train", limit=s.n_train, max_atoms=s.max_atoms)
         test = load_conformers("test", limit=s.n_test, max_atoms=s.max_atoms)
+        val = load_conformers("val", limit=s.n_val, max_atoms=s.max_atoms) if s.n_val != 0 else []
+        if s.select == "best_val" and not val:
+            raise ValueError(f"select='best_val': no validation molecule has at most max_atoms={s.max_atoms} atoms")
         graphs = [e.graph(max_hops=s.max_hops) for e in train]
-        trainer, process, losses = self._train(graphs, [e.coordinates(dtype) for e in train], out_dir, device, progress)
-        model = trainer.ema_model
+        val_items = ([e.graph(max_hops=s.max_hops) for e in val], [e.coordinates(dtype) for e in val]) if val else None
+        trainer, process, losses = self._train(
+            graphs, [e.coordinates(dtype) for e in train], out_dir, device, progress, val_items
+        )
+        model = trainer.best_model() if s.select == "best_val" else trainer.ema_model
         sampler = build(s.sampler, Sampler)
 
         # model: all test molecules' 2K copies in chunks of one PyG batch each
@@ -302,19 +333,37 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
                 "references_are_xtb_refined_not_geom": float(all(e.method == "GFN2-xTB" for e in test)),
             }
         )
+        if trainer.val_history:
+            best_step, best = trainer.best_validation
+            metrics.update(
+                {
+                    "n_val_molecules": float(len(val)),
+                    "val_loss_final": trainer.val_history[-1][1],
+                    "val_loss_best": best,
+                    "val_best_step": float(best_step),
+                    "sampled_step": float(best_step if s.select == "best_val" else trainer.step),
+                }
+            )
         (out_dir / "REFERENCES.txt").write_text(
             f"{REFERENCE_NOTE}; methods: {sorted({e.method for e in test})}\n", encoding="utf-8"
         )
         torch.save({"smiles": [e.smiles for e in test], "model": samples}, out_dir / "samples.pt")
-        self._plot(out_dir / "conformers.png", losses, rmsd_model, rmsd_etkdg)
+        self._plot(out_dir / "conformers.png", losses, rmsd_model, rmsd_etkdg, trainer.val_history)
         return metrics
 
-    def _plot(self, path: Path, losses: list[float], rmsd_model: list[Tensor], rmsd_etkdg: list[Tensor | None]) -> None:
+    def _plot(
+        self,
+        path: Path,
+        losses: list[float],
+        rmsd_model: list[Tensor],
+        rmsd_etkdg: list[Tensor | None],
+        val_history: list[tuple[int, float]],
+    ) -> None:
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(15, 4), layout="constrained")
         ax_loss, ax_cov, ax_mat = fig.subplots(1, 3)
-        self._plot_losses(ax_loss, losses)
+        self._plot_losses(ax_loss, losses, val_history)
         grid = torch.linspace(0.0, 1.5, 61, dtype=torch.float64)
         for name, mats in (("model", rmsd_model), ("ETKDG", rmsd_etkdg)):
             if not mats:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from geodiffusion._validation import check_tensor
 from geodiffusion.processes.bridges import BridgeWeighting, DiffusionBridge, bridge_score_matching_loss
 from geodiffusion.training.distributed import RankSlicedScore
-from geodiffusion.training.trainer import TrainerBase, TrainingSpec
+from geodiffusion.training.trainer import TrainerBase, TrainingSpec, Validation
 
 __all__ = ["BridgeTrainer"]
 
@@ -41,6 +41,7 @@ class BridgeTrainer(TrainerBase):
         progress: bool = True,
         distributed: bool | None = None,
         weighting: BridgeWeighting = "x0",
+        validation: Validation | None = None,
     ) -> None:
         if not isinstance(bridge, DiffusionBridge):
             raise TypeError(f"bridge: expected a DiffusionBridge, got {type(bridge).__name__}")
@@ -57,7 +58,9 @@ class BridgeTrainer(TrainerBase):
         if weighting not in ("x0", "score"):
             raise ValueError(f"weighting: expected 'x0' or 'score', got {weighting!r}")
         self.x0, self.x_T, self.weighting = x0, x_T, weighting
-        super().__init__(model, bridge, spec, out_dir, device if device is not None else x0.device, progress, distributed)
+        super().__init__(
+            model, bridge, spec, out_dir, device if device is not None else x0.device, progress, distributed, validation
+        )
         if not max(self.spec.eps, 1e-4) < 0.5 * bridge.T:
             raise ValueError(f"spec.eps ({self.spec.eps}) must be below T/2 = {bridge.T / 2}")
 

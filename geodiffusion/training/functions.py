@@ -25,7 +25,7 @@ from geodiffusion._validation import check_finite
 from geodiffusion.processes.base import Process
 from geodiffusion.processes.gp import OUGaussianProcess
 from geodiffusion.training.distributed import RankSlicedScore
-from geodiffusion.training.trainer import LRScheduleSpec, TrainerBase, derive_seed
+from geodiffusion.training.trainer import LRScheduleSpec, TrainerBase, Validation, derive_seed
 
 __all__ = [
     "FunctionTrainingSpec",
@@ -172,6 +172,7 @@ class FunctionTrainer(TrainerBase):
         device: str | torch.device | None = None,
         progress: bool = False,
         distributed: bool | None = None,
+        validation: Validation | None = None,
     ) -> None:
         spec = self._coerce_spec(spec)
         self._manifold = getattr(process, "manifold", None)
@@ -193,7 +194,9 @@ class FunctionTrainer(TrainerBase):
         if dtype != values.dtype:
             raise ValueError(f"values have dtype {values.dtype} but the model's parameters are {dtype}")
         self.inputs, self.values = inputs, values
-        super().__init__(model, process, spec, out_dir, device if device is not None else values.device, progress, distributed)
+        super().__init__(
+            model, process, spec, out_dir, device if device is not None else values.device, progress, distributed, validation
+        )
 
     @property
     def num_items(self) -> int:

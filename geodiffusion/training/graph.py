@@ -26,9 +26,9 @@ from geodiffusion._random import rand, randn
 from geodiffusion.conformers.graph import edge_vectors
 from geodiffusion.processes.distance import DistanceVEProcess, NoncentralChi3
 from geodiffusion.training.distributed import RankSlicedGraphScore
-from geodiffusion.training.trainer import TrainerBase, TrainingSpec
+from geodiffusion.training.trainer import TrainerBase, TrainingSpec, Validation
 
-__all__ = ["distance_dsm_loss", "GraphTrainer"]
+__all__ = ["distance_dsm_loss", "GraphTrainer", "DistanceDSMValidation"]
 
 
 def _graph_index(batch: Data) -> tuple[Tensor, int]:
@@ -62,11 +62,17 @@ def distance_dsm_loss(
         raise ValueError(f"eps: expected a value in [0, T={process.T}), got {eps}")
     pos = batch.pos
     dtype, device = pos.dtype, pos.device
-    node_batch, n_graphs = _graph_index(batch)
+    _, n_graphs = _graph_index(batch)
+    t = eps + (process.T - eps) * rand((n_graphs,), generator, dtype=dtype, device=device)
+    return _distance_dsm(model, process, batch, t, randn(pos.shape, generator, dtype=dtype, device=device), weighting)
+
+
+def _distance_dsm(model: nn.Module, process: DistanceVEProcess, batch: Data, t: Tensor, noise: Tensor, weighting: str) -> Tensor:
+    r""":math:`\mathcal{L}(\theta)` at given times ``t [G]`` and coordinate noise ``noise [N, 3]``."""
+    pos = batch.pos
+    node_batch, _ = _graph_index(batch)
     edge_index = batch.edge_index
-    u = rand((n_graphs,), generator, dtype=dtype, device=device)
-    t = eps + (process.T - eps) * u
-    noisy = pos + process.coordinate_std(t)[node_batch].unsqueeze(-1) * randn(pos.shape, generator, dtype=dtype, device=device)
+    noisy = pos + process.coordinate_std(t)[node_batch].unsqueeze(-1) * noise
     _, d0 = edge_vectors(pos, edge_index)
     _, dt = edge_vectors(noisy, edge_index)
     edge_t = t[node_batch[edge_index[0]]]
@@ -76,6 +82,88 @@ def distance_dsm_loss(
     if weighting == "sigma2":
         residual = residual * scale
     return residual.pow(2).mean()
+
+
+def _check_items(graphs: Sequence[Data], conformers: Sequence[Tensor]) -> None:
+    if len(graphs) != len(conformers) or not graphs:
+        raise ValueError(f"graphs and conformers: expected equal non-zero lengths, got {len(graphs)} and {len(conformers)}")
+    for k, (g, c) in enumerate(zip(graphs, conformers, strict=True)):
+        if c.dim() != 3 or c.shape[1:] != (g.num_nodes, 3) or c.shape[0] == 0:
+            raise ValueError(f"conformers[{k}]: expected [C >= 1, {g.num_nodes}, 3], got {list(c.shape)}")
+        if not bool(torch.isfinite(c).all()):
+            raise ValueError(f"conformers[{k}]: expected finite coordinates, found NaN or inf")
+
+
+def _collate(graphs: Sequence[Data], conformers: Sequence[Tensor], chunk: int) -> list[Batch]:
+    """Every (graph, conformer) pair with ``pos`` set, in PyG batches of at most ``chunk`` graphs."""
+    items = []
+    for g, c in zip(graphs, conformers, strict=True):
+        for pos in c:
+            item = g.clone()
+            item.pos = pos
+            items.append(item)
+    return [Batch.from_data_list(items[k : k + chunk]) for k in range(0, len(items), chunk)]
+
+
+class DistanceDSMValidation:
+    r"""Held-out :math:`\mathcal{L}(\theta)`: the DSM loss over every conformer of every validation graph at
+    ``draws`` times and noises per conformer, drawn once (from ``seed``), averaged per edge. Every call sees the
+    same :math:`(t, \varepsilon)`, so values at different training steps differ only through :math:`\theta`,
+    and the value does not depend on ``chunk``.
+
+    A :data:`~geodiffusion.training.Validation` for :class:`GraphTrainer` (``validation=``); batches of at most
+    ``chunk`` graphs run on the model's device in its dtype.
+    """
+
+    def __init__(
+        self,
+        process: DistanceVEProcess,
+        graphs: Sequence[Data],
+        conformers: Sequence[Tensor],
+        *,
+        draws: int = 4,
+        seed: int = 0,
+        eps: float = 1e-3,
+        weighting: str = "sigma2",
+        chunk: int = 256,
+    ) -> None:
+        if not isinstance(process, DistanceVEProcess):
+            raise TypeError(f"process: expected a DistanceVEProcess, got {type(process).__name__}")
+        _check_items(graphs, conformers)
+        for name, value in (("draws", draws), ("chunk", chunk)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if weighting not in ("sigma2", "none"):
+            raise ValueError(f"weighting: expected 'sigma2' or 'none' for distance DSM, got {weighting!r}")
+        if not 0 <= eps < process.T:
+            raise ValueError(f"eps: expected a value in [0, T={process.T}), got {eps}")
+        self.process, self.weighting = process, weighting
+        self.batches = _collate(graphs, conformers, chunk)
+        generator = torch.Generator().manual_seed(seed)
+        # (t [G], noise [N, 3]) per draw and batch, from per-item draws: the same whatever the chunking
+        n_items = sum(b.num_graphs for b in self.batches)
+        n_nodes = sum(b.num_nodes for b in self.batches)
+        t = eps + (process.T - eps) * torch.rand((draws, n_items), generator=generator, dtype=torch.float64)
+        noise = torch.randn((draws, n_nodes, 3), generator=generator, dtype=torch.float64)
+        g_sizes = [b.num_graphs for b in self.batches]
+        n_sizes = [b.num_nodes for b in self.batches]
+        self.draws = [
+            list(zip(t_k.split(g_sizes), noise_k.split(n_sizes), strict=True)) for t_k, noise_k in zip(t, noise, strict=True)
+        ]
+
+    def __call__(self, model: nn.Module) -> float:
+        param = next(model.parameters())
+        total, edges = 0.0, 0
+        with torch.no_grad():
+            for draw in self.draws:
+                for batch, (t, noise) in zip(self.batches, draw, strict=True):
+                    batch = batch.to(param.device)
+                    batch.pos = batch.pos.to(param.dtype)
+                    cast = {"dtype": param.dtype, "device": param.device}
+                    loss = _distance_dsm(model, self.process, batch, t.to(**cast), noise.to(**cast), self.weighting)
+                    total += float(loss) * batch.num_edges
+                    edges += batch.num_edges
+        return total / edges
 
 
 class GraphTrainer(TrainerBase):
@@ -104,23 +192,20 @@ class GraphTrainer(TrainerBase):
         device: str | torch.device | None = None,
         progress: bool = False,
         distributed: bool | None = None,
+        validation: Validation | None = None,
     ) -> None:
         spec = self._coerce_spec(spec)
         if not isinstance(process, DistanceVEProcess):
             raise ValueError(f"process: expected a DistanceVEProcess, got {type(process).__name__}")
         if spec.weighting not in ("sigma2", "none"):
             raise ValueError(f"weighting: expected 'sigma2' or 'none' for distance DSM, got {spec.weighting!r}")
-        if len(graphs) != len(conformers) or not graphs:
-            raise ValueError(f"graphs and conformers: expected equal non-zero lengths, got {len(graphs)} and {len(conformers)}")
-        for k, (g, c) in enumerate(zip(graphs, conformers, strict=True)):
-            if c.dim() != 3 or c.shape[1:] != (g.num_nodes, 3) or c.shape[0] == 0:
-                raise ValueError(f"conformers[{k}]: expected [C >= 1, {g.num_nodes}, 3], got {list(c.shape)}")
-            if not bool(torch.isfinite(c).all()):
-                raise ValueError(f"conformers[{k}]: expected finite coordinates, found NaN or inf")
+        _check_items(graphs, conformers)
         self.dtype = self._trainable_parameters(model)[0].dtype
         self.graphs = [g.clone() for g in graphs]
         self.conformers = [c.to(self.dtype) for c in conformers]
-        super().__init__(model, process, spec, out_dir, device if device is not None else "cpu", progress, distributed)
+        super().__init__(
+            model, process, spec, out_dir, device if device is not None else "cpu", progress, distributed, validation
+        )
 
     @property
     def losses(self) -> list[float]:

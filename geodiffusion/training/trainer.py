@@ -7,11 +7,13 @@ r"""Training loop for score models: AdamW on a DSM loss, EMA, clipping, seeded, 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -37,7 +39,10 @@ from geodiffusion.training.ema import EMA
 from geodiffusion.training.losses import Weighting, dsm_loss
 from geodiffusion.training.riemannian import riemannian_dsm_loss
 
-__all__ = ["LRScheduleSpec", "TrainingSpec", "TrainerBase", "Trainer", "derive_seed"]
+__all__ = ["LRScheduleSpec", "TrainingSpec", "TrainerBase", "Trainer", "Validation", "derive_seed"]
+
+#: a held-out score of the EMA model, lower is better (e.g. a DSM loss on validation data with fixed noise)
+Validation = Callable[[nn.Module], float]
 
 CHECKPOINT_FORMAT = 1
 # fields that may change between an interrupted run and its resumption without changing the result
@@ -128,6 +133,12 @@ class TrainerBase(ABC):
     under torchrun; models must use all their parameters in every forward (DDP's default) and should not
     use batch statistics (BatchNorm sees a rank's slice only).
 
+    **Validation.** With ``validation`` (a :data:`Validation`: EMA model to a float, lower is better) the loop
+    scores the EMA model at every checkpoint step, on rank 0, before the checkpoint is written: the value joins
+    the log line as ``val_loss`` and :attr:`val_history`, and the EMA weights of the best step so far are kept
+    (:meth:`best_model`); both are in the checkpoint. The function must draw from its own generator, never the
+    global one, so that training with and without it, interrupted or not, takes the same steps.
+
     A subclass validates its data and stores it, then calls ``super().__init__``, and implements
     :attr:`num_items`, :meth:`_gather` and :meth:`_loss` (optionally :meth:`_to_device`, :meth:`_check_model`
     and :meth:`_distributed_model`). ``spec`` needs the fields of :class:`TrainingSpec` (other than ``weighting``).
@@ -149,9 +160,12 @@ class TrainerBase(ABC):
         device: str | torch.device,
         progress: bool,
         distributed: bool | None,
+        validation: Validation | None = None,
     ) -> None:
         spec = self._coerce_spec(spec)
         params = self._trainable_parameters(model)
+        if validation is not None and not callable(validation):
+            raise TypeError(f"validation: expected a callable (EMA model -> float), got {type(validation).__name__}")
         if spec.batch_size > self.num_items:
             raise ValueError(f"batch_size ({spec.batch_size}) exceeds the number of {self.item_name} ({self.num_items})")
         if not spec.eps < process.T:
@@ -189,6 +203,9 @@ class TrainerBase(ABC):
         self.train_seconds = 0.0  # wall time of the optimisation, summed over resumed sessions
         self._permutation: Tensor | None = None
         self._cursor = 0
+        self.validation = validation
+        self.val_history: list[tuple[int, float]] = []  # (step, validation value) at each checkpoint step
+        self._best_ema: dict[str, Tensor] | None = None
 
     @classmethod
     def _coerce_spec(cls, spec: Spec | dict[str, Any]) -> Any:
@@ -246,6 +263,32 @@ class TrainerBase(ABC):
         return self.dist is None or self.dist.is_main
 
     @property
+    def best_validation(self) -> tuple[int, float] | None:
+        """(step, value) of the lowest validation value so far (the first on ties); None without validation."""
+        return min(self.val_history, key=lambda sv: sv[1]) if self.val_history else None
+
+    def best_model(self) -> nn.Module:
+        """A copy of the EMA model with the weights it had at :attr:`best_validation`'s step (eval mode)."""
+        if self._best_ema is None:
+            raise ValueError("best_model: no validation has run; pass validation= and fit to a checkpoint step")
+        model = copy.deepcopy(self.ema.model)
+        model.load_state_dict(self._best_ema)
+        return model.eval()
+
+    def _validate(self) -> float | None:
+        if self.validation is None or not self.is_main:
+            return None
+        with torch.no_grad():
+            value = float(self.validation(self.ema.model))
+        if not math.isfinite(value):
+            raise FloatingPointError(f"validation gave {value} at step {self.step}")
+        best = self.best_validation
+        if best is None or value < best[1]:
+            self._best_ema = {k: v.detach().clone() for k, v in self.ema.model.state_dict().items()}
+        self.val_history.append((self.step, value))
+        return value
+
+    @property
     def ema_model(self) -> nn.Module:
         """The EMA copy of the model (eval mode): the one to sample from."""
         return self.ema.model
@@ -273,6 +316,8 @@ class TrainerBase(ABC):
             "process_spec": spec_of(self.process),
             "history": list(self.history),
             "train_seconds": self.train_seconds,
+            "validation": [list(sv) for sv in self.val_history],
+            "best_ema": self._best_ema,
             "world_size": self.dist.world_size if self.dist is not None else 1,  # provenance only: resumable anywhere
         }
 
@@ -314,6 +359,9 @@ class TrainerBase(ABC):
         self.step = int(state["step"])
         self.history = [float(v) for v in state["history"]]
         self.train_seconds = float(state["train_seconds"])
+        # checkpoints from before validation existed carry neither
+        self.val_history = [(int(step), float(value)) for step, value in state.get("validation", [])]
+        self._best_ema = state.get("best_ema")
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write a checkpoint atomically (default ``out_dir/checkpoints/last.pt``) from the calling rank
@@ -418,6 +466,8 @@ class TrainerBase(ABC):
                     self._flush(pending)
                     pending = []
                     self.train_seconds = offset + time.perf_counter() - session_start
+                val = self._validate() if checkpoint_now else None
+                extra = {"val_loss": val} if val is not None else {}
                 if log_now:
                     window = self.history[last_logged:]  # the steps since the last line (of this session)
                     last_logged = self.step
@@ -430,7 +480,10 @@ class TrainerBase(ABC):
                             "lr": self.optimizer.param_groups[0]["lr"],
                             "elapsed_s": self.train_seconds,
                         }
+                        | extra
                     )
+                elif extra:
+                    self._log({"step": self.step} | extra)
                 if checkpoint_now:
                     self._checkpoint()
         finally:
@@ -486,6 +539,7 @@ class Trainer(TrainerBase):
         device: str | torch.device | None = None,
         progress: bool = True,
         distributed: bool | None = None,
+        validation: Validation | None = None,
     ) -> None:
         spec = self._coerce_spec(spec)
         if not isinstance(process, Process):
@@ -504,7 +558,9 @@ class Trainer(TrainerBase):
         if dtype != data.real.dtype:
             raise ValueError(f"data has dtype {data.dtype} but the model's parameters are {dtype}; cast one of them")
         self.data = data
-        super().__init__(model, process, spec, out_dir, device if device is not None else data.device, progress, distributed)
+        super().__init__(
+            model, process, spec, out_dir, device if device is not None else data.device, progress, distributed, validation
+        )
 
     # --- validation -------------------------------------------------------
 
