@@ -294,6 +294,22 @@ def assert_bitwise_equal(a: Trainer, b: Trainer) -> None:
     assert torch.equal(a.noise_generator.get_state(), b.noise_generator.get_state())
 
 
+def crash_at_step(monkeypatch, trainer: Trainer, step: int) -> None:
+    """``trainer.fit()`` interrupted during ``step`` (its DSM loss raises KeyboardInterrupt there), as by a crash."""
+    real_loss, calls = trainer_module.dsm_loss, {"n": 0}
+
+    def crashing_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "dsm_loss", crashing_loss)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    monkeypatch.undo()
+
+
 def test_resumed_training_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
     process = gd.VPProcess()
     data = gaussian_data(200, seed=0, dtype=torch.float32)
@@ -315,19 +331,8 @@ def test_training_interrupted_between_checkpoints_resumes_bitwise(tmp_path, monk
     straight = Trainer(small_model(), process, data, spec(), progress=False)
     straight.fit()
 
-    calls = {"n": 0}
-    real_loss = trainer_module.dsm_loss
-
-    def crashing_loss(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 18:  # during step 18: the last checkpoint is at step 15
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "dsm_loss", crashing_loss)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(small_model(), process, data, spec(), out_dir=tmp_path, progress=False).fit()
-    monkeypatch.undo()
+    # interrupted during step 18: the last checkpoint is at step 15
+    crash_at_step(monkeypatch, Trainer(small_model(), process, data, spec(), out_dir=tmp_path, progress=False), 18)
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 15
 
     resumed = Trainer(small_model(seed=2), process, data, spec(), out_dir=tmp_path, progress=False)
@@ -373,18 +378,7 @@ def test_cosine_schedule_is_applied_logged_and_resumed_bitwise(tmp_path, monkeyp
     constant = Trainer(small_model(), process, data, spec(), progress=False)
     assert constant.fit() != straight.history
 
-    real_loss, calls = trainer_module.dsm_loss, {"n": 0}
-
-    def crashing_loss(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 18:
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "dsm_loss", crashing_loss)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(small_model(), process, data, scheduled, out_dir=tmp_path, progress=False).fit()
-    monkeypatch.undo()
+    crash_at_step(monkeypatch, Trainer(small_model(), process, data, scheduled, out_dir=tmp_path, progress=False), 18)
     resumed = Trainer(small_model(seed=2), process, data, scheduled, out_dir=tmp_path, progress=False)
     resumed.fit()
     assert_bitwise_equal(straight, resumed)
@@ -514,18 +508,9 @@ def test_validation_runs_at_checkpoints_keeps_the_best_weights_and_resumes_bitwi
     if step != 24:
         assert validation(straight.ema_model) != best
 
-    real_loss, calls = trainer_module.dsm_loss, {"n": 0}
-
-    def crashing_loss(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 18:
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "dsm_loss", crashing_loss)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(small_model(), process, data, spec(), out_dir=tmp_path, progress=False, validation=validation).fit()
-    monkeypatch.undo()
+    crash_at_step(
+        monkeypatch, Trainer(small_model(), process, data, spec(), out_dir=tmp_path, progress=False, validation=validation), 18
+    )
     resumed = Trainer(small_model(seed=2), process, data, spec(), out_dir=tmp_path, progress=False, validation=validation)
     resumed.fit()
     assert_bitwise_equal(straight, resumed)
