@@ -42,6 +42,34 @@ def test_egnn_claims_the_joint_action_on_graphs_and_check_equivariant_verifies_i
     check_equivariant(lambda v: model(t, v), model.group, z, output="vector", n=6)
 
 
+def test_egnn_layer_computes_the_documented_messages():
+    """The layer against its formula written edge by edge: m_ij = phi_e(h_i, h_j, rbf_ij, r_ij^T V_i, r_ij^T V_j,
+    V_i^T V_j), mean aggregation; the layer applies phi_e's h-blocks per node, which must not change the result."""
+    from geodiffusion.models.egnn import EGNNLayer
+
+    torch.manual_seed(0)
+    layer = EGNNLayer(hidden=6, channels=3, rbf=4, act="silu").double()
+    gen = torch.Generator().manual_seed(1)
+    nodes, n = 5, 3
+    h, v, pos = (torch.randn(shape, generator=gen, dtype=torch.float64) for shape in ((nodes, 6), (nodes, n, 3), (nodes, n)))
+    edge_index = torch.tensor([[1, 2, 3, 0, 4, 2], [0, 0, 1, 2, 2, 3]])  # j -> i; node 4 receives nothing
+    rbf = torch.randn(edge_index.shape[1], 4, generator=gen, dtype=torch.float64)
+    h_new, v_new = layer(h, v, pos, edge_index, rbf)
+    m_sum, dv_sum, count = torch.zeros(nodes, 6, dtype=torch.float64), torch.zeros(nodes, n, 3, dtype=torch.float64), [0] * nodes
+    for e, (j, i) in enumerate(edge_index.T.tolist()):
+        r = pos[i] - pos[j]
+        inv = torch.cat([h[i], h[j], rbf[e], r @ v[i], r @ v[j], (v[i].T @ v[j]).flatten()])
+        m = layer.phi_e(inv)
+        a_r, a_v = layer.phi_vec(m).chunk(2)
+        m_sum[i] += m
+        dv_sum[i] += torch.outer(r, a_r) + v[j] * a_v
+        count[i] += 1
+    scale = torch.tensor([1 / max(c, 1) for c in count], dtype=torch.float64)
+    m_mean, dv_mean = m_sum * scale[:, None], dv_sum * scale[:, None, None]
+    torch.testing.assert_close(h_new, h + layer.phi_h(torch.cat([h, m_mean], -1)), atol=1e-12, rtol=0)
+    torch.testing.assert_close(v_new, layer.mix(v) + dv_mean, atol=1e-12, rtol=0)
+
+
 class _AbsolutePositionEGNN(EGNNScore, register=False):
     """Broken on purpose: adds the raw inputs to the score, which breaks translation invariance."""
 

@@ -125,17 +125,21 @@ class EGNNLayer(MessagePassing):
 
     def forward(self, h: Tensor, v: Tensor, pos: Tensor, edge_index: Tensor, rbf: Tensor) -> tuple[Tensor, Tensor]:
         """``h [V, H]``, ``v [V, n, C]``, ``pos [V, n]``, ``edge_index [2, E]``, ``rbf [E, R]``."""
-        n = pos.shape[-1]
-        agg = self.propagate(edge_index, h=h, v=v.flatten(1), pos=pos, rbf=rbf)
-        m, dv = agg[:, : h.shape[-1]], agg[:, h.shape[-1] :].reshape(v.shape[0], n, self.channels)
+        n, hidden = pos.shape[-1], h.shape[-1]
+        # phi_e's first map is linear in h_i and in h_j: apply those blocks once per node, not once per edge
+        weight = self.phi_e[0].weight
+        a, b = h @ weight[:, :hidden].T, h @ weight[:, hidden : 2 * hidden].T
+        agg = self.propagate(edge_index, a=a, b=b, v=v.flatten(1), pos=pos, rbf=rbf)
+        m, dv = agg[:, :hidden], agg[:, hidden:].reshape(v.shape[0], n, self.channels)
         return h + self.phi_h(torch.cat([h, m], -1)), self.mix(v) + dv
 
-    def message(self, h_i: Tensor, h_j: Tensor, v_i: Tensor, v_j: Tensor, pos_i: Tensor, pos_j: Tensor, rbf: Tensor) -> Tensor:
+    def message(self, a_i: Tensor, b_j: Tensor, v_i: Tensor, v_j: Tensor, pos_i: Tensor, pos_j: Tensor, rbf: Tensor) -> Tensor:
         n, c = pos_i.shape[-1], self.channels
         vi, vj = v_i.reshape(-1, n, c), v_j.reshape(-1, n, c)
         r = pos_i - pos_j
-        invariants = [h_i, h_j, rbf, (r.unsqueeze(-1) * vi).sum(1), (r.unsqueeze(-1) * vj).sum(1), (vi.mT @ vj).flatten(1)]
-        m = self.phi_e(torch.cat(invariants, -1))
+        invariants = torch.cat([rbf, (r.unsqueeze(-1) * vi).sum(1), (r.unsqueeze(-1) * vj).sum(1), (vi.mT @ vj).flatten(1)], -1)
+        first = self.phi_e[0]
+        m = self.phi_e[1:](a_i + b_j + nn.functional.linear(invariants, first.weight[:, 2 * a_i.shape[-1] :], first.bias))
         a_r, a_v = self.phi_vec(m).chunk(2, -1)
         dv = r.unsqueeze(-1) * a_r.unsqueeze(1) + vj * a_v.unsqueeze(1)
         return torch.cat([m, dv.flatten(1)], -1)
