@@ -23,7 +23,8 @@ __all__ = ["EdgeScoreModel", "EdgeConv"]
 
 
 class EdgeConv(MessagePassing):
-    r""":math:`h_i \leftarrow h_i + \gamma\big(h_i, \sum_{j \in N(i)} \phi(h_i, h_j, e_{ij})\big)` (sum aggregation)."""
+    r""":math:`h_i \leftarrow h_i + \gamma\big(h_i, \sum_{j \in N(i)} \phi(\bar h_i, \bar h_j, e_{ij})\big)` (sum aggregation,
+    :math:`\bar h` = LayerNorm of :math:`h`)."""
 
     def __init__(self, hidden: int, act: Activation) -> None:
         super().__init__(aggr="add")
@@ -31,11 +32,22 @@ class EdgeConv(MessagePassing):
         self.gamma = nn.Sequential(nn.Linear(2 * hidden, hidden), activation(act), nn.Linear(hidden, hidden))
         self.norm = nn.LayerNorm(hidden)
 
-    def forward(self, h: Tensor, edge_index: Tensor, e: Tensor) -> Tensor:
-        return h + self.gamma(torch.cat([h, self.propagate(edge_index, h=h, e=e)], -1))
+    def forward(self, h: Tensor, edge_index: Tensor, e: Tensor, *, both_ways: bool = False) -> Tensor:
+        """``h [V, H]``, ``edge_index [2, E]`` (j -> i), ``e [E, H]``; with ``both_ways`` every edge also carries
+        the message i -> j with the same ``e`` (an undirected graph given once per pair)."""
+        hidden = h.shape[-1]
+        first = self.phi[0]
+        # phi's first map is linear in each of norm(h_i), norm(h_j) and e: normalise and apply the node blocks
+        # once per node, and the edge block once per pair, rather than on the concatenation per directed edge
+        normed = self.norm(h)
+        a, b = normed @ first.weight[:, :hidden].T, normed @ first.weight[:, hidden : 2 * hidden].T
+        c = nn.functional.linear(e, first.weight[:, 2 * hidden :], first.bias)
+        if both_ways:
+            edge_index, c = torch.cat([edge_index, edge_index.flip(0)], 1), torch.cat([c, c], 0)
+        return h + self.gamma(torch.cat([h, self.propagate(edge_index, a=a, b=b, c=c)], -1))
 
-    def message(self, h_i: Tensor, h_j: Tensor, e: Tensor) -> Tensor:
-        return self.phi(torch.cat([self.norm(h_i), self.norm(h_j), e], -1))
+    def message(self, a_i: Tensor, b_j: Tensor, c: Tensor) -> Tensor:
+        return self.phi[1:](a_i + b_j + c)
 
 
 class EdgeScoreModel(ScoreModel, kind="edge_score"):
@@ -151,11 +163,8 @@ class EdgeScoreModel(ScoreModel, kind="edge_score"):
             torch.cat([edge_attr, rbf, (d / self.spec.rbf_max).unsqueeze(-1), self.time_embedding(t_edge).to(d.dtype)], -1)
         )
         h = self.node_in(torch.cat([node_x, self.time_embedding(t_node).to(d.dtype)], -1))
-        # messages flow both ways along each canonical edge
-        both = torch.cat([edge_index, edge_index.flip(0)], 1)
-        e2 = torch.cat([e, e], 0)
         for conv in self.convs:
-            h = conv(h, both, e2)
+            h = conv(h, edge_index, e, both_ways=True)  # messages flow both ways along each canonical edge
         hi, hj = h[edge_index[0]], h[edge_index[1]]
         out = self.head(torch.cat([hi + hj, hi * hj, e], -1)).squeeze(-1)
         if self.process is not None:
