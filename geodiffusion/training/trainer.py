@@ -466,7 +466,11 @@ class TrainerBase(ABC):
                     self._flush(pending)
                     pending = []
                     self.train_seconds = offset + time.perf_counter() - session_start
-                val = self._validate() if checkpoint_now else None
+                val = None
+                if checkpoint_now:
+                    tick = time.perf_counter()
+                    val = self._validate()
+                    session_start += time.perf_counter() - tick  # validation is not training time
                 extra = {"val_loss": val} if val is not None else {}
                 if log_now:
                     window = self.history[last_logged:]  # the steps since the last line (of this session)
