@@ -137,7 +137,7 @@ TINY_GP = {
 }
 
 
-def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path):
+def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path, monkeypatch):
     cls = gd.registry(Experiment)["gp-1d"]
     spec = cls.resolve_spec(TINY_GP, quick=True)
     metrics = cls(spec).execute(tmp_path, progress=False)
@@ -150,6 +150,17 @@ def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path
     assert metrics["functions_per_second"] > 0
     for name in ("se_posterior.png", "step_posterior.png", "se/model/checkpoints/last.pt", "step/baseline/train_log.jsonl"):
         assert (tmp_path / name).is_file(), name
+    # an interrupted run resumed in the same folder reads each finished dataset's likelihoods back
+    (tmp_path / "metrics.json").unlink()
+    monkeypatch.setattr(cls, "_conditional_ll", lambda *args: pytest.fail("recomputed a finished dataset"))
+    resumed = cls(spec).execute(tmp_path, progress=False)
+    assert {k: v for k, v in resumed.items() if k != "functions_per_second"} == {
+        k: v for k, v in metrics.items() if k != "functions_per_second"
+    }
+    assert (
+        json.loads((tmp_path / "se" / "metrics.json").read_text())["se/interpolation/model_ll"]
+        == metrics["se/interpolation/model_ll"]
+    )
 
 
 def test_tiny_vector_field_run_writes_the_data_efficiency_curve(tmp_path):

@@ -9,7 +9,7 @@ import os
 import tempfile
 import warnings
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -24,7 +24,15 @@ from geodiffusion.samplers.riemannian import ChartODEOptions
 from geodiffusion.spec import Spec, component_spec
 from geodiffusion.training.trainer import Trainer, TrainingSpec, derive_seed
 
-__all__ = ["Experiment", "ExperimentSpec", "ManifoldExperimentSpec", "ManifoldTrainingSpec", "merge_spec_dicts", "write_json"]
+__all__ = [
+    "Experiment",
+    "ExperimentSpec",
+    "ManifoldExperimentSpec",
+    "ManifoldTrainingSpec",
+    "cached_json",
+    "merge_spec_dicts",
+    "write_json",
+]
 
 
 class ExperimentSpec(Spec):
@@ -97,6 +105,18 @@ def write_json(path: Path, data: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def cached_json(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The JSON object at ``path`` if an earlier, interrupted run of this output folder wrote it, else ``compute()``,
+    written there atomically first: a long run's expensive stages (a seed, a dataset) run once. The folder's
+    ``spec.json`` (:meth:`Experiment.check_out_dir`) ties the file to this spec."""
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    data = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, data)
+    return data
 
 
 def _finite_metrics(metrics: Mapping[str, Any], kind: str) -> dict[str, float | None]:

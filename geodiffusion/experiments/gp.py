@@ -29,7 +29,7 @@ from geodiffusion.data.functions import (
     sample_sphere_tracks,
     sample_vector_fields,
 )
-from geodiffusion.experiments.base import Experiment, ExperimentSpec
+from geodiffusion.experiments.base import Experiment, ExperimentSpec, cached_json
 from geodiffusion.models.base import ScoreModel
 from geodiffusion.processes.base import Process
 from geodiffusion.processes.gp import OUGaussianProcess
@@ -218,27 +218,37 @@ class GP1DExperiment(_FunctionExperiment, kind="gp-1d"):
                 first_model = model
             metrics[f"{name}/train_seconds"] = seconds
             metrics[f"{name}/baseline_train_seconds"] = b_seconds
-            kernel = data_kernel(name, s.noise)
-            for split, (low, high) in (("interpolation", (-2.0, 2.0)), ("generalisation", (2.0, 6.0))):
-                tgen = torch.Generator().manual_seed(derive_function_seed(s.seed, "test", name, split))
-                tx, ty = sample_functions(
-                    name, s.n_test, s.n_context + s.n_target, low=low, high=high, noise=s.noise, generator=tgen, dtype=dtype
-                )
-                tx, ty = tx.to(device), ty.to(device)
-                xc, yc, xt, yt = tx[:, : s.n_context], ty[:, : s.n_context], tx[:, s.n_context :], ty[:, s.n_context :]
-                key = f"{name}/{split}"
-                metrics[f"{key}/model_ll"] = self._conditional_ll(model, process, xc, yc, xt, yt, name, split)
-                metrics[f"{key}/baseline_ll"] = self._conditional_ll(baseline, process, xc, yc, xt, yt, name, split)
-                if kernel is not None:
-                    gp = float(gp_conditional_log_likelihood(kernel, xc.cpu(), yc.cpu(), xt.cpu(), yt.cpu()).mean()) / s.n_target
-                    metrics[f"{key}/gp_ll"] = gp
-                    metrics[f"{key}/gap"] = gp - metrics[f"{key}/model_ll"]
-                if split == "interpolation":
-                    self._plot_posterior(
-                        out_dir / f"{name}_posterior.png", name, model, process, kernel, xc[0], yc[0], device, dtype
-                    )
+            # the likelihoods are the expensive stage: a resumed run reads a finished dataset's from its folder
+            metrics |= cached_json(
+                out_dir / name / "metrics.json",
+                lambda name=name, model=model, baseline=baseline: self._evaluate(name, model, baseline, process, out_dir, device),
+            )
         grid = torch.linspace(-2, 2, 100, dtype=dtype, device=device).unsqueeze(-1)
         metrics["functions_per_second"] = self._throughput(first_model, process, grid)
+        return metrics
+
+    def _evaluate(self, name: str, model, baseline, process, out_dir: Path, device) -> dict[str, float]:
+        """Conditional log-likelihoods of both networks (and the exact GP's) on both test splits of ``name``."""
+        s = self.spec
+        dtype = getattr(torch, s.dtype)
+        kernel = data_kernel(name, s.noise)
+        metrics: dict[str, float] = {}
+        for split, (low, high) in (("interpolation", (-2.0, 2.0)), ("generalisation", (2.0, 6.0))):
+            tgen = torch.Generator().manual_seed(derive_function_seed(s.seed, "test", name, split))
+            tx, ty = sample_functions(
+                name, s.n_test, s.n_context + s.n_target, low=low, high=high, noise=s.noise, generator=tgen, dtype=dtype
+            )
+            tx, ty = tx.to(device), ty.to(device)
+            xc, yc, xt, yt = tx[:, : s.n_context], ty[:, : s.n_context], tx[:, s.n_context :], ty[:, s.n_context :]
+            key = f"{name}/{split}"
+            metrics[f"{key}/model_ll"] = self._conditional_ll(model, process, xc, yc, xt, yt, name, split)
+            metrics[f"{key}/baseline_ll"] = self._conditional_ll(baseline, process, xc, yc, xt, yt, name, split)
+            if kernel is not None:
+                gp = float(gp_conditional_log_likelihood(kernel, xc.cpu(), yc.cpu(), xt.cpu(), yt.cpu()).mean()) / s.n_target
+                metrics[f"{key}/gp_ll"] = gp
+                metrics[f"{key}/gap"] = gp - metrics[f"{key}/model_ll"]
+            if split == "interpolation":
+                self._plot_posterior(out_dir / f"{name}_posterior.png", name, model, process, kernel, xc[0], yc[0], device, dtype)
         return metrics
 
     def _plot_posterior(self, path: Path, name: str, model, process, kernel, xc: Tensor, yc: Tensor, device, dtype) -> None:
