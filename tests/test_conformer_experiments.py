@@ -224,6 +224,8 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
         return [out[0][:0]] + out[1:], seconds
 
     monkeypatch.setattr(conformer_experiments, "etkdg_conformers", failing_on_the_first_molecule)
+    selected, real_best = [], GraphTrainer.best_model
+    monkeypatch.setattr(GraphTrainer, "best_model", lambda self: selected.append(self.best_validation) or real_best(self))
     metrics = ConformersQM9Experiment(spec).execute(tmp_path, progress=False)
     written = json.loads((tmp_path / "metrics.json").read_text())
     # the molecule ETKDG could not embed covers nothing and stays out of the matching distance
@@ -241,6 +243,7 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     # held-out molecules scored at the checkpoints (10, 20); the best step's EMA weights sampled the test set
     assert metrics["n_val_molecules"] == 3 and metrics["val_best_step"] in (10, 20)
     assert metrics["sampled_step"] == metrics["val_best_step"] and metrics["val_loss_best"] <= metrics["val_loss_final"]
+    assert selected == [(metrics["val_best_step"], metrics["val_loss_best"])]  # select="best_val" sampled with them
     with pytest.raises(ValidationError, match="max_hops"):
         ConformersQM9Experiment.resolve_spec({"max_hops": 2}, quick=True)
     with pytest.raises(ValidationError, match="n_val"):

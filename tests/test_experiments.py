@@ -112,6 +112,23 @@ def test_execute_rejects_metrics_that_are_not_numbers(tmp_path):
         Bad().execute(tmp_path)
 
 
+def test_cached_json_computes_once_and_keeps_non_finite_values(tmp_path):
+    from geodiffusion.experiments.base import cached_json
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a": 1.5, "b": float("-inf"), "c": float("nan")}
+
+    path = tmp_path / "stage" / "metrics.json"
+    first = cached_json(path, compute)
+    again = cached_json(path, compute)
+    assert len(calls) == 1 and first["a"] == again["a"] == 1.5 and first["b"] == -math.inf
+    # JSON has no NaN or inf: stored as null, read back as NaN
+    assert json.loads(path.read_text()) == {"a": 1.5, "b": None, "c": None} and math.isnan(again["b"])
+
+
 def test_quickstart_tiny_float64_run_is_exactly_reproducible_from_its_folder(tmp_path):
     spec = QuickstartExperiment.resolve_spec({**TINY, "dtype": "float64"}, quick=True)
     metrics = QuickstartExperiment(spec).execute(tmp_path, progress=False)

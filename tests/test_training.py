@@ -500,6 +500,10 @@ def test_validation_runs_at_checkpoints_keeps_the_best_weights_and_resumes_bitwi
     straight.fit()
     # validation draws from its own generator: the training steps are those of a run without it
     assert_bitwise_equal(plain, straight)
+    # one that draws from the global generator does not move the training's draws either
+    noisy = Trainer(small_model(), process, data, spec(), progress=False, validation=lambda model: float(torch.rand(())))
+    noisy.fit()
+    assert_bitwise_equal(plain, noisy)
     assert [s for s, _ in straight.val_history] == [5, 10, 15, 20, 24]
     step, best = straight.best_validation
     assert best == min(v for _, v in straight.val_history)

@@ -108,14 +108,15 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def cached_json(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """The JSON object at ``path`` if an earlier, interrupted run of this output folder wrote it, else ``compute()``,
-    written there atomically first: a long run's expensive stages (a seed, a dataset) run once. The folder's
-    ``spec.json`` (:meth:`Experiment.check_out_dir`) ties the file to this spec."""
+    """The flat metrics dict at ``path`` if an earlier, interrupted run of this output folder wrote it, else
+    ``compute()``, written there atomically first: a long run's expensive stages (a seed, a dataset) run once.
+    The folder's ``spec.json`` (:meth:`Experiment.check_out_dir`) ties the file to this spec."""
     if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
+        # JSON has no NaN or inf: they were written as null (the final metrics.json reports them so, with a warning)
+        return {k: math.nan if v is None else v for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
     data = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, data)
+    write_json(path, {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in data.items()})
     return data
 
 

@@ -16,6 +16,7 @@ error of the samples and COV/MAT under Kabsch RMSD (mirror images identified).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -180,7 +181,7 @@ class _GraphDiffusion(Experiment):
         losses = trainer.fit()
         return trainer, process, losses
 
-    def _plot_losses(self, ax, losses: list[float], val_history: list[tuple[int, float]] = ()) -> None:
+    def _plot_losses(self, ax, losses: list[float], val_history: Sequence[tuple[int, float]] = ()) -> None:
         values = torch.tensor(losses, dtype=torch.float64)
         width = max(1, len(values) // 50)
         smooth = values.unfold(0, width, 1).mean(-1) if len(values) >= width else values
@@ -261,7 +262,8 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         trainer, process, losses = self._train(
             graphs, [e.coordinates(dtype) for e in train], out_dir, device, progress, val_items
         )
-        model = trainer.best_model() if s.select == "best_val" else trainer.ema_model
+        # under torchrun only rank 0 validates (the other ranks' samples go to a scratch folder)
+        model = trainer.best_model() if s.select == "best_val" and trainer.is_main else trainer.ema_model
         sampler = build(s.sampler, Sampler)
 
         # model: all test molecules' 2K copies in chunks of one PyG batch each

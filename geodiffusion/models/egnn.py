@@ -116,7 +116,7 @@ class EGNNLayer(MessagePassing):
 
     def __init__(self, hidden: int, channels: int, rbf: int, act: Activation) -> None:
         super().__init__(aggr="mean")
-        self.channels = channels
+        self.hidden, self.channels = hidden, channels
         n_inv = 2 * hidden + rbf + 2 * channels + channels * channels
         self.phi_e = nn.Sequential(nn.Linear(n_inv, hidden), activation(act), nn.Linear(hidden, hidden), activation(act))
         self.phi_vec = nn.Linear(hidden, 2 * channels)
@@ -139,7 +139,7 @@ class EGNNLayer(MessagePassing):
         r = pos_i - pos_j
         invariants = torch.cat([rbf, (r.unsqueeze(-1) * vi).sum(1), (r.unsqueeze(-1) * vj).sum(1), (vi.mT @ vj).flatten(1)], -1)
         first = self.phi_e[0]
-        m = self.phi_e[1:](a_i + b_j + nn.functional.linear(invariants, first.weight[:, 2 * a_i.shape[-1] :], first.bias))
+        m = self.phi_e[1:](a_i + b_j + nn.functional.linear(invariants, first.weight[:, 2 * self.hidden :], first.bias))
         a_r, a_v = self.phi_vec(m).chunk(2, -1)
         dv = r.unsqueeze(-1) * a_r.unsqueeze(1) + vj * a_v.unsqueeze(1)
         return torch.cat([m, dv.flatten(1)], -1)

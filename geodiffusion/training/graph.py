@@ -157,7 +157,7 @@ class DistanceDSMValidation:
         with torch.no_grad():
             for draw in self.draws:
                 for batch, (t, noise) in zip(self.batches, draw, strict=True):
-                    batch = batch.to(param.device)
+                    batch = batch.clone().to(param.device)  # Batch.to moves in place: keep the stored batches as they are
                     batch.pos = batch.pos.to(param.dtype)
                     cast = {"dtype": param.dtype, "device": param.device}
                     loss = _distance_dsm(model, self.process, batch, t.to(**cast), noise.to(**cast), self.weighting)

@@ -136,8 +136,10 @@ class TrainerBase(ABC):
     **Validation.** With ``validation`` (a :data:`Validation`: EMA model to a float, lower is better) the loop
     scores the EMA model at every checkpoint step, on rank 0, before the checkpoint is written: the value joins
     the log line as ``val_loss`` and :attr:`val_history`, and the EMA weights of the best step so far are kept
-    (:meth:`best_model`); both are in the checkpoint. The function must draw from its own generator, never the
-    global one, so that training with and without it, interrupted or not, takes the same steps.
+    (:meth:`best_model`); both are in the checkpoint. The global RNG states are restored after each call, so
+    training with and without it, interrupted or not, takes the same steps (a function drawing from its own
+    seeded generator also gives values comparable across steps). Under DDP the other ranks wait at the
+    checkpoint barrier meanwhile: keep it well within the process group's timeout.
 
     A subclass validates its data and stores it, then calls ``super().__init__``, and implements
     :attr:`num_items`, :meth:`_gather` and :meth:`_loss` (optionally :meth:`_to_device`, :meth:`_check_model`
@@ -264,13 +266,16 @@ class TrainerBase(ABC):
 
     @property
     def best_validation(self) -> tuple[int, float] | None:
-        """(step, value) of the lowest validation value so far (the first on ties); None without validation."""
+        """(step, value) of the lowest validation value so far (the first on ties); None if none was recorded."""
         return min(self.val_history, key=lambda sv: sv[1]) if self.val_history else None
 
     def best_model(self) -> nn.Module:
         """A copy of the EMA model with the weights it had at :attr:`best_validation`'s step (eval mode)."""
         if self._best_ema is None:
-            raise ValueError("best_model: no validation has run; pass validation= and fit to a checkpoint step")
+            raise ValueError(
+                "best_model: no validation value recorded (pass validation= and fit to a checkpoint step; "
+                "a checkpoint written before validation existed has none)"
+            )
         model = copy.deepcopy(self.ema.model)
         model.load_state_dict(self._best_ema)
         return model.eval()
@@ -278,7 +283,8 @@ class TrainerBase(ABC):
     def _validate(self) -> float | None:
         if self.validation is None or not self.is_main:
             return None
-        with torch.no_grad():
+        # a validation that draws from the global generators must not move the training's draws
+        with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             value = float(self.validation(self.ema.model))
         if not math.isfinite(value):
             raise FloatingPointError(f"validation gave {value} at step {self.step}")
