@@ -97,6 +97,26 @@ def test_bidim_attention_is_permutation_equivariant_over_points_and_invariant_to
     torch.testing.assert_close(model(t, y, inputs=x[..., dims]), model(t, y, inputs=x), atol=1e-12, rtol=0)
 
 
+def test_translation_invariant_bidim_attention_ignores_shifts_of_the_inputs_and_keeps_permutations():
+    torch.manual_seed(0)
+    kwargs = {"input_dim": 2, "output_dim": 1, "hidden": 8, "heads": 2, "layers": 2, "n_points": 5}
+    invariant = BiDimensionalAttention(**kwargs, translation_invariant=True).double()
+    plain = BiDimensionalAttention(**kwargs).double()
+    plain.load_state_dict(invariant.state_dict())  # the same weights: only the centring differs
+    assert isinstance(invariant.group, FieldGraphGroup) and invariant.group.base.kind == "translation"
+    x, y = _pairs(3, 5, 2, 1, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    z = torch.cat([x, y], -1)
+    check_equivariant(lambda v: invariant(t, v), invariant.group, z, output="vector")
+    check_equivariant(lambda v: invariant(t, v), Permutations(n=5), z, output="vector")
+    shift = torch.tensor([3.0, -1.5], dtype=torch.float64)
+    torch.testing.assert_close(invariant(t, y, inputs=x + shift), invariant(t, y, inputs=x), atol=1e-12, rtol=0)
+    # centred inputs are what the plain network sees for them; it is not invariant itself
+    torch.testing.assert_close(invariant(t, y, inputs=x), plain(t, y, inputs=x - x.mean(1, keepdim=True)), atol=1e-12, rtol=0)
+    with pytest.raises(CheckError, match="equivariance"):
+        check_equivariant(lambda v: plain(t, v), invariant.group, z, output="vector")
+
+
 def test_the_mlp_baseline_depends_on_the_order_of_the_points():
     torch.manual_seed(0)
     model = FunctionMLP(max_points=5, hidden=16, depth=2, n_points=4)

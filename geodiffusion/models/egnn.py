@@ -1,5 +1,6 @@
-r"""An E(n)-equivariant score network for vector fields :math:`y: \mathbb{R}^n \to \mathbb{R}^n` (GeomNDP, Sec. 4),
-and the action of a group on the graphs :math:`\{(x_i, y_i)\}` of such fields.
+r"""An E(n)-equivariant score network for vector fields :math:`y: \mathbb{R}^n \to \mathbb{R}^n` (GeomNDP, Sec. 4);
+the action of a group on the graphs :math:`\{(x_i, y_i)\}` of such fields is
+:class:`~geodiffusion.models.ndp.FieldGraphGroup` (re-exported here).
 
 For a field transforming as :math:`(g \cdot f)(x) = \rho(g) f(g^{-1} x)`, a finite marginal transforms as
 :math:`(x_i, y_i) \mapsto (g x_i, \rho(g) y_i)`; the network satisfies :math:`s_\theta(t, g x, \rho(g) y) = \rho(g)
@@ -8,8 +9,6 @@ s_\theta(t, x, y)` with :math:`g = (R, b) \in E(n)` acting by :math:`x \mapsto R
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field
 from torch import Tensor, nn
@@ -17,89 +16,9 @@ from torch_geometric.nn import MessagePassing
 
 from geodiffusion.groups.base import Group
 from geodiffusion.models.layers import Activation, SinusoidalTimeEmbedding, activation
-from geodiffusion.models.ndp import FunctionScoreModel, _FunctionSpec
-from geodiffusion.registry import build
-from geodiffusion.spec import Spec, component_spec
+from geodiffusion.models.ndp import FieldGraphGroup, FunctionScoreModel, _FunctionSpec
 
 __all__ = ["FieldGraphGroup", "EGNNScore", "EGNNLayer"]
-
-
-class FieldGraphGroup(Group, kind="field_graph"):
-    r"""A group :math:`G` acting on graphs of fields ``[..., N, d_in + d_out]`` by
-    :math:`g \cdot (x_i, y_i) = (g \cdot x_i, \rho(g) y_i)`: the inputs by the base group's point action, the values
-    by its linear part (``output="vector"``, :math:`d_{out} = d_{in}`) or not at all (``output="invariant"``).
-    Vectors attached to a graph (its scores) transform by the linear part in both blocks. Elements are the
-    base group's."""
-
-    class Spec(Spec):
-        """Action of ``group`` (acting on point clouds [..., N, d_in]) on graphs of fields."""
-
-        group: component_spec(Group) = Field(description="base group acting on point clouds [..., N, d_in]")
-        output: Literal["vector", "invariant"] = Field("vector", description="how the values y transform")
-        output_dim: int = Field(1, ge=1, description="d_out for invariant values (vector values have d_out = d_in)")
-
-    @classmethod
-    def examples(cls):
-        return [
-            cls.Spec(group={"kind": "e", "dim": 2}),
-            cls.Spec(group={"kind": "so", "dim": 3, "action": "point_cloud"}),
-            cls.Spec(group={"kind": "translation", "dim": 1, "action": "point_cloud"}, output="invariant", output_dim=2),
-        ]
-
-    def __init__(self, spec=None, /, **fields) -> None:
-        super().__init__(spec, **fields)
-        self.base: Group = build(self.spec.group, Group)
-        if self.base.event_ndim != 2 or not hasattr(self.base.spec, "dim"):
-            raise ValueError(f"group: expected a group of R^d acting on point clouds [..., N, d], got {self.base!r}")
-        self.input_dim = int(self.base.spec.dim)
-        self.output_dim = self.input_dim if self.spec.output == "vector" else self.spec.output_dim
-
-    linear_action = False  # the inputs may move affinely (translations); scores use act_on_vectors
-
-    @property
-    def element_shape(self) -> tuple[int, ...]:
-        return self.base.element_shape
-
-    @property
-    def event_ndim(self) -> int:
-        return 2
-
-    def identity(self, batch_shape=(), *, device=None, dtype=None) -> Tensor:
-        return self.base.identity(batch_shape, device=device, dtype=dtype)
-
-    def compose(self, g: Tensor, h: Tensor) -> Tensor:
-        return self.base.compose(g, h)
-
-    def inverse(self, g: Tensor) -> Tensor:
-        return self.base.inverse(g)
-
-    def sample(self, n, generator=None, *, device=None, dtype=None) -> Tensor:
-        return self.base.sample(n, generator, device=device, dtype=dtype)
-
-    def _split(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        if z.dim() < 2 or z.shape[-1] != self.input_dim + self.output_dim:
-            raise ValueError(
-                f"FieldGraphGroup: expected graphs [..., N, {self.input_dim} + {self.output_dim}], got {list(z.shape)}"
-            )
-        return z[..., : self.input_dim], z[..., self.input_dim :]
-
-    def _values(self, g: Tensor, y: Tensor, like: Tensor) -> Tensor:
-        if self.spec.output == "vector":
-            return self.base.act_on_vectors(g, y)
-        return y.expand(like.shape[:-1] + y.shape[-1:])
-
-    def act(self, g: Tensor, z: Tensor) -> Tensor:
-        x, y = self._split(z)
-        gx = self.base.act(g, x)
-        return torch.cat([gx, self._values(g, y, gx)], -1)
-
-    def act_on_vectors(self, g: Tensor, v: Tensor) -> Tensor:
-        vx, vy = self._split(v)
-        gvx = self.base.act_on_vectors(g, vx)
-        return torch.cat([gvx, self._values(g, vy, gvx)], -1)
-
-    def random_points(self, n, generator=None, *, dtype=torch.float32) -> Tensor:
-        return torch.randn((n, 5, self.input_dim + self.output_dim), generator=generator, dtype=dtype)
 
 
 class EGNNLayer(MessagePassing):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -30,7 +30,85 @@ from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
 from geodiffusion.spec import Spec, component_spec
 
-__all__ = ["FunctionScoreModel", "BiDimensionalAttention", "FunctionMLP", "TangentFunctionScore"]
+__all__ = ["FunctionScoreModel", "BiDimensionalAttention", "FunctionMLP", "TangentFunctionScore", "FieldGraphGroup"]
+
+
+class FieldGraphGroup(Group, kind="field_graph"):
+    r"""A group :math:`G` acting on graphs of fields ``[..., N, d_in + d_out]`` by
+    :math:`g \cdot (x_i, y_i) = (g \cdot x_i, \rho(g) y_i)`: the inputs by the base group's point action, the values
+    by its linear part (``output="vector"``, :math:`d_{out} = d_{in}`) or not at all (``output="invariant"``).
+    Vectors attached to a graph (its scores) transform by the linear part in both blocks. Elements are the
+    base group's."""
+
+    class Spec(Spec):
+        """Action of ``group`` (acting on point clouds [..., N, d_in]) on graphs of fields."""
+
+        group: component_spec(Group) = Field(description="base group acting on point clouds [..., N, d_in]")
+        output: Literal["vector", "invariant"] = Field("vector", description="how the values y transform")
+        output_dim: int = Field(1, ge=1, description="d_out for invariant values (vector values have d_out = d_in)")
+
+    @classmethod
+    def examples(cls):
+        return [
+            cls.Spec(group={"kind": "e", "dim": 2}),
+            cls.Spec(group={"kind": "so", "dim": 3, "action": "point_cloud"}),
+            cls.Spec(group={"kind": "translation", "dim": 1, "action": "point_cloud"}, output="invariant", output_dim=2),
+        ]
+
+    def __init__(self, spec=None, /, **fields) -> None:
+        super().__init__(spec, **fields)
+        self.base: Group = build(self.spec.group, Group)
+        if self.base.event_ndim != 2 or not hasattr(self.base.spec, "dim"):
+            raise ValueError(f"group: expected a group of R^d acting on point clouds [..., N, d], got {self.base!r}")
+        self.input_dim = int(self.base.spec.dim)
+        self.output_dim = self.input_dim if self.spec.output == "vector" else self.spec.output_dim
+
+    linear_action = False  # the inputs may move affinely (translations); scores use act_on_vectors
+
+    @property
+    def element_shape(self) -> tuple[int, ...]:
+        return self.base.element_shape
+
+    @property
+    def event_ndim(self) -> int:
+        return 2
+
+    def identity(self, batch_shape=(), *, device=None, dtype=None) -> Tensor:
+        return self.base.identity(batch_shape, device=device, dtype=dtype)
+
+    def compose(self, g: Tensor, h: Tensor) -> Tensor:
+        return self.base.compose(g, h)
+
+    def inverse(self, g: Tensor) -> Tensor:
+        return self.base.inverse(g)
+
+    def sample(self, n, generator=None, *, device=None, dtype=None) -> Tensor:
+        return self.base.sample(n, generator, device=device, dtype=dtype)
+
+    def _split(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if z.dim() < 2 or z.shape[-1] != self.input_dim + self.output_dim:
+            raise ValueError(
+                f"FieldGraphGroup: expected graphs [..., N, {self.input_dim} + {self.output_dim}], got {list(z.shape)}"
+            )
+        return z[..., : self.input_dim], z[..., self.input_dim :]
+
+    def _values(self, g: Tensor, y: Tensor, like: Tensor) -> Tensor:
+        if self.spec.output == "vector":
+            return self.base.act_on_vectors(g, y)
+        return y.expand(like.shape[:-1] + y.shape[-1:])
+
+    def act(self, g: Tensor, z: Tensor) -> Tensor:
+        x, y = self._split(z)
+        gx = self.base.act(g, x)
+        return torch.cat([gx, self._values(g, y, gx)], -1)
+
+    def act_on_vectors(self, g: Tensor, v: Tensor) -> Tensor:
+        vx, vy = self._split(v)
+        gvx = self.base.act_on_vectors(g, vx)
+        return torch.cat([gvx, self._values(g, vy, gvx)], -1)
+
+    def random_points(self, n, generator=None, *, dtype=torch.float32) -> Tensor:
+        return torch.randn((n, 5, self.input_dim + self.output_dim), generator=generator, dtype=dtype)
 
 
 class _FunctionSpec(Spec):
@@ -116,7 +194,10 @@ class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
     blocks attend across points and across input dimensions; the skips are summed, averaged over the input
     dimensions and mapped to :math:`\mathbb{R}^{d_{out}}`. With no positional encoding,
     :math:`s_\theta(t, \sigma x, \sigma y) = \sigma s_\theta(t, x, y)` for every permutation :math:`\sigma` of the
-    points, and the output is invariant to permutations of the input dimensions.
+    points, and the output is invariant to permutations of the input dimensions. With ``translation_invariant``
+    the inputs are centred first, :math:`x_i \mapsto x_i - \bar x`, so that also
+    :math:`s_\theta(t, x + b, y) = s_\theta(t, x, y)`: the symmetry of the score of a stationary GP's marginals
+    (the claimed group is then the translations of the inputs, :class:`~geodiffusion.models.FieldGraphGroup`).
     """
 
     class Spec(_FunctionSpec):
@@ -126,12 +207,14 @@ class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
         heads: int = Field(4, ge=1, description="attention heads (must divide hidden)")
         layers: int = Field(4, ge=1, description="bi-dimensional attention blocks")
         time_embedding_dim: int = Field(32, ge=2, multiple_of=2, description="size of the time features")
+        translation_invariant: bool = Field(False, description="centre the inputs of each function: s(t, x + b, y) = s(t, x, y)")
 
     @classmethod
     def examples(cls):
         return [
             cls.Spec(hidden=8, heads=2, layers=2, n_points=4),
             cls.Spec(input_dim=2, output_dim=2, hidden=8, heads=2, layers=1),
+            cls.Spec(hidden=8, heads=2, layers=1, n_points=4, translation_invariant=True),
         ]
 
     def __init__(self, spec=None, /, **fields) -> None:
@@ -145,7 +228,11 @@ class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
         )
         self.blocks = nn.ModuleList(_BiDimensionalBlock(s.hidden, s.heads) for _ in range(s.layers))
         self.head = nn.Sequential(nn.Linear(s.hidden, s.hidden), nn.GELU(), nn.Linear(s.hidden, s.output_dim))
-        self._group = Permutations(n=s.n_points, feature_ndim=1)
+        if s.translation_invariant:
+            translations = {"kind": "translation", "dim": s.input_dim, "action": "point_cloud"}
+            self._group: Group = FieldGraphGroup(group=translations, output="invariant", output_dim=s.output_dim)
+        else:
+            self._group = Permutations(n=s.n_points, feature_ndim=1)
 
     @property
     def group(self) -> Group:
@@ -153,6 +240,8 @@ class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
 
     def score(self, t: Tensor, inputs: Tensor, values: Tensor) -> Tensor:
         b, n, d = inputs.shape
+        if self.spec.translation_invariant:
+            inputs = inputs - inputs.mean(1, keepdim=True)
         tokens = torch.cat([inputs.unsqueeze(-1), values.unsqueeze(2).expand(b, n, d, values.shape[-1])], -1)
         s = self.embed(tokens)
         t_emb = self.time_embedding(t)
