@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from geodiffusion.data.earth import EARTH_DATASETS, load_earth, sphere_to_lat_lon
-from geodiffusion.experiments.base import Experiment, ExperimentSpec, write_json
+from geodiffusion.experiments.base import Experiment, ExperimentSpec, cached_json
 from geodiffusion.models.base import ScoreModel
 from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
@@ -106,13 +106,21 @@ class EarthExperiment(Experiment, register=False):
                 process, train, out_dir / f"seed{k}", k, device=device, progress=progress, dtype=dtype, training=training
             )
             seconds += train_seconds
-            start = time.perf_counter()
-            nll.append(float(-riemannian_log_likelihood(score, process, test, options=s.likelihood).mean()))
-            nll_seconds += time.perf_counter() - start
-            val_nll.append(float(-riemannian_log_likelihood(score, process, val, options=s.likelihood).mean()))
+
+            def evaluate(score=score, test=test, val=val) -> dict[str, float]:
+                start = time.perf_counter()
+                test_nll = float(-riemannian_log_likelihood(score, process, test, options=s.likelihood).mean())
+                elapsed = time.perf_counter() - start
+                val_nll = float(-riemannian_log_likelihood(score, process, val, options=s.likelihood).mean())
+                return {"test_nll": test_nll, "val_nll": val_nll, "test_seconds": elapsed}
+
+            # each seed's numbers as soon as they exist: a multi-hour run can be read, and resumed, seed by seed
+            result = cached_json(out_dir / f"seed{k}" / "nll.json", evaluate)
+            nll.append(result["test_nll"])
+            val_nll.append(result["val_nll"])
+            # files written before the timing was recorded lack it: the total is then unknown (null)
+            nll_seconds += result.get("test_seconds", math.nan)
             metrics[f"nll_seed{k}"] = nll[-1]
-            # each seed's numbers as soon as they exist: a multi-hour run can be read (and resumed) seed by seed
-            write_json(out_dir / f"seed{k}" / "nll.json", {"test_nll": nll[-1], "val_nll": val_nll[-1]})
             if k == 0:
                 first_model, first_test = score, test
                 metrics["n_train"], metrics["n_test"] = float(len(train)), float(len(test))
