@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Where a gp-1d model's likelihood gap comes from: the flow with the exact score, and the DSM loss by time band.
+
+1. The conditional log-likelihood of the test split by the probability flow with the *exact* score of the OU
+   process started from the data GP (:class:`geodiffusion.testing.GPScore`), against the closed form: checks that
+   the likelihood machinery is exact at the experiment's ODE settings, in float32 and float64.
+2. The DSM loss of the trained EMA network and of the exact score (the loss's floor) on fresh functions, with
+   the same times and noise for both, over the whole time range and by band.
+
+    python scripts/gp_score_diagnostics.py --run runs/gp-1d-se-long --dataset se
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from geodiffusion.data.functions import data_kernel, sample_functions
+from geodiffusion.experiments.gp import GP1DExperiment, gp_conditional_log_likelihood
+from geodiffusion.models.base import ScoreModel
+from geodiffusion.processes.base import Process
+from geodiffusion.registry import build
+from geodiffusion.samplers.conditional import conditional_log_likelihood
+from geodiffusion.testing import GPScore
+from geodiffusion.training import load_checkpoint
+from geodiffusion.training.functions import derive_function_seed, function_dsm_loss
+
+BANDS = ((1e-3, 1.0), (1e-3, 1e-2), (1e-2, 0.1), (0.1, 1.0))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="a gp-1d output folder (spec.json, <dataset>/model)")
+    parser.add_argument("--dataset", default="se", help="a GP dataset of the run: se, matern52 or weakly_periodic")
+    parser.add_argument("--functions", type=int, default=256, help="fresh functions for the DSM loss")
+    parser.add_argument("--draws", type=int, default=4, help="time and noise draws per band")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    spec = GP1DExperiment.Spec.model_validate(GP1DExperiment.Spec.with_defaults(json.loads((args.run / "spec.json").read_text())))
+    process = build(spec.process, Process)
+    kernel = data_kernel(args.dataset, spec.noise)
+    if kernel is None:
+        raise ValueError(f"dataset: {args.dataset!r} is not GP data; expected se, matern52 or weakly_periodic")
+    oracle = GPScore(process, kernel=kernel)
+
+    tgen = torch.Generator().manual_seed(derive_function_seed(spec.seed, "test", args.dataset, "interpolation"))
+    n_c = spec.n_context
+    tx, ty = sample_functions(
+        args.dataset, spec.n_test, n_c + spec.n_target, noise=spec.noise, generator=tgen, dtype=torch.float64
+    )
+    exact = float(gp_conditional_log_likelihood(kernel, tx[:, :n_c], ty[:, :n_c], tx[:, n_c:], ty[:, n_c:]).mean())
+    print(f"interpolation split, nats per target point: exact GP {exact / spec.n_target:.5f}")
+    for dtype in (torch.float64, torch.float32):
+        x, y = tx.to(dtype), ty.to(dtype)
+        ll = conditional_log_likelihood(
+            oracle, process, y[:, n_c:], x[:, n_c:], y[:, :n_c], x[:, :n_c], options=spec.likelihood.ode, exact_max_dim=64
+        )
+        print(f"  flow with the exact score ({dtype}): {float(ll.mean()) / spec.n_target:.5f}")
+
+    model = build(spec.model, ScoreModel)
+    state = load_checkpoint(args.run / args.dataset / "model" / "checkpoints" / "last.pt")
+    model.load_state_dict(state["ema"]["model"])
+    model.eval()
+    fgen = torch.Generator().manual_seed(derive_function_seed(spec.seed, "diagnostics", args.dataset))
+    x, y = sample_functions(args.dataset, args.functions, n_c + spec.n_target, noise=spec.noise, generator=fgen)
+    print(f"DSM loss (sigma_t^2 weighting) of the EMA network at step {state['step']} and of the exact score:")
+    for low, high in BANDS:
+        losses = {"network": 0.0, "exact": 0.0}
+        for k in range(args.draws):
+            t = low + (high - low) * torch.rand(args.functions, generator=torch.Generator().manual_seed(100 + k))
+            for name, net in (("network", model), ("exact", oracle)):
+                with torch.no_grad():
+                    loss = function_dsm_loss(net, process, x, y, t=t, generator=torch.Generator().manual_seed(k))
+                losses[name] += float(loss) / args.draws
+        print(f"  t in [{low:g}, {high:g}]: network {losses['network']:.4f}, exact {losses['exact']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
