@@ -38,6 +38,15 @@ def _graph_index(batch: Data) -> tuple[Tensor, int]:
     return node_batch, int(getattr(batch, "num_graphs", 1) or 1)
 
 
+def _check_settings(process: DistanceVEProcess, eps: float, weighting: str) -> None:
+    if not isinstance(process, DistanceVEProcess):
+        raise TypeError(f"process: expected a DistanceVEProcess, got {type(process).__name__}")
+    if weighting not in ("sigma2", "none"):
+        raise ValueError(f"weighting: expected 'sigma2' or 'none' for distance DSM, got {weighting!r}")
+    if not 0 <= eps < process.T:
+        raise ValueError(f"eps: expected a value in [0, T={process.T}), got {eps}")
+
+
 def distance_dsm_loss(
     model: nn.Module,
     process: DistanceVEProcess,
@@ -52,14 +61,9 @@ def distance_dsm_loss(
     ``batch``: a PyG Data/Batch with clean coordinates ``pos [N, 3]`` and canonical ``edge_index``; ``model``:
     ``(t [G], d [E], graph=batch) -> [E]``. ``weighting``: ``"sigma2"`` (:math:`\lambda = s_t^2`) or ``"none"``.
     """
-    if not isinstance(process, DistanceVEProcess):
-        raise TypeError(f"process: expected a DistanceVEProcess, got {type(process).__name__}")
+    _check_settings(process, eps, weighting)
     if getattr(batch, "pos", None) is None:
         raise ValueError("batch: expected clean coordinates in batch.pos")
-    if weighting not in ("sigma2", "none"):
-        raise ValueError(f"weighting: expected 'sigma2' or 'none' for distance DSM, got {weighting!r}")
-    if not 0 <= eps < process.T:
-        raise ValueError(f"eps: expected a value in [0, T={process.T}), got {eps}")
     pos = batch.pos
     dtype, device = pos.dtype, pos.device
     _, n_graphs = _graph_index(batch)
@@ -127,16 +131,11 @@ class DistanceDSMValidation:
         weighting: str = "sigma2",
         chunk: int = 256,
     ) -> None:
-        if not isinstance(process, DistanceVEProcess):
-            raise TypeError(f"process: expected a DistanceVEProcess, got {type(process).__name__}")
+        _check_settings(process, eps, weighting)
         _check_items(graphs, conformers)
         for name, value in (("draws", draws), ("chunk", chunk)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if weighting not in ("sigma2", "none"):
-            raise ValueError(f"weighting: expected 'sigma2' or 'none' for distance DSM, got {weighting!r}")
-        if not 0 <= eps < process.T:
-            raise ValueError(f"eps: expected a value in [0, T={process.T}), got {eps}")
         self.process, self.weighting = process, weighting
         self.batches = _collate(graphs, conformers, chunk)
         generator = torch.Generator().manual_seed(seed)
