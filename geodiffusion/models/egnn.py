@@ -44,7 +44,7 @@ class EGNNLayer(MessagePassing):
 
     def forward(self, h: Tensor, v: Tensor, pos: Tensor, edge_index: Tensor, rbf: Tensor) -> tuple[Tensor, Tensor]:
         """``h [V, H]``, ``v [V, n, C]``, ``pos [V, n]``, ``edge_index [2, E]``, ``rbf [E, R]``."""
-        n, hidden = pos.shape[-1], h.shape[-1]
+        n, hidden = pos.shape[-1], self.hidden
         # phi_e's first map is linear in h_i and in h_j: apply those blocks once per node, not once per edge
         weight = self.phi_e[0].weight
         a, b = h @ weight[:, :hidden].T, h @ weight[:, hidden : 2 * hidden].T

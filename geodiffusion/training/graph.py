@@ -140,12 +140,10 @@ class DistanceDSMValidation:
         self.batches = _collate(graphs, conformers, chunk)
         generator = torch.Generator().manual_seed(seed)
         # (t [G], noise [N, 3]) per draw and batch, from per-item draws: the same whatever the chunking
-        n_items = sum(b.num_graphs for b in self.batches)
-        n_nodes = sum(b.num_nodes for b in self.batches)
-        t = eps + (process.T - eps) * torch.rand((draws, n_items), generator=generator, dtype=torch.float64)
-        noise = torch.randn((draws, n_nodes, 3), generator=generator, dtype=torch.float64)
         g_sizes = [b.num_graphs for b in self.batches]
         n_sizes = [b.num_nodes for b in self.batches]
+        t = eps + (process.T - eps) * torch.rand((draws, sum(g_sizes)), generator=generator, dtype=torch.float64)
+        noise = torch.randn((draws, sum(n_sizes), 3), generator=generator, dtype=torch.float64)
         self.draws = [
             list(zip(t_k.split(g_sizes), noise_k.split(n_sizes), strict=True)) for t_k, noise_k in zip(t, noise, strict=True)
         ]
