@@ -103,6 +103,21 @@ def test_score_parametrisations_invert_each_other(parametrisation):
         torch.testing.assert_close(output, -xi, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("parametrisation", PARAMETRISATIONS)
+def test_limit_output_is_the_output_for_the_score_of_the_gp_limit(parametrisation):
+    process = OUGaussianProcess(kernel=NOISY_SE, mean=0.3, parametrisation=parametrisation)
+    x = _inputs(5, 9)
+    y = torch.randn(2, 5, 1, generator=torch.Generator().manual_seed(10), dtype=F64)
+    t = torch.tensor([0.05, 0.6], dtype=F64)
+    limit_score = process.prior(y.shape, inputs=x, dtype=F64).score(y)
+    expected = process.output_from_score(limit_score, t, inputs=x)
+    tol = tolerance(F64, "autograd")
+    torch.testing.assert_close(process.limit_output(y, t, inputs=x), expected, atol=tol, rtol=tol)
+    if parametrisation != "kernel_preconditioned":
+        with pytest.raises(ValueError, match="y: expected values"):
+            process.limit_output(y[:, :4], t, inputs=x)
+
+
 def test_gp_oracle_is_the_noised_data_gp_and_its_posterior_is_gaussian_conditioning():
     process = OUGaussianProcess(kernel=NOISY_SE, mean=0.2)
     data_kernel = Matern52(lengthscale=0.8, variance=1.5)

@@ -163,7 +163,7 @@ def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path
     )
 
 
-def test_tiny_vector_field_run_writes_the_data_efficiency_curve(tmp_path):
+def test_tiny_vector_field_run_writes_the_data_efficiency_curve_and_resumes_without_recomputing(tmp_path, monkeypatch):
     cls = gd.registry(Experiment)["vector-field-2d"]
     tiny = {
         "datasets": ["divergence_free"],
@@ -188,6 +188,12 @@ def test_tiny_vector_field_run_writes_the_data_efficiency_curve(tmp_path):
         )
     assert math.isfinite(metrics["divergence_free/gp_ll"])
     assert (tmp_path / "data_efficiency.png").is_file() and (tmp_path / "divergence_free_fields.png").is_file()
+    # an interrupted run resumed in the same folder reads each finished stage's likelihood back
+    (tmp_path / "metrics.json").unlink()
+    monkeypatch.setattr(cls, "_conditional_ll", lambda *args: pytest.fail("recomputed a finished stage"))
+    resumed = cls(cls.resolve_spec(tiny, quick=True)).execute(tmp_path, progress=False)
+    for key in ("divergence_free/n4/model_ll", "divergence_free/n8/baseline_ll", "divergence_free/gp_ll"):
+        assert resumed[key] == metrics[key]
 
 
 def test_experiment_specs_reject_networks_of_the_wrong_shape_and_oversized_batches():
@@ -197,6 +203,11 @@ def test_experiment_specs_reject_networks_of_the_wrong_shape_and_oversized_batch
         gd.registry(Experiment)["gp-1d"].resolve_spec({"n_points": 80})
     with pytest.raises(ValidationError, match="batch_size"):
         gd.registry(Experiment)["vector-field-2d"].resolve_spec({"train_sizes": [8]})
+    residual = {"kind": "gp_residual", "network": {"kind": "bidim_attention"}, "process": {"kind": "ou_gp"}}
+    with pytest.raises(ValidationError, match="model.process"):
+        gd.registry(Experiment)["gp-1d"].resolve_spec({"model": residual})
+    own = gd.registry(Experiment)["gp-1d"].resolve_spec({}).process.model_dump()
+    assert gd.registry(Experiment)["gp-1d"].resolve_spec({"model": {**residual, "process": own}}).model.kind == "gp_residual"
 
 
 def test_riemannian_function_dsm_of_the_exact_score_of_a_point_mass_is_zero_and_a_network_trains():

@@ -7,7 +7,7 @@ import torch
 
 import geodiffusion as gd
 from geodiffusion.groups import EuclideanGroup, Permutations
-from geodiffusion.models import BiDimensionalAttention, EGNNScore, FieldGraphGroup, FunctionMLP
+from geodiffusion.models import BiDimensionalAttention, EGNNScore, FieldGraphGroup, FunctionMLP, GPResidualScore
 from geodiffusion.testing import CheckError, check_equivariant, equivariance_errors, tolerance
 
 
@@ -117,6 +117,48 @@ def test_translation_invariant_bidim_attention_ignores_shifts_of_the_inputs_and_
         check_equivariant(lambda v: plain(t, v), invariant.group, z, output="vector")
 
 
+@pytest.mark.parametrize("parametrisation", ["kernel_preconditioned", "plain", "st_preconditioned"])
+def test_gp_residual_score_is_the_network_over_sigma_plus_the_limit_output(parametrisation):
+    torch.manual_seed(0)
+    spec = GPResidualScore.examples()[0]
+    spec = spec.model_copy(update={"process": spec.process.model_copy(update={"parametrisation": parametrisation, "mean": 0.2})})
+    model = gd.build(spec).double()
+    x, y = _pairs(3, 4, 1, 1, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.3, 0.9], dtype=torch.float64)
+    sigma = model.process.std(t)[:, None, None]
+    limit = model.process.limit_output(y, t, inputs=x)
+    torch.testing.assert_close(model(t, y, inputs=x), model.network(t, y, inputs=x) / sigma + limit, atol=1e-12, rtol=0)
+    # each trick alone
+    scaled_only = gd.build(spec.model_copy(update={"residual": False})).double()
+    scaled_only.load_state_dict(model.state_dict())
+    torch.testing.assert_close(scaled_only(t, y, inputs=x), model.network(t, y, inputs=x) / sigma, atol=1e-12, rtol=0)
+    residual_only = gd.build(spec.model_copy(update={"std_scaling": False})).double()
+    residual_only.load_state_dict(model.state_dict())
+    torch.testing.assert_close(residual_only(t, y, inputs=x), model.network(t, y, inputs=x) + limit, atol=1e-12, rtol=0)
+    # with the network at zero the output is the limit's: the exact score when the data are the limit GP itself
+    for p in model.network.head[-1].parameters():
+        torch.nn.init.zeros_(p)
+    law = model.process.prior(y.shape, inputs=x, dtype=torch.float64)
+    y_lim = law.sample(torch.Generator().manual_seed(1))
+    expected = model.process.output_from_score(law.score(y_lim), t, inputs=x)
+    torch.testing.assert_close(model(t, y_lim, inputs=x), expected, atol=1e-10, rtol=1e-10)
+
+
+def test_gp_residual_score_rejects_a_mismatched_process_network_or_time_zero():
+    spec = GPResidualScore.examples()[0]
+    with pytest.raises(ValueError, match="ou_gp"):
+        GPResidualScore(spec.model_copy(update={"process": {"kind": "vp"}}))
+    with pytest.raises(ValueError, match="network"):
+        GPResidualScore(spec.model_copy(update={"network": spec.network.model_copy(update={"output_dim": 2})}))
+    vector_kernel = {"kind": "squared_exponential", "input_dim": 2, "output_dim": 2}
+    with pytest.raises(ValueError, match="process: its kernel"):
+        GPResidualScore(spec.model_copy(update={"process": {"kind": "ou_gp", "kernel": vector_kernel}}))
+    model = gd.build(spec)
+    x, y = _pairs(2, 4, 1, 1)
+    with pytest.raises(ValueError, match="sigma_t"):
+        model(torch.tensor([0.0, 0.5]), y, inputs=x)
+
+
 def test_the_mlp_baseline_depends_on_the_order_of_the_points():
     torch.manual_seed(0)
     model = FunctionMLP(max_points=5, hidden=16, depth=2, n_points=4)
@@ -126,7 +168,7 @@ def test_the_mlp_baseline_depends_on_the_order_of_the_points():
     assert max(errors.values()) > 1e-3
 
 
-@pytest.mark.parametrize("kind", ["bidim_attention", "egnn", "function_mlp"])
+@pytest.mark.parametrize("kind", ["bidim_attention", "egnn", "function_mlp", "gp_residual"])
 def test_packed_graph_call_equals_keyword_call_with_a_zero_input_block(kind):
     cls = gd.registry(gd.ScoreModel)[kind]
     model = gd.build(cls.examples()[0])

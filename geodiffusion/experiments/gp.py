@@ -92,6 +92,16 @@ def gp_conditional_log_likelihood(
     return law.log_prob(values.to(torch.float64).flatten(-2))
 
 
+def _check_ou_gp(spec) -> None:
+    """An experiment's process is an OU-to-GP one, and a ``gp_residual`` network rescales by that same process."""
+    if not isinstance(spec.process, OUGaussianProcess.Spec):
+        raise ValueError(f"process: expected an ou_gp process, got {spec.process!r}")
+    for name in ("model", "baseline"):
+        network = getattr(spec, name)
+        if network.kind == "gp_residual" and network.process != spec.process:
+            raise ValueError(f"{name}.process: a gp_residual network must use the experiment's process {spec.process!r}")
+
+
 class _FunctionExperiment(Experiment, register=False):
     """Shared plumbing: seeded model building, training, conditional likelihoods, throughput."""
 
@@ -187,8 +197,7 @@ class GP1DExperiment(_FunctionExperiment, kind="gp-1d"):
 
         @model_validator(mode="after")
         def _consistent(self):
-            if not isinstance(self.process, OUGaussianProcess.Spec):
-                raise ValueError(f"process: expected an ou_gp process, got {self.process!r}")
+            _check_ou_gp(self)
             for name in ("model", "baseline"):
                 spec = getattr(self, name)
                 if getattr(spec, "input_dim", 1) != 1 or getattr(spec, "output_dim", 1) != 1:
@@ -345,8 +354,7 @@ class VectorField2DExperiment(_FunctionExperiment, kind="vector-field-2d"):
 
         @model_validator(mode="after")
         def _consistent(self):
-            if not isinstance(self.process, OUGaussianProcess.Spec):
-                raise ValueError(f"process: expected an ou_gp process, got {self.process!r}")
+            _check_ou_gp(self)
             for name in ("model", "baseline"):
                 spec = getattr(self, name)
                 if getattr(spec, "input_dim", None) != 2 or getattr(spec, "output_dim", None) != 2:
@@ -392,7 +400,12 @@ class VectorField2DExperiment(_FunctionExperiment, kind="vector-field-2d"):
                         n,
                         which,
                     )
-                    ll = self._conditional_ll(net, process, xc, yc, xt, yt, name, n, which)
+                    # a finished stage's likelihood is read back on resumption (its training resumes at its end)
+                    stage = (net, process, xc, yc, xt, yt, name, n, which)
+                    ll = cached_json(
+                        out_dir / name / f"n{n}" / which / "likelihood.json",
+                        lambda stage=stage: {"ll": self._conditional_ll(*stage)},
+                    )["ll"]
                     metrics[f"{name}/n{n}/{which}_ll"] = ll
                     metrics[f"{name}/n{n}/{which}_train_seconds"] = seconds
                     curves[name][which].append(ll)

@@ -7,7 +7,13 @@ from geodiffusion.models.frame_averaging import FrameAveraged
 from geodiffusion.models.group_conv import GroupConv2d, GroupNorm, GroupPool, LiftingConv2d
 from geodiffusion.models.layers import SinusoidalTimeEmbedding
 from geodiffusion.models.mlp import TimeMLP
-from geodiffusion.models.ndp import BiDimensionalAttention, FunctionMLP, FunctionScoreModel, TangentFunctionScore
+from geodiffusion.models.ndp import (
+    BiDimensionalAttention,
+    FunctionMLP,
+    FunctionScoreModel,
+    GPResidualScore,
+    TangentFunctionScore,
+)
 from geodiffusion.models.preconditioning import NoisePredictor
 from geodiffusion.models.sets import SetTransformer
 from geodiffusion.models.tangent import TangentMLP
@@ -17,5 +23,5 @@ __all__ = ["ScoreModel", "TimeMLP", "FrameAveraged", "NoisePredictor", "SetTrans
 __all__ += ["EdgeScoreModel", "EdgeConv"]
 __all__ += ["UNet", "EquivariantUNet", "LiftingConv2d", "GroupConv2d", "GroupPool", "GroupNorm"]
 __all__ += ["TangentMLP"]
-__all__ += ["FunctionScoreModel", "BiDimensionalAttention", "FunctionMLP", "TangentFunctionScore"]
+__all__ += ["FunctionScoreModel", "BiDimensionalAttention", "FunctionMLP", "TangentFunctionScore", "GPResidualScore"]
 __all__ += ["EGNNScore", "EGNNLayer", "FieldGraphGroup"]

@@ -30,7 +30,14 @@ from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
 from geodiffusion.spec import Spec, component_spec
 
-__all__ = ["FunctionScoreModel", "BiDimensionalAttention", "FunctionMLP", "TangentFunctionScore", "FieldGraphGroup"]
+__all__ = [
+    "FunctionScoreModel",
+    "BiDimensionalAttention",
+    "FunctionMLP",
+    "TangentFunctionScore",
+    "GPResidualScore",
+    "FieldGraphGroup",
+]
 
 
 class FieldGraphGroup(Group, kind="field_graph"):
@@ -350,3 +357,71 @@ class TangentFunctionScore(FunctionScoreModel, kind="tangent_function"):
         s = self.spec
         values = self.manifold.random_point(batch * s.n_points, generator).reshape(batch, s.n_points, s.output_dim)
         return torch.cat([randn((batch, s.n_points, s.input_dim), generator).to(values.dtype), values], -1)
+
+
+class GPResidualScore(FunctionScoreModel, kind="gp_residual"):
+    r"""A function network rescaled by :math:`\sigma_t` and offset by the limit (the NDP / GeomNDP "std" and
+    "residual" tricks) for an OU-to-GP process: :math:`o_\theta(t, x, y) = n_\theta(t, x, y)/\sigma_t + o_\pi(t, x, y)`,
+    with :math:`o_\pi` the output for the limit's score (:meth:`OUGaussianProcess.limit_output`, :math:`-(y - m)`
+    when K-preconditioned).
+
+    The K-preconditioned DSM target :math:`-L\xi/\sigma_t` spans two orders of magnitude over :math:`t`; the network's
+    share of it, :math:`-L\xi + \sigma_t (y_t - m)`, is :math:`O(1)` at every :math:`t`. At :math:`n_\theta = 0` the
+    reverse SDE is the forward one started in its limit. :math:`o_\pi` is equivariant wherever :math:`K` is, so the
+    network's group is the model's.
+    """
+
+    class Spec(_FunctionSpec):
+        """A function network divided by sigma_t, plus the output for the score of the process's GP limit."""
+
+        network: component_spec(ScoreModel) = Field(description="a function score network (the part n_theta)")
+        process: component_spec(Process) = Field(description="the ou_gp process: its parametrisation, sigma_t and limit")
+        std_scaling: bool = Field(True, description="divide the network by sigma_t (the std trick)")
+        residual: bool = Field(True, description="add the output for the limit's score (the residual trick)")
+
+    @classmethod
+    def examples(cls):
+        se = {"kind": "squared_exponential", "lengthscale": 0.5}
+        kernel = {"kind": "kernel_sum", "kernels": [se, {"kind": "white_noise", "variance": 0.05}]}
+        net = {"kind": "bidim_attention", "hidden": 8, "heads": 2, "layers": 1, "n_points": 4}
+        plain = {"kind": "ou_gp", "kernel": kernel, "mean": 0.3, "parametrisation": "plain"}
+        return [
+            cls.Spec(n_points=4, network={**net, "translation_invariant": True}, process={"kind": "ou_gp", "kernel": kernel}),
+            cls.Spec(n_points=4, network=net, process=plain),
+        ]
+
+    def __init__(self, spec=None, /, **fields) -> None:
+        from geodiffusion.processes.gp import OUGaussianProcess  # the process module imports the models' registry
+
+        super().__init__(spec, **fields)
+        s = self.spec
+        self.network = build(s.network, ScoreModel)
+        if (getattr(self.network.spec, "input_dim", None), getattr(self.network.spec, "output_dim", None)) != (
+            s.input_dim,
+            s.output_dim,
+        ):
+            raise ValueError(f"network: expected a function network with input_dim={s.input_dim}, output_dim={s.output_dim}")
+        self.process = build(s.process, Process)
+        if not isinstance(self.process, OUGaussianProcess):
+            raise ValueError(f"process: expected an ou_gp process, got {type(self.process).__name__}")
+        if self.process.kernel.input_dim != s.input_dim or self.process.kernel.output_dim != s.output_dim:
+            raise ValueError(
+                f"process: its kernel maps R^{self.process.kernel.input_dim} to {self.process.kernel.output_dim}x"
+                f"{self.process.kernel.output_dim} matrices; expected input_dim={s.input_dim}, output_dim={s.output_dim}"
+            )
+
+    @property
+    def group(self) -> Group | None:
+        return self.network.group
+
+    def score(self, t: Tensor, inputs: Tensor, values: Tensor) -> Tensor:
+        s = self.spec
+        out = self.network(t, values, inputs=inputs)
+        if s.std_scaling:
+            sigma = self.process.std(t.to(torch.float64))
+            if bool((sigma == 0).any()):
+                raise ValueError("t: std_scaling divides by sigma_t, which is 0 at t = 0; evaluate at t > 0")
+            out = out / sigma.to(values.dtype).reshape(-1, 1, 1)
+        if s.residual:
+            out = out + self.process.limit_output(values, t, inputs=inputs)
+        return out

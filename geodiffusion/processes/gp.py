@@ -326,6 +326,20 @@ class OUGaussianProcess(Process, kind="ou_gp"):
         sigma = self.std(self.time_like(t, output).to(torch.float64))
         return (factor.sqrt_t_solve(output) / sigma).to(output.dtype)
 
+    def limit_output(self, y: Tensor, t: Tensor | float, *, inputs: Tensor | KernelFactor) -> Tensor:
+        r"""The output for the limit's score :math:`\nabla \log \pi(y) = -K^{-1}(y - m)`: :math:`-(y - m)`
+        (``kernel_preconditioned``, no solve), :math:`-K^{-1}(y - m)` or :math:`-\sigma_t L^{-1}(y - m)`."""
+        residual = y - self.spec.mean
+        kind = self.spec.parametrisation
+        if kind == "kernel_preconditioned":
+            return -residual
+        factor = self.factor(inputs)
+        self._values(y, factor, "y")
+        if kind == "plain":
+            return (-factor.solve(residual)).to(y.dtype)
+        sigma = self.std(self.time_like(t, y).to(torch.float64))
+        return (-sigma * factor.sqrt_solve(residual)).to(y.dtype)
+
     def output_from_score(self, score: Tensor, t: Tensor | float, *, inputs: Tensor | KernelFactor) -> Tensor:
         r"""What an exact network outputs for the score :math:`s`: :math:`s`, :math:`K s` or :math:`S_t^\top s`
         (the denoising target when :math:`s` is the transition's score)."""
