@@ -178,6 +178,23 @@ def test_langevin_conditional_reproduces_exact_gp_posterior_and_replacement_does
     assert z_mean_replacement > 10, z_mean_replacement
 
 
+def test_a_diverging_langevin_chain_stops_with_the_time_it_broke_at():
+    process = OUGaussianProcess(kernel=NOISY_SE)
+    oracle = GPScore(process)
+    # gamma far above the conditional variance: each Langevin step multiplies the error, until it overflows
+    sampler = LangevinConditional(steps=10, inner_steps=200, psi=1e4, tau=None)
+    with pytest.raises(FloatingPointError, match="non-finite at t = .*lower psi"):
+        sampler.sample(
+            oracle,
+            process,
+            X_TARGET,
+            context_inputs=X_CONTEXT,
+            context_values=Y_CONTEXT,
+            n_samples=4,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+
 def test_unconditional_reverse_sde_recovers_a_different_data_gp():
     """No context: the outer loop is Euler-Maruyama on the reverse SDE with kernel noise; with the exact score of
     Matern-5/2 data noised towards a squared-exponential GP it must return the data GP (at eps)."""

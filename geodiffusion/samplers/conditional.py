@@ -130,6 +130,13 @@ class _ReverseConditional(ConditionalSampler):
             for t_now, t_next in zip(times[:-1], times[1:], strict=True):
                 z = ctx.reverse_step(ctx.joint(y, t_now), t_now, t_now - t_next, s.reverse)
                 y = self._correct(ctx, z[:, ctx.n_context :], t_next, t_now - t_next)
+                # one host sync per outer step: a diverged chain stops with the time it broke at, not as NaN output
+                if not bool(torch.isfinite(y).all()):
+                    raise FloatingPointError(
+                        f"{type(self).__name__}: the samples became non-finite at t = {t_next:.4g}; the steps are too "
+                        "large for this score (a Langevin step must stay below a few times the target's variance: "
+                        "lower psi, or raise steps)"
+                    )
         finally:
             counted.close()
         return y
