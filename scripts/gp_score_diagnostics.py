@@ -6,6 +6,8 @@
    the likelihood machinery is exact at the experiment's ODE settings, in float32 and float64.
 2. The DSM loss of the trained EMA network and of the exact score (the loss's floor) on fresh functions, with
    the same times and noise for both, over the whole time range and by band.
+3. At fixed times, the network's output error relative to the exact output, and that error's share of the DSM
+   loss (sigma_t^2 |o_theta - o|^2 / (N d)) against the loss's floor: how visible the error is to training.
 
     python scripts/gp_score_diagnostics.py --run runs/gp-1d-se-long --dataset se
 """
@@ -29,6 +31,7 @@ from geodiffusion.training import load_checkpoint
 from geodiffusion.training.functions import derive_function_seed, function_dsm_loss
 
 BANDS = ((1e-3, 1.0), (1e-3, 1e-2), (1e-2, 0.1), (0.1, 1.0))
+TIMES = (1e-3, 1e-2, 0.1, 0.3, 1.0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="se", help="a GP dataset of the run: se, matern52 or weakly_periodic")
     parser.add_argument("--functions", type=int, default=256, help="fresh functions for the DSM loss")
     parser.add_argument("--draws", type=int, default=4, help="time and noise draws per band")
+    parser.add_argument("--no-flow", action="store_true", help="skip part 1 (the flow with the exact score)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     spec = GP1DExperiment.Spec.model_validate(GP1DExperiment.Spec.with_defaults(json.loads((args.run / "spec.json").read_text())))
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     exact = float(gp_conditional_log_likelihood(kernel, tx[:, :n_c], ty[:, :n_c], tx[:, n_c:], ty[:, n_c:]).mean())
     print(f"interpolation split, nats per target point: exact GP {exact / spec.n_target:.5f}")
-    for dtype in (torch.float64, torch.float32):
+    for dtype in () if args.no_flow else (torch.float64, torch.float32):
         x, y = tx.to(dtype), ty.to(dtype)
         ll = conditional_log_likelihood(
             oracle, process, y[:, n_c:], x[:, n_c:], y[:, :n_c], x[:, :n_c], options=spec.likelihood.ode, exact_max_dim=64
@@ -76,6 +80,19 @@ def main(argv: list[str] | None = None) -> None:
                     loss = function_dsm_loss(net, process, x, y, t=t, generator=torch.Generator().manual_seed(k))
                 losses[name] += float(loss) / args.draws
         print(f"  t in [{low:g}, {high:g}]: network {losses['network']:.4f}, exact {losses['exact']:.4f}")
+    print("output error of the EMA network against the exact output at fixed times:")
+    for t0 in TIMES:
+        t = torch.full((args.functions,), t0)
+        y_t = process.marginal(y, t, inputs=x).sample(torch.Generator().manual_seed(7))
+        with torch.no_grad():
+            error = ((model(t, y_t, inputs=x) - oracle(t, y_t, inputs=x)) ** 2).flatten(1).sum(-1)
+            exact = (oracle(t, y_t, inputs=x) ** 2).flatten(1).sum(-1)
+            floor = function_dsm_loss(oracle, process, x, y, t=t, generator=torch.Generator().manual_seed(8))
+        share = float(process.std(t[0].double()) ** 2 * error.mean() / y[0].numel())
+        print(
+            f"  t = {t0:g}: |o_theta - o|^2 / |o|^2 = {float(error.mean() / exact.mean()):.3f}, "
+            f"its DSM loss share {share:.2e} against the floor {float(floor):.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -65,6 +65,42 @@ def test_dsm_loss_of_the_exact_score_equals_the_closed_form_minimum(parametrisat
     assert float(excess.mean()) > 5 * float(excess.std() / math.sqrt(batch))
 
 
+@pytest.mark.parametrize("parametrisation", ["plain", "kernel_preconditioned", "st_preconditioned"])
+def test_antithetic_dsm_pairs_xi_with_minus_xi_and_cuts_the_small_time_gradient_noise(parametrisation):
+    process = _process(parametrisation)
+    data = gd.build({"kind": "matern52", "lengthscale": 0.4})
+    oracle = GPScore(process, kernel=data)
+    gen = torch.Generator().manual_seed(0)
+    batch, n = 3, 5
+    x = torch.rand(batch, n, 1, generator=gen, dtype=torch.float64) * 3 - 1.5
+    y0 = torch.randn(batch, n, 1, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.2, 0.7], dtype=torch.float64)
+    # the pair: the first half is plain DSM's draw, the second its mirror image about mu_t with the negated target
+    plain = function_dsm_loss(oracle, process, x, y0, t=t, generator=torch.Generator().manual_seed(1), reduce=False)
+    paired = function_dsm_loss(
+        oracle, process, x, y0, t=t, generator=torch.Generator().manual_seed(1), reduce=False, antithetic=True
+    )
+    y_t, target = process.denoising_pair(y0, t, inputs=x, generator=torch.Generator().manual_seed(1))
+    mirror = 2 * process.marginal(y0, t, inputs=x).mean - y_t
+    weight = 1.0 if parametrisation == "st_preconditioned" else process.std(t) ** 2
+    mirrored = weight * ((oracle(t, mirror, inputs=x) + target) ** 2).flatten(1).mean(-1)
+    torch.testing.assert_close(paired, 0.5 * (plain + mirrored), atol=1e-12, rtol=1e-12)
+    # the gradient in a scale theta of a model o = theta * o_exact, over repeated draws at a small time: the pair's
+    # O(1/sigma_t) noise term is odd in xi and cancels, so the spread shrinks by far more than sqrt(2)
+    ts = torch.full((batch,), 0.005, dtype=torch.float64)
+
+    def gradient(seed, antithetic):
+        theta = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+        scaled = lambda t, y, inputs: theta * oracle(t, y, inputs=inputs)  # noqa: E731
+        loss = function_dsm_loss(
+            scaled, process, x, y0, t=ts, generator=torch.Generator().manual_seed(seed), antithetic=antithetic
+        )
+        return float(torch.autograd.grad(loss, theta)[0])
+
+    spread = {a: torch.tensor([gradient(k, a) for k in range(64)]).std() for a in (False, True)}
+    assert spread[True] < 0.2 * spread[False], spread
+
+
 def test_training_a_tiny_network_decreases_the_loss_and_resumes_bit_for_bit(tmp_path):
     process = _process("kernel_preconditioned")
     gen = torch.Generator().manual_seed(0)
@@ -233,6 +269,8 @@ def test_riemannian_function_dsm_of_the_exact_score_of_a_point_mass_is_zero_and_
         model, process, x[:, :4].contiguous(), y[:, :4].contiguous(), {"steps": 40, "batch_size": 8, "lr": 3e-3}
     ).fit()
     assert sum(history[-10:]) < sum(history[:10])
+    with pytest.raises(ValueError, match="antithetic"):
+        FunctionTrainer(model, process, x, y, {"steps": 4, "batch_size": 8, "antithetic": True})
 
 
 def test_tiny_sphere_tracks_run_samples_on_the_sphere(tmp_path):
