@@ -8,6 +8,8 @@
    the same times and noise for both, over the whole time range and by band.
 3. At fixed times, the network's output error relative to the exact output, and that error's share of the DSM
    loss (sigma_t^2 |o_theta - o|^2 / (N d)) against the loss's floor: how visible the error is to training.
+4. With ``--likelihood``, the EMA network's conditional log-likelihood on the interpolation split with the run's
+   likelihood settings: what the experiment reports, for a run stopped after training.
 
     python scripts/gp_score_diagnostics.py --run runs/gp-1d-se-long --dataset se
 """
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--functions", type=int, default=256, help="fresh functions for the DSM loss")
     parser.add_argument("--draws", type=int, default=4, help="time and noise draws per band")
     parser.add_argument("--no-flow", action="store_true", help="skip part 1 (the flow with the exact score)")
+    parser.add_argument("--likelihood", action="store_true", help="also the network's interpolation log-likelihood")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     spec = GP1DExperiment.Spec.model_validate(GP1DExperiment.Spec.with_defaults(json.loads((args.run / "spec.json").read_text())))
@@ -86,13 +89,17 @@ def main(argv: list[str] | None = None) -> None:
         y_t = process.marginal(y, t, inputs=x).sample(torch.Generator().manual_seed(7))
         with torch.no_grad():
             error = ((model(t, y_t, inputs=x) - oracle(t, y_t, inputs=x)) ** 2).flatten(1).sum(-1)
-            exact = (oracle(t, y_t, inputs=x) ** 2).flatten(1).sum(-1)
+            norm = (oracle(t, y_t, inputs=x) ** 2).flatten(1).sum(-1)
             floor = function_dsm_loss(oracle, process, x, y, t=t, generator=torch.Generator().manual_seed(8))
         share = float(process.std(t[0].double()) ** 2 * error.mean() / y[0].numel())
         print(
-            f"  t = {t0:g}: |o_theta - o|^2 / |o|^2 = {float(error.mean() / exact.mean()):.3f}, "
+            f"  t = {t0:g}: |o_theta - o|^2 / |o|^2 = {float(error.mean() / norm.mean()):.3f}, "
             f"its DSM loss share {share:.2e} against the floor {float(floor):.4f}"
         )
+    if args.likelihood:
+        xc, yc, xt, yt = tx[:, :n_c].float(), ty[:, :n_c].float(), tx[:, n_c:].float(), ty[:, n_c:].float()
+        ll = GP1DExperiment(spec)._conditional_ll(model, process, xc, yc, xt, yt, args.dataset, "interpolation")
+        print(f"interpolation log-likelihood of the EMA network: {ll:.4f} (exact GP {exact / spec.n_target:.4f})")
 
 
 if __name__ == "__main__":

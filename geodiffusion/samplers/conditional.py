@@ -134,8 +134,8 @@ class _ReverseConditional(ConditionalSampler):
                 if not bool(torch.isfinite(y).all()):
                     raise FloatingPointError(
                         f"{type(self).__name__}: the samples became non-finite at t = {t_next:.4g}; the steps are too "
-                        "large for this score (a Langevin step must stay below a few times the target's variance: "
-                        "lower psi, or raise steps)"
+                        "large for this score (raise steps; a Langevin step must stay below a few times the target's "
+                        "variance: lower psi)"
                     )
         finally:
             counted.close()

@@ -66,8 +66,8 @@ def function_dsm_loss(
 
     ``antithetic``: each function's term is the mean over :math:`\pm\xi` at one :math:`t`
     (:math:`y_t^\pm = \mu_t \pm \sigma_t L\xi`, targets :math:`\pm T(\xi)`, :math:`T` linear): the same
-    expectation, but the gradient's :math:`O(1/\sigma_t)` noise term, odd in :math:`\xi`, cancels, which is
-    what hides the small-:math:`t` error from plain DSM. Two network evaluations per function."""
+    expectation, but the gradient's :math:`O(1/\sigma_t)` noise term, odd in :math:`\xi` and dominant at small
+    :math:`t`, cancels. Two network evaluations per function."""
     if not isinstance(process, OUGaussianProcess):
         raise ValueError(f"process: expected an OUGaussianProcess, got {type(process).__name__}")
     check_finite("values", values)
