@@ -181,6 +181,7 @@ def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path
     for split in ("interpolation", "generalisation"):
         for key in ("model_ll", "baseline_ll"):
             assert math.isfinite(metrics[f"se/{split}/{key}"]) and math.isfinite(metrics[f"step/{split}/{key}"])
+            assert metrics[f"se/{split}/{key.replace('_ll', '_diverged')}"] == 0
         assert metrics[f"se/{split}/gap"] == pytest.approx(metrics[f"se/{split}/gp_ll"] - metrics[f"se/{split}/model_ll"])
         assert f"step/{split}/gp_ll" not in metrics
     assert metrics["functions_per_second"] > 0
@@ -197,6 +198,35 @@ def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path
         json.loads((tmp_path / "se" / "metrics.json").read_text())["se/interpolation/model_ll"]
         == metrics["se/interpolation/model_ll"]
     )
+
+
+def test_a_probability_flow_that_blows_up_is_counted_as_diverged_and_left_out_of_the_mean():
+    """The stationary score (output -y: the data are the limit GP) gives log N(y; 0, K) exactly; a cubic term on the
+    first function makes its flow dy/dt = 5 beta y^3 blow up before t = T, which must be counted, not averaged as NaN."""
+    cls = gd.registry(Experiment)["gp-1d"]
+    experiment = cls(cls.resolve_spec(TINY_GP, quick=True))
+    process = gd.build(experiment.spec.process)
+    assert process.spec.parametrisation == "kernel_preconditioned"
+    x, y = sample_functions("se", 3, 6, generator=torch.Generator().manual_seed(0))
+    xc, yc, xt, yt = x[:, :3], y[:, :3], x[:, 3:], y[:, 3:]
+
+    def exploding(t, values, inputs):
+        blow_up = torch.zeros_like(values)
+        blow_up[0] = 10 * values[0] ** 3 + 10
+        return -values - blow_up
+
+    result = experiment._conditional_ll(exploding, process, xc, yc, xt, yt, "se", "probe")
+    stationary = experiment._conditional_ll(lambda t, values, inputs: -values, process, xc, yc, xt, yt, "se", "probe")
+    assert result["diverged"] == 1 and stationary["diverged"] == 0
+    exact = gp_conditional_log_likelihood(process.kernel, xc.double(), yc.double(), xt.double(), yt.double()) / 3
+    assert stationary["ll"] == pytest.approx(float(exact.mean()), abs=1e-3)
+    assert result["ll"] == pytest.approx(float(exact[1:].mean()), abs=1e-3)
+    # the plots draw conditional samples: a sampler that diverges is reported in the panel, not raised after the metrics
+    with pytest.warns(RuntimeWarning, match="non-finite at t = "):
+        message = experiment._conditional_samples(
+            lambda t, values, inputs: 1e3 * values**3, process, xt[0], xc[0], yc[0], torch.Generator().manual_seed(0)
+        )
+    assert message.startswith("ReplacementConditional: the samples became non-finite at t = ")
 
 
 def test_tiny_vector_field_run_writes_the_data_efficiency_curve_and_resumes_without_recomputing(tmp_path, monkeypatch):
@@ -222,7 +252,7 @@ def test_tiny_vector_field_run_writes_the_data_efficiency_curve_and_resumes_with
         assert math.isfinite(metrics[f"divergence_free/n{n}/model_ll"]) and math.isfinite(
             metrics[f"divergence_free/n{n}/baseline_ll"]
         )
-    assert math.isfinite(metrics["divergence_free/gp_ll"])
+    assert math.isfinite(metrics["divergence_free/gp_ll"]) and metrics["divergence_free/n4/model_diverged"] == 0
     assert (tmp_path / "data_efficiency.png").is_file() and (tmp_path / "divergence_free_fields.png").is_file()
     # an interrupted run resumed in the same folder reads each finished stage's likelihood back
     (tmp_path / "metrics.json").unlink()

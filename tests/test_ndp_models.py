@@ -60,7 +60,7 @@ def test_egnn_layer_computes_the_documented_messages():
         r = pos[i] - pos[j]
         inv = torch.cat([h[i], h[j], rbf[e], r @ v[i], r @ v[j], (v[i].T @ v[j]).flatten()])
         m = layer.phi_e(inv)
-        a_r, a_v = layer.phi_vec(m).chunk(2)
+        a_r, a_v = torch.tanh(layer.phi_vec(m)).chunk(2)
         m_sum[i] += m
         dv_sum[i] += torch.outer(r, a_r) + v[j] * a_v
         count[i] += 1
@@ -68,6 +68,18 @@ def test_egnn_layer_computes_the_documented_messages():
     m_mean, dv_mean = m_sum * scale[:, None], dv_sum * scale[:, None, None]
     torch.testing.assert_close(h_new, h + layer.phi_h(torch.cat([h, m_mean], -1)), atol=1e-12, rtol=0)
     torch.testing.assert_close(v_new, layer.mix(v) + dv_mean, atol=1e-12, rtol=0)
+
+
+def test_egnn_grows_at_most_linearly_in_the_values():
+    """Bounded gates: |s(t, x, lambda y)| = O(lambda), so the probability flow cannot blow up in finite time (with
+    ungated gates the output is a polynomial of degree up to 3^layers in y: 3e89 at lambda = 100 here)."""
+    torch.manual_seed(0)
+    model = EGNNScore(hidden=16, channels=4, layers=4, rbf=4).double()
+    x, y = _pairs(3, 6, 2, 2, dtype=torch.float64)
+    t = torch.full((3,), 0.5, dtype=torch.float64)
+    with torch.no_grad():
+        norms = [float(model(t, lam * y, inputs=x).norm()) for lam in (1e2, 1e3, 1e4)]
+    assert norms[1] / norms[0] < 12 and norms[2] / norms[1] < 12, norms
 
 
 class _AbsolutePositionEGNN(EGNNScore, register=False):

@@ -11,7 +11,9 @@ predictive where the data are a GP (an upper bound in expectation: it is the tru
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -118,13 +120,31 @@ class _FunctionExperiment(Experiment, register=False):
         trainer.fit()
         return trainer.ema_model, trainer.train_seconds
 
-    def _conditional_ll(self, score, process, xc, yc, xt, yt, *keys) -> float:
+    def _conditional_ll(self, score, process, xc, yc, xt, yt, *keys) -> dict[str, float]:
+        """``ll``: the mean conditional log-likelihood per target point over the test functions whose probability flow
+        stayed finite; ``diverged``: how many functions' flows blew up (their likelihood is undefined, not low)."""
         s = self.spec
         gen = torch.Generator().manual_seed(derive_function_seed(s.seed, "likelihood", *keys))
         ll = conditional_log_likelihood(
             score, process, yt, xt, yc, xc, options=s.likelihood.ode, exact_max_dim=s.likelihood.exact_max_dim, generator=gen
         )
-        return float(ll.mean()) / yt.shape[1]
+        finite = torch.isfinite(ll)
+        mean = float(ll[finite].mean()) / yt.shape[1] if bool(finite.any()) else math.nan
+        return {"ll": mean, "diverged": int((~finite).sum())}
+
+    def _conditional_samples(self, score, process, inputs, xc, yc, generator) -> Tensor | str:
+        """Conditional samples of the plots, or the sampler's message where they became non-finite: a plot shows
+        that a network's sampler diverged instead of ending a run whose metrics are already measured."""
+        s = self.spec
+        sampler = build(s.sampler, ConditionalSampler)
+        try:
+            with torch.no_grad():
+                return sampler.sample(
+                    score, process, inputs, context_inputs=xc, context_values=yc, n_samples=s.n_plot_samples, generator=generator
+                )
+        except FloatingPointError as err:
+            warnings.warn(f"{self.kind}: {err}", RuntimeWarning, stacklevel=2)
+            return str(err).split(";")[0]
 
     def _throughput(self, model, process, inputs: Tensor) -> float:
         """Functions per second drawn by the reverse SDE (no context) at ``inputs [n, m]``."""
@@ -250,8 +270,9 @@ class GP1DExperiment(_FunctionExperiment, kind="gp-1d"):
             tx, ty = tx.to(device), ty.to(device)
             xc, yc, xt, yt = tx[:, : s.n_context], ty[:, : s.n_context], tx[:, s.n_context :], ty[:, s.n_context :]
             key = f"{name}/{split}"
-            metrics[f"{key}/model_ll"] = self._conditional_ll(model, process, xc, yc, xt, yt, name, split)
-            metrics[f"{key}/baseline_ll"] = self._conditional_ll(baseline, process, xc, yc, xt, yt, name, split)
+            for which, net in (("model", model), ("baseline", baseline)):
+                result = self._conditional_ll(net, process, xc, yc, xt, yt, name, split)
+                metrics[f"{key}/{which}_ll"], metrics[f"{key}/{which}_diverged"] = result["ll"], result["diverged"]
             if kernel is not None:
                 gp = float(gp_conditional_log_likelihood(kernel, xc.cpu(), yc.cpu(), xt.cpu(), yt.cpu()).mean()) / s.n_target
                 metrics[f"{key}/gp_ll"] = gp
@@ -264,20 +285,21 @@ class GP1DExperiment(_FunctionExperiment, kind="gp-1d"):
         from matplotlib.figure import Figure
 
         s = self.spec
-        sampler = build(s.sampler, ConditionalSampler)
         grid = torch.linspace(-2.5, 2.5, 60, dtype=dtype, device=device).unsqueeze(-1)
         gen = torch.Generator().manual_seed(derive_function_seed(s.seed, "plot", name))
-        with torch.no_grad():
-            samples = sampler.sample(
-                model, process, grid, context_inputs=xc, context_values=yc, n_samples=s.n_plot_samples, generator=gen
-            )
-        g, smp = grid[:, 0].cpu().double(), samples[..., 0].cpu().double()
+        samples = self._conditional_samples(model, process, grid, xc, yc, gen)
+        g = grid[:, 0].cpu().double()
         fig = Figure(figsize=(7, 3.6), layout="constrained")
         ax = fig.subplots()
-        for row in smp[: min(8, len(smp))]:
-            ax.plot(g, row, color="C0", alpha=0.35, lw=0.8)
-        mean, std = smp.mean(0), smp.std(0) if len(smp) > 1 else torch.zeros_like(g)
-        ax.fill_between(g, mean - 2 * std, mean + 2 * std, color="C0", alpha=0.2, label="model mean ± 2 std")
+        title = f"{name}: conditional samples"
+        if isinstance(samples, str):
+            title = f"{name}: {samples}"
+        else:
+            smp = samples[..., 0].cpu().double()
+            for row in smp[: min(8, len(smp))]:
+                ax.plot(g, row, color="C0", alpha=0.35, lw=0.8)
+            mean, std = smp.mean(0), smp.std(0) if len(smp) > 1 else torch.zeros_like(g)
+            ax.fill_between(g, mean - 2 * std, mean + 2 * std, color="C0", alpha=0.2, label="model mean ± 2 std")
         if kernel is not None:
             kt = kernel.gram(torch.cat([xc.cpu().double(), g.unsqueeze(-1)], 0))
             nc = xc.shape[0]
@@ -288,7 +310,7 @@ class GP1DExperiment(_FunctionExperiment, kind="gp-1d"):
             ax.plot(g, mu + 2 * var.sqrt(), "k:", lw=1)
             ax.plot(g, mu - 2 * var.sqrt(), "k:", lw=1, label="exact GP ± 2 std")
         ax.scatter(xc[:, 0].cpu(), yc[:, 0].cpu(), color="red", zorder=3, label="context")
-        ax.set_title(f"{name}: conditional samples")
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7, loc="upper right")
         fig.savefig(path, dpi=100)
 
@@ -402,11 +424,12 @@ class VectorField2DExperiment(_FunctionExperiment, kind="vector-field-2d"):
                     )
                     # a finished stage's likelihood is read back on resumption (its training resumes at its end)
                     stage = (net, process, xc, yc, xt, yt, name, n, which)
-                    ll = cached_json(
-                        out_dir / name / f"n{n}" / which / "likelihood.json",
-                        lambda stage=stage: {"ll": self._conditional_ll(*stage)},
-                    )["ll"]
+                    result = cached_json(
+                        out_dir / name / f"n{n}" / which / "likelihood.json", lambda stage=stage: self._conditional_ll(*stage)
+                    )
+                    ll = result["ll"]
                     metrics[f"{name}/n{n}/{which}_ll"] = ll
+                    metrics[f"{name}/n{n}/{which}_diverged"] = result["diverged"]
                     metrics[f"{name}/n{n}/{which}_train_seconds"] = seconds
                     curves[name][which].append(ll)
                     trained[which] = net
@@ -443,19 +466,18 @@ class VectorField2DExperiment(_FunctionExperiment, kind="vector-field-2d"):
         from matplotlib.figure import Figure
 
         s = self.spec
-        sampler = build(s.sampler, ConditionalSampler)
         fig = Figure(figsize=(4 * (1 + len(nets)), 3.8), layout="constrained")
         axes = fig.subplots(1, 1 + len(nets))
         panels = [("test field", yt)]
         for which, net in nets.items():
             gen = torch.Generator().manual_seed(derive_function_seed(s.seed, "plot", name, which))
-            with torch.no_grad():
-                samples = sampler.sample(
-                    net, process, xt, context_inputs=xc, context_values=yc, n_samples=s.n_plot_samples, generator=gen
-                )
-            panels.append((f"{getattr(s, which).kind}: conditional mean", samples.mean(0)))
+            samples = self._conditional_samples(net, process, xt, xc, yc, gen)
+            kind = getattr(s, which).kind
+            diverged = isinstance(samples, str)
+            panels.append((f"{kind}: {samples}", None) if diverged else (f"{kind}: conditional mean", samples.mean(0)))
         for ax, (title, field) in zip(axes, panels, strict=True):
-            ax.quiver(*xt.cpu().T, *field.detach().cpu().T, color="C0", angles="xy")
+            if field is not None:
+                ax.quiver(*xt.cpu().T, *field.detach().cpu().T, color="C0", angles="xy")
             ax.quiver(*xc.cpu().T, *yc.cpu().T, color="red", angles="xy")
             ax.set_aspect("equal")
             ax.set_title(title, fontsize=9)

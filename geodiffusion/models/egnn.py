@@ -31,6 +31,9 @@ class EGNNLayer(MessagePassing):
     :math:`V_i \leftarrow V_i W + \mathrm{mean}_j\,[r_{ij}\,\phi_r(m_{ij})^\top + V_j \mathrm{diag}\,\phi_v(m_{ij})]`,
     :math:`h_i \leftarrow h_i + \phi_h(h_i, \mathrm{mean}_j m_{ij})`. Only inner products enter the MLPs, so the
     layer is equivariant under rotations and reflections and, using :math:`r_{ij}` only, invariant to translations.
+    The gates :math:`\phi_r, \phi_v` end in :math:`\tanh`, so :math:`V` grows at most linearly in the input vectors
+    through any number of layers, as the exact GP score does; unbounded gates make the network a polynomial of
+    degree up to :math:`3^L` in :math:`y`, whose probability flow blows up in finite time off the training data.
     """
 
     def __init__(self, hidden: int, channels: int, rbf: int, act: Activation) -> None:
@@ -59,7 +62,7 @@ class EGNNLayer(MessagePassing):
         invariants = torch.cat([rbf, (r.unsqueeze(-1) * vi).sum(1), (r.unsqueeze(-1) * vj).sum(1), (vi.mT @ vj).flatten(1)], -1)
         first = self.phi_e[0]
         m = self.phi_e[1:](a_i + b_j + nn.functional.linear(invariants, first.weight[:, 2 * self.hidden :], first.bias))
-        a_r, a_v = self.phi_vec(m).chunk(2, -1)
+        a_r, a_v = torch.tanh(self.phi_vec(m)).chunk(2, -1)
         dv = r.unsqueeze(-1) * a_r.unsqueeze(1) + vj * a_v.unsqueeze(1)
         return torch.cat([m, dv.flatten(1)], -1)
 
