@@ -7,7 +7,8 @@
 2. The DSM loss of the trained EMA network and of the exact score (the loss's floor) on fresh functions, with
    the same times and noise for both, over the whole time range and by band.
 3. At fixed times, the network's output error relative to the exact output, and that error's share of the DSM
-   loss (sigma_t^2 |o_theta - o|^2 / (N d)) against the loss's floor: how visible the error is to training.
+   loss (lambda(t) |o_theta - o|^2 / (N d), lambda = sigma_t^2, or 1 for st_preconditioned outputs) against the
+   loss's floor: how visible the error is to training.
 4. With ``--likelihood``, the EMA network's conditional log-likelihood on the interpolation split with the run's
    likelihood settings: what the experiment reports, for a run stopped after training.
 
@@ -30,7 +31,7 @@ from geodiffusion.registry import build
 from geodiffusion.samplers.conditional import conditional_log_likelihood
 from geodiffusion.testing import GPScore
 from geodiffusion.training import load_checkpoint
-from geodiffusion.training.functions import derive_function_seed, function_dsm_loss
+from geodiffusion.training.functions import derive_function_seed, function_dsm_loss, function_dsm_weight
 
 BANDS = ((1e-3, 1.0), (1e-3, 1e-2), (1e-2, 0.1), (0.1, 1.0))
 TIMES = (1e-3, 1e-2, 0.1, 0.3, 1.0)
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     fgen = torch.Generator().manual_seed(derive_function_seed(spec.seed, "diagnostics", args.dataset))
     x, y = sample_functions(args.dataset, args.functions, n_c + spec.n_target, noise=spec.noise, generator=fgen)
-    print(f"DSM loss (sigma_t^2 weighting) of the EMA network at step {state['step']} and of the exact score:")
+    weighting = "1" if process.spec.parametrisation == "st_preconditioned" else "sigma_t^2"
+    print(f"DSM loss ({weighting} weighting) of the EMA network at step {state['step']} and of the exact score:")
     for low, high in BANDS:
         losses = {"network": 0.0, "exact": 0.0}
         for k in range(args.draws):
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             error = ((model(t, y_t, inputs=x) - oracle(t, y_t, inputs=x)) ** 2).flatten(1).sum(-1)
             norm = (oracle(t, y_t, inputs=x) ** 2).flatten(1).sum(-1)
             floor = function_dsm_loss(oracle, process, x, y, t=t, generator=torch.Generator().manual_seed(8))
-        share = float(process.std(t[0].double()) ** 2 * error.mean() / y[0].numel())
+        share = float(function_dsm_weight(process, t[:1].double())[0] * error.mean() / y[0].numel())
         print(
             f"  t = {t0:g}: |o_theta - o|^2 / |o|^2 = {float(error.mean() / norm.mean()):.3f}, "
             f"its DSM loss share {share:.2e} against the floor {float(floor):.4f}"
@@ -99,7 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.likelihood:
         xc, yc, xt, yt = tx[:, :n_c].float(), ty[:, :n_c].float(), tx[:, n_c:].float(), ty[:, n_c:].float()
         ll = GP1DExperiment(spec)._conditional_ll(model, process, xc, yc, xt, yt, args.dataset, "interpolation")
-        print(f"interpolation log-likelihood of the EMA network: {ll:.4f} (exact GP {exact / spec.n_target:.4f})")
+        print(
+            f"interpolation log-likelihood of the EMA network: {ll['ll']:.4f} (exact GP {exact / spec.n_target:.4f}); "
+            f"{ll['diverged']} of {spec.n_test} flows diverged and are left out of the mean"
+        )
 
 
 if __name__ == "__main__":

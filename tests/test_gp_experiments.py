@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import runpy
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,6 +103,39 @@ def test_antithetic_dsm_pairs_xi_with_minus_xi_and_cuts_the_small_time_gradient_
     assert spread[True] < 0.2 * spread[False], spread
 
 
+def test_dsm_loss_takes_one_shared_time_and_rejects_a_wrong_number_of_times():
+    process = _process("kernel_preconditioned")
+    oracle = GPScore(process, kernel=gd.build({"kind": "matern52", "lengthscale": 0.4}))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 5, 1, generator=gen, dtype=torch.float64)
+    y0 = torch.randn(4, 5, 1, generator=gen, dtype=torch.float64)
+    for antithetic in (False, True):
+        per_function = function_dsm_loss(
+            oracle,
+            process,
+            x,
+            y0,
+            t=torch.full((4,), 0.3, dtype=torch.float64),
+            generator=torch.Generator().manual_seed(1),
+            antithetic=antithetic,
+            reduce=False,
+        )
+        for shared in (0.3, torch.tensor(0.3, dtype=torch.float64), torch.tensor([0.3], dtype=torch.float64)):
+            loss = function_dsm_loss(
+                oracle,
+                process,
+                x,
+                y0,
+                t=shared,
+                generator=torch.Generator().manual_seed(1),
+                antithetic=antithetic,
+                reduce=False,
+            )
+            torch.testing.assert_close(loss, per_function, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="t: expected one time or one per function"):
+        function_dsm_loss(oracle, process, x, y0, t=torch.full((3,), 0.3))
+
+
 def test_training_a_tiny_network_decreases_the_loss_and_resumes_bit_for_bit(tmp_path):
     process = _process("kernel_preconditioned")
     gen = torch.Generator().manual_seed(0)
@@ -173,7 +208,7 @@ TINY_GP = {
 }
 
 
-def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path, monkeypatch):
+def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path, monkeypatch, capsys):
     cls = gd.registry(Experiment)["gp-1d"]
     spec = cls.resolve_spec(TINY_GP, quick=True)
     metrics = cls(spec).execute(tmp_path, progress=False)
@@ -187,9 +222,17 @@ def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path
     assert metrics["functions_per_second"] > 0
     for name in ("se_posterior.png", "step_posterior.png", "se/model/checkpoints/last.pt", "step/baseline/train_log.jsonl"):
         assert (tmp_path / name).is_file(), name
+    # the diagnostics script reads the run back and reports the network's likelihood with its diverged count
+    diagnostics = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "gp_score_diagnostics.py"))
+    threads = torch.get_num_threads()  # the script pins one thread
+    diagnostics["main"](["--run", str(tmp_path), "--functions", "4", "--draws", "1", "--no-flow", "--likelihood"])
+    torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert f"interpolation log-likelihood of the EMA network: {metrics['se/interpolation/model_ll']:.4f}" in printed
+    assert "0 of 2 flows diverged" in printed
     # an interrupted run resumed in the same folder reads each finished dataset's likelihoods back
     (tmp_path / "metrics.json").unlink()
-    monkeypatch.setattr(cls, "_conditional_ll", lambda *args: pytest.fail("recomputed a finished dataset"))
+    monkeypatch.setattr(cls, "_function_lls", lambda *args: pytest.fail("recomputed a finished dataset"))
     resumed = cls(spec).execute(tmp_path, progress=False)
     assert {k: v for k, v in resumed.items() if k != "functions_per_second"} == {
         k: v for k, v in metrics.items() if k != "functions_per_second"
@@ -200,9 +243,23 @@ def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path
     )
 
 
+def test_gp_1d_gap_compares_the_exact_gp_and_the_model_on_the_same_functions(tmp_path, monkeypatch):
+    """With the first test function's flow diverged, the gap leaves that function out of the exact GP's side too."""
+    cls = gd.registry(Experiment)["gp-1d"]
+    spec = cls.resolve_spec({**TINY_GP, "datasets": ["se"]}, quick=True)
+    n_target = spec.n_target
+    monkeypatch.setattr(cls, "_function_lls", lambda *args: torch.tensor([math.nan, -1.0], dtype=torch.float64))
+    monkeypatch.setattr(gd.experiments.gp, "gp_conditional_log_likelihood", lambda *args: torch.tensor([10.0, 4.0]) * n_target)
+    metrics = cls(spec).execute(tmp_path, progress=False)
+    for split in ("interpolation", "generalisation"):
+        assert metrics[f"se/{split}/model_ll"] == -1.0 and metrics[f"se/{split}/model_diverged"] == 1
+        assert metrics[f"se/{split}/gp_ll"] == pytest.approx(7.0)
+        assert metrics[f"se/{split}/gap"] == pytest.approx(5.0)  # 4 - (-1), not 7 - (-1)
+
+
 def test_a_probability_flow_that_blows_up_is_counted_as_diverged_and_left_out_of_the_mean():
     """The stationary score (output -y: the data are the limit GP) gives log N(y; 0, K) exactly; a cubic term on the
-    first function makes its flow dy/dt = 5 beta y^3 blow up before t = T, which must be counted, not averaged as NaN."""
+    first function makes its flow dy/dt = 5 beta (y^3 + 1) blow up before t = T, which must be counted, not averaged as NaN."""
     cls = gd.registry(Experiment)["gp-1d"]
     experiment = cls(cls.resolve_spec(TINY_GP, quick=True))
     process = gd.build(experiment.spec.process)
@@ -211,22 +268,31 @@ def test_a_probability_flow_that_blows_up_is_counted_as_diverged_and_left_out_of
     xc, yc, xt, yt = x[:, :3], y[:, :3], x[:, 3:], y[:, 3:]
 
     def exploding(t, values, inputs):
-        blow_up = torch.zeros_like(values)
-        blow_up[0] = 10 * values[0] ** 3 + 10
-        return -values - blow_up
+        # the first function, known by its first context input (the joint's inputs start with the context's)
+        first = ((inputs[:, 0, 0] - xc[0, 0, 0].to(inputs.dtype)).abs() < 1e-6).to(values.dtype)[:, None, None]
+        return -values - first * (10 * values**3 + 10)
 
-    result = experiment._conditional_ll(exploding, process, xc, yc, xt, yt, "se", "probe")
+    with pytest.warns(RuntimeWarning, match="1 of 3 functions blew up"):
+        result = experiment._conditional_ll(exploding, process, xc, yc, xt, yt, "se", "probe")
     stationary = experiment._conditional_ll(lambda t, values, inputs: -values, process, xc, yc, xt, yt, "se", "probe")
     assert result["diverged"] == 1 and stationary["diverged"] == 0
     exact = gp_conditional_log_likelihood(process.kernel, xc.double(), yc.double(), xt.double(), yt.double()) / 3
     assert stationary["ll"] == pytest.approx(float(exact.mean()), abs=1e-3)
     assert result["ll"] == pytest.approx(float(exact[1:].mean()), abs=1e-3)
+    # an adaptive solver stops the whole batch on the diverging function ("underflow in dt"): it is singled out
+    adaptive = ODEOptions(method="dopri5", rtol=1e-6, atol=1e-6)
+    with pytest.warns(RuntimeWarning, match="blew up"):
+        ll = conditional_log_likelihood(exploding, process, yt.double(), xt.double(), yc.double(), xc.double(), options=adaptive)
+    assert not math.isfinite(float(ll[0]))
+    torch.testing.assert_close(ll[1:] / 3, exact[1:], atol=1e-4, rtol=0)
     # the plots draw conditional samples: a sampler that diverges is reported in the panel, not raised after the metrics
-    with pytest.warns(RuntimeWarning, match="non-finite at t = "):
+    with pytest.warns(RuntimeWarning, match="non-finite at t = ") as record:
         message = experiment._conditional_samples(
             lambda t, values, inputs: 1e3 * values**3, process, xt[0], xc[0], yc[0], torch.Generator().manual_seed(0)
         )
     assert message.startswith("ReplacementConditional: the samples became non-finite at t = ")
+    hint = str(record[-1].message)  # the panel shows the first clause, the warning the whole message
+    assert "raise steps" in hint and "psi" not in hint  # the replacement sampler has no Langevin step
 
 
 def test_tiny_vector_field_run_writes_the_data_efficiency_curve_and_resumes_without_recomputing(tmp_path, monkeypatch):

@@ -133,17 +133,24 @@ def test_translation_invariant_bidim_attention_ignores_shifts_of_the_inputs_and_
 def test_gp_residual_score_is_the_network_over_sigma_plus_the_limit_output(parametrisation):
     torch.manual_seed(0)
     spec = GPResidualScore.examples()[0]
-    spec = spec.model_copy(update={"process": spec.process.model_copy(update={"parametrisation": parametrisation, "mean": 0.2})})
+    scaling = parametrisation != "st_preconditioned"  # st's target -xi is O(1) already: the std trick is refused
+    spec = spec.model_copy(
+        update={
+            "process": spec.process.model_copy(update={"parametrisation": parametrisation, "mean": 0.2}),
+            "std_scaling": scaling,
+        }
+    )
     model = gd.build(spec).double()
     x, y = _pairs(3, 4, 1, 1, dtype=torch.float64)
     t = torch.tensor([0.01, 0.3, 0.9], dtype=torch.float64)
-    sigma = model.process.std(t)[:, None, None]
+    sigma = model.process.std(t)[:, None, None] if scaling else torch.ones(())
     limit = model.process.limit_output(y, t, inputs=x)
     torch.testing.assert_close(model(t, y, inputs=x), model.network(t, y, inputs=x) / sigma + limit, atol=1e-12, rtol=0)
     # each trick alone
-    scaled_only = gd.build(spec.model_copy(update={"residual": False})).double()
-    scaled_only.load_state_dict(model.state_dict())
-    torch.testing.assert_close(scaled_only(t, y, inputs=x), model.network(t, y, inputs=x) / sigma, atol=1e-12, rtol=0)
+    if scaling:
+        scaled_only = gd.build(spec.model_copy(update={"residual": False})).double()
+        scaled_only.load_state_dict(model.state_dict())
+        torch.testing.assert_close(scaled_only(t, y, inputs=x), model.network(t, y, inputs=x) / sigma, atol=1e-12, rtol=0)
     residual_only = gd.build(spec.model_copy(update={"std_scaling": False})).double()
     residual_only.load_state_dict(model.state_dict())
     torch.testing.assert_close(residual_only(t, y, inputs=x), model.network(t, y, inputs=x) + limit, atol=1e-12, rtol=0)
@@ -154,6 +161,26 @@ def test_gp_residual_score_is_the_network_over_sigma_plus_the_limit_output(param
     y_lim = law.sample(torch.Generator().manual_seed(1))
     expected = model.process.output_from_score(law.score(y_lim), t, inputs=x)
     torch.testing.assert_close(model(t, y_lim, inputs=x), expected, atol=1e-10, rtol=1e-10)
+
+
+def test_gp_residual_score_refuses_the_std_trick_on_st_outputs_and_a_mean_the_group_moves():
+    spec = GPResidualScore.examples()[0]
+    st = spec.process.model_copy(update={"parametrisation": "st_preconditioned"})
+    with pytest.raises(ValueError, match="std_scaling"):
+        GPResidualScore(spec.model_copy(update={"process": st}))
+    # rotations of the values move a constant field m != 0, so -(y - m) is not E(2)-equivariant
+    kernel = {"kind": "curl_free", "dim": 2}
+    egnn = {"kind": "egnn", "hidden": 8, "channels": 2, "layers": 1, "rbf": 4, "n_points": 4}
+    field = {"kind": "gp_residual", "n_points": 4, "input_dim": 2, "output_dim": 2, "network": egnn}
+    with pytest.raises(ValueError, match="process.mean"):
+        gd.build({**field, "process": {"kind": "ou_gp", "kernel": kernel, "mean": 0.5}})
+    model = gd.build({**field, "process": {"kind": "ou_gp", "kernel": kernel}})
+    z = model.example_input(3, torch.Generator().manual_seed(0))
+    t = torch.full((3,), 0.4)
+    errors = equivariance_errors(lambda v: model(t, v), model.group, z, output="vector")
+    assert max(errors.values()) < 1e-5
+    # translations move only the inputs: any constant mean is fine (the examples' mean 0.3)
+    gd.build(spec.model_copy(update={"process": spec.process.model_copy(update={"mean": 0.3})}))
 
 
 def test_gp_residual_score_rejects_a_mismatched_process_network_or_time_zero():

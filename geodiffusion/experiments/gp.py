@@ -120,17 +120,26 @@ class _FunctionExperiment(Experiment, register=False):
         trainer.fit()
         return trainer.ema_model, trainer.train_seconds
 
-    def _conditional_ll(self, score, process, xc, yc, xt, yt, *keys) -> dict[str, float]:
-        """``ll``: the mean conditional log-likelihood per target point over the test functions whose probability flow
-        stayed finite; ``diverged``: how many functions' flows blew up (their likelihood is undefined, not low)."""
+    def _function_lls(self, score, process, xc, yc, xt, yt, *keys) -> Tensor:
+        """Each test function's conditional log-likelihood per target point by the probability flow, ``[B]`` on the
+        CPU; not finite where the function's flow blew up."""
         s = self.spec
         gen = torch.Generator().manual_seed(derive_function_seed(s.seed, "likelihood", *keys))
         ll = conditional_log_likelihood(
             score, process, yt, xt, yc, xc, options=s.likelihood.ode, exact_max_dim=s.likelihood.exact_max_dim, generator=gen
         )
+        return ll.detach().cpu().double() / yt.shape[1]
+
+    @staticmethod
+    def _summary(ll: Tensor) -> dict[str, float]:
+        """``ll``: the mean over the functions whose flow stayed finite; ``diverged``: how many blew up (their
+        likelihood is undefined, not low)."""
         finite = torch.isfinite(ll)
-        mean = float(ll[finite].mean()) / yt.shape[1] if bool(finite.any()) else math.nan
-        return {"ll": mean, "diverged": int((~finite).sum())}
+        return {"ll": float(ll[finite].mean()) if bool(finite.any()) else math.nan, "diverged": int((~finite).sum())}
+
+    def _conditional_ll(self, score, process, xc, yc, xt, yt, *keys) -> dict[str, float]:
+        """:meth:`_summary` of :meth:`_function_lls`."""
+        return self._summary(self._function_lls(score, process, xc, yc, xt, yt, *keys))
 
     def _conditional_samples(self, score, process, inputs, xc, yc, generator) -> Tensor | str:
         """Conditional samples of the plots, or the sampler's message where they became non-finite: a plot shows
@@ -164,7 +173,8 @@ class GP1DExperiment(_FunctionExperiment, kind="gp-1d"):
     (``generalisation``): the first ``n_context`` points are the context, the next ``n_target`` the targets.
 
     Metrics per dataset ``D`` and split ``S`` (nats per target point): ``D/S/model_ll``, ``D/S/baseline_ll`` and, for
-    GP data, ``D/S/gp_ll`` (exact posterior predictive) and ``D/S/gap`` = gp - model; ``D/train_seconds``,
+    GP data, ``D/S/gp_ll`` (exact posterior predictive) and ``D/S/gap`` = gp - model (on the functions whose model
+    flow stayed finite: ``D/S/model_diverged`` counts the others); ``D/train_seconds``,
     ``functions_per_second`` (reverse SDE, ``throughput_steps`` steps, 100 points). Plots: ``D_posterior.png``
     (context, model conditional samples with a 2-std band, the exact GP band where available).
     """
@@ -270,13 +280,18 @@ class GP1DExperiment(_FunctionExperiment, kind="gp-1d"):
             tx, ty = tx.to(device), ty.to(device)
             xc, yc, xt, yt = tx[:, : s.n_context], ty[:, : s.n_context], tx[:, s.n_context :], ty[:, s.n_context :]
             key = f"{name}/{split}"
+            lls = {}
             for which, net in (("model", model), ("baseline", baseline)):
-                result = self._conditional_ll(net, process, xc, yc, xt, yt, name, split)
+                lls[which] = self._function_lls(net, process, xc, yc, xt, yt, name, split)
+                result = self._summary(lls[which])
                 metrics[f"{key}/{which}_ll"], metrics[f"{key}/{which}_diverged"] = result["ll"], result["diverged"]
             if kernel is not None:
-                gp = float(gp_conditional_log_likelihood(kernel, xc.cpu(), yc.cpu(), xt.cpu(), yt.cpu()).mean()) / s.n_target
-                metrics[f"{key}/gp_ll"] = gp
-                metrics[f"{key}/gap"] = gp - metrics[f"{key}/model_ll"]
+                gp = gp_conditional_log_likelihood(kernel, xc.cpu(), yc.cpu(), xt.cpu(), yt.cpu()).double() / s.n_target
+                metrics[f"{key}/gp_ll"] = float(gp.mean())
+                # on the functions the model's likelihood is defined for: a diverged flow drops out of both sides
+                finite = torch.isfinite(lls["model"])
+                gap = gp[finite] - lls["model"][finite]
+                metrics[f"{key}/gap"] = float(gap.mean()) if bool(finite.any()) else math.nan
             if split == "interpolation":
                 self._plot_posterior(out_dir / f"{name}_posterior.png", name, model, process, kernel, xc[0], yc[0], device, dtype)
         return metrics

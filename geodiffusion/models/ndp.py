@@ -367,8 +367,11 @@ class GPResidualScore(FunctionScoreModel, kind="gp_residual"):
 
     The K-preconditioned DSM target :math:`-L\xi/\sigma_t` spans two orders of magnitude over :math:`t`; the network's
     share of it, :math:`-L\xi + \sigma_t (y_t - m)`, is :math:`O(1)` at every :math:`t`. At :math:`n_\theta = 0` the
-    reverse SDE is the forward one started in its limit. :math:`o_\pi` is equivariant wherever :math:`K` is, so the
-    network's group is the model's.
+    reverse SDE is the forward one started in its limit. The std trick needs ``plain`` or ``kernel_preconditioned``:
+    an ``st_preconditioned`` target :math:`-\xi` is already :math:`O(1)`, and dividing by :math:`\sigma_t` would make
+    the network's share :math:`O(\sigma_t)`; that pairing is refused. :math:`o_\pi` is equivariant wherever :math:`K`
+    is and the group fixes the constant field :math:`m` (any :math:`m` for groups that move only the inputs,
+    :math:`m = 0` for rotations of the values; checked at construction), so the network's group is the model's.
     """
 
     class Spec(_FunctionSpec):
@@ -408,6 +411,26 @@ class GPResidualScore(FunctionScoreModel, kind="gp_residual"):
             raise ValueError(
                 f"process: its kernel maps R^{self.process.kernel.input_dim} to {self.process.kernel.output_dim}x"
                 f"{self.process.kernel.output_dim} matrices; expected input_dim={s.input_dim}, output_dim={s.output_dim}"
+            )
+        if s.std_scaling and self.process.spec.parametrisation == "st_preconditioned":
+            raise ValueError(
+                "std_scaling: an st_preconditioned output (target -xi) is already O(1) in t; dividing the network by "
+                "sigma_t would leave it an O(sigma_t) target. Set std_scaling=False or use kernel_preconditioned/plain"
+            )
+        if s.residual and self.process.spec.mean != 0 and self.group is not None:
+            self._check_mean_is_fixed_by_group()
+
+    def _check_mean_is_fixed_by_group(self) -> None:
+        # o_pi = -(y - m) commutes with the action only if every g maps the constant field m to itself
+        s, m = self.spec, self.process.spec.mean
+        gen = torch.Generator().manual_seed(0)
+        inputs = randn((4, s.n_points, s.input_dim), gen, dtype=torch.float64)
+        field = torch.cat([inputs, torch.full((4, s.n_points, s.output_dim), m, dtype=torch.float64)], -1)
+        moved = self.group.act(self.group.sample(4, gen, dtype=torch.float64), field)[..., s.input_dim :]
+        if not torch.allclose(moved, torch.full_like(moved, m), atol=1e-9):
+            raise ValueError(
+                f"process.mean: the residual output -(y - m) is equivariant only if the group fixes the constant "
+                f"field m = {m}, and {self.group!r} moves the values; set mean = 0 or residual = False"
             )
 
     @property

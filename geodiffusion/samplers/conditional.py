@@ -24,6 +24,7 @@ the output in the process's parametrisation (:class:`~geodiffusion.testing.GPSco
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Literal
@@ -97,6 +98,9 @@ class _ReverseConditional(ConditionalSampler):
     def _inner_evaluations(self) -> int:
         return 0
 
+    def _divergence_hint(self) -> str:
+        return "the reverse steps are too large for this score (raise steps), or the score grows too fast in y"
+
     def sample(
         self,
         score,
@@ -133,9 +137,7 @@ class _ReverseConditional(ConditionalSampler):
                 # one host sync per outer step: a diverged chain stops with the time it broke at, not as NaN output
                 if not bool(torch.isfinite(y).all()):
                     raise FloatingPointError(
-                        f"{type(self).__name__}: the samples became non-finite at t = {t_next:.4g}; the steps are too "
-                        "large for this score (raise steps; a Langevin step must stay below a few times the target's "
-                        "variance: lower psi)"
+                        f"{type(self).__name__}: the samples became non-finite at t = {t_next:.4g}; {self._divergence_hint()}"
                     )
         finally:
             counted.close()
@@ -359,6 +361,12 @@ class LangevinConditional(_ReverseConditional, kind="langevin_conditional"):
     def _inner_evaluations(self) -> int:
         return self.spec.inner_steps
 
+    def _divergence_hint(self) -> str:
+        return (
+            f"raise steps, or lower psi (now {self.spec.psi:g}): a Langevin step gamma = psi g^2 dt must stay below a "
+            "few times the target's variance"
+        )
+
     def _correct(self, ctx: _Context, y: Tensor, t: float, dt: float) -> Tensor:
         s = self.spec
         if s.tau is not None and t > s.tau:
@@ -432,26 +440,46 @@ def marginal_log_likelihood(
 ) -> Tensor:
     r""":math:`\log p_\varepsilon(y \mid x)` of ``values [B, n, d]`` at ``inputs [n, m]`` or ``[B, n, m]``, in nats
     per function, by the probability flow :math:`\dot y = f - \tfrac12\beta K \nabla\log p_t` and
-    :func:`~geodiffusion.samplers.log_likelihood` (exact divergence up to ``exact_max_dim`` = n*d)."""
+    :func:`~geodiffusion.samplers.log_likelihood` (exact divergence up to ``exact_max_dim`` = n*d). Not finite (with a
+    ``RuntimeWarning``) for a function whose flow blows up, with fixed-step and adaptive solvers alike."""
     if not isinstance(process, OUGaussianProcess):
         raise ValueError(f"process: expected an OUGaussianProcess, got {type(process).__name__}")
     if values.dim() != 3:
         raise ValueError(f"values: expected [B, n, d], got {list(values.shape)}")
-    factor = process.factor(inputs)
-    batch_inputs = inputs.expand((values.shape[0],) + inputs.shape[-2:])
+    kwargs = {"options": options, "estimator": estimator, "exact_max_dim": exact_max_dim, "generator": generator}
 
-    def plain(t: Tensor, y: Tensor) -> Tensor:
-        return process.score_from_output(score(t, y, inputs=batch_inputs), t, inputs=factor)
+    def solve(values: Tensor, inputs: Tensor) -> Tensor:
+        factor = process.factor(inputs)
+        batch_inputs = inputs.expand((values.shape[0],) + inputs.shape[-2:])
 
-    return log_likelihood(
-        plain,
-        _AtInputs(process, factor),
-        values,
-        options=options,
-        estimator=estimator,
-        exact_max_dim=exact_max_dim,
-        generator=generator,
-    )
+        def plain(t: Tensor, y: Tensor) -> Tensor:
+            return process.score_from_output(score(t, y, inputs=batch_inputs), t, inputs=factor)
+
+        return log_likelihood(plain, _AtInputs(process, factor), values, **kwargs)
+
+    def bisect(values: Tensor, inputs: Tensor) -> Tensor:
+        # an adaptive solver stops the whole batch where one function's flow blows up ("underflow in dt"): the
+        # functions are independent, so halve the batch until the diverged ones stand alone, and give them NaN
+        try:
+            return solve(values, inputs)
+        except AssertionError as err:
+            if "underflow in dt" not in str(err):
+                raise
+            if values.shape[0] == 1:
+                return torch.full((1,), math.nan, dtype=values.dtype, device=values.device)
+            half = values.shape[0] // 2
+            first, second = (inputs[:half], inputs[half:]) if inputs.dim() == 3 else (inputs, inputs)
+            return torch.cat([bisect(values[:half], first), bisect(values[half:], second)])
+
+    ll = bisect(values, inputs)
+    if not bool(torch.isfinite(ll).all()):
+        warnings.warn(
+            f"marginal_log_likelihood: the probability flow of {int((~torch.isfinite(ll)).sum())} of {ll.numel()} "
+            "functions blew up; their log-likelihood is not finite",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return ll
 
 
 def conditional_log_likelihood(

@@ -40,7 +40,9 @@ FunctionWeighting = Literal["sigma2", "none"]
 derive_function_seed = derive_seed
 
 
-def _weight(process: OUGaussianProcess, t: Tensor, weighting: FunctionWeighting) -> Tensor:
+def function_dsm_weight(process: OUGaussianProcess, t: Tensor, weighting: FunctionWeighting = "sigma2") -> Tensor:
+    r"""The DSM weight :math:`\lambda(t)` of :func:`function_dsm_loss`: :math:`\sigma_t^2`, or 1 (``"none"``, and
+    always for ``st_preconditioned`` outputs, whose target :math:`-\xi` is already :math:`O(1)`)."""
     if weighting == "none" or process.spec.parametrisation == "st_preconditioned":
         return torch.ones_like(t)
     return process.std(t) ** 2
@@ -61,8 +63,8 @@ def function_dsm_loss(
 ) -> Tensor:
     r"""DSM loss :math:`\lambda(t) \| o_\theta(t, x, y_t) - T \|^2 / (Nd)` of ``values [B, N, d]`` at
     ``inputs [B, N, m]``, averaged over the batch (``reduce``) or per function ``[B]``; times
-    :math:`t \sim U[\varepsilon, T]` unless ``t [B]`` is given. ``model(t, y, inputs=x)`` returns the output in
-    ``process.spec.parametrisation``.
+    :math:`t \sim U[\varepsilon, T]` unless ``t`` (``[B]``, or one time for all) is given. ``model(t, y, inputs=x)``
+    returns the output in ``process.spec.parametrisation``.
 
     ``antithetic``: each function's term is the mean over :math:`\pm\xi` at one :math:`t`
     (:math:`y_t^\pm = \mu_t \pm \sigma_t L\xi`, targets :math:`\pm T(\xi)`, :math:`T` linear): the same
@@ -83,6 +85,11 @@ def function_dsm_loss(
         if not 0 <= eps < process.T:
             raise ValueError(f"eps: expected a value in [0, T={process.T}), got {eps}")
         t = eps + (process.T - eps) * rand((batch,), generator, dtype=values.dtype, device=values.device)
+    else:
+        t = torch.as_tensor(t, dtype=values.dtype, device=values.device)
+        if t.numel() != 1 and tuple(t.shape) != (batch,):
+            raise ValueError(f"t: expected one time or one per function, [{batch}], got shape {list(t.shape)}")
+        t = t.reshape(-1).expand(batch)  # a shared time, broadcast so the antithetic pair can concatenate it
     factor = process.factor(inputs)
     y_t, target = process.denoising_pair(values, t, inputs=factor, generator=generator)
     if antithetic:
@@ -90,7 +97,7 @@ def function_dsm_loss(
         y_t, target = torch.cat([y_t, 2 * mean - y_t]), torch.cat([target, -target])
         t, inputs = torch.cat([t, t]), torch.cat([inputs, inputs])
     out = model(t, y_t, inputs=inputs)
-    losses = _weight(process, t, weighting) * ((out - target) ** 2).flatten(1).mean(-1)
+    losses = function_dsm_weight(process, t, weighting) * ((out - target) ** 2).flatten(1).mean(-1)
     if antithetic:
         losses = 0.5 * (losses[:batch] + losses[batch:])
     return losses.mean() if reduce else losses
