@@ -7,7 +7,7 @@
 2. The DSM loss of the trained EMA network and of the exact score (the loss's floor) on fresh functions, with
    the same times and noise for both, over the whole time range and by band.
 3. At fixed times, the network's output error relative to the exact output, and that error's share of the DSM
-   loss (lambda(t) |o_theta - o|^2 / (N d), lambda = sigma_t^2, or 1 for st_preconditioned outputs) against the
+   loss (lambda(t) |o_theta - o|^2 / (N d), with the run's weighting lambda) against the
    loss's floor: how visible the error is to training.
 4. With ``--likelihood``, the EMA network's conditional log-likelihood on the interpolation split with the run's
    likelihood settings: what the experiment reports, for a run stopped after training.
@@ -74,15 +74,18 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     fgen = torch.Generator().manual_seed(derive_function_seed(spec.seed, "diagnostics", args.dataset))
     x, y = sample_functions(args.dataset, args.functions, n_c + spec.n_target, noise=spec.noise, generator=fgen)
-    weighting = "1" if process.spec.parametrisation == "st_preconditioned" else "sigma_t^2"
-    print(f"DSM loss ({weighting} weighting) of the EMA network at step {state['step']} and of the exact score:")
+    weighting = spec.training.weighting  # the run's lambda(t): sigma_t^2, or 1 ("none", and st_preconditioned)
+    label = "1" if weighting == "none" or process.spec.parametrisation == "st_preconditioned" else "sigma_t^2"
+    print(f"DSM loss ({label} weighting) of the EMA network at step {state['step']} and of the exact score:")
     for low, high in BANDS:
         losses = {"network": 0.0, "exact": 0.0}
         for k in range(args.draws):
             t = low + (high - low) * torch.rand(args.functions, generator=torch.Generator().manual_seed(100 + k))
             for name, net in (("network", model), ("exact", oracle)):
                 with torch.no_grad():
-                    loss = function_dsm_loss(net, process, x, y, t=t, generator=torch.Generator().manual_seed(k))
+                    loss = function_dsm_loss(
+                        net, process, x, y, t=t, weighting=weighting, generator=torch.Generator().manual_seed(k)
+                    )
                 losses[name] += float(loss) / args.draws
         print(f"  t in [{low:g}, {high:g}]: network {losses['network']:.4f}, exact {losses['exact']:.4f}")
     print("output error of the EMA network against the exact output at fixed times:")
@@ -92,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             error = ((model(t, y_t, inputs=x) - oracle(t, y_t, inputs=x)) ** 2).flatten(1).sum(-1)
             norm = (oracle(t, y_t, inputs=x) ** 2).flatten(1).sum(-1)
-            floor = function_dsm_loss(oracle, process, x, y, t=t, generator=torch.Generator().manual_seed(8))
-        share = float(function_dsm_weight(process, t[:1].double())[0] * error.mean() / y[0].numel())
+            floor = function_dsm_loss(oracle, process, x, y, t=t, weighting=weighting, generator=torch.Generator().manual_seed(8))
+        share = float(function_dsm_weight(process, t[:1].double(), weighting)[0] * error.mean() / y[0].numel())
         print(
             f"  t = {t0:g}: |o_theta - o|^2 / |o|^2 = {float(error.mean() / norm.mean()):.3f}, "
             f"its DSM loss share {share:.2e} against the floor {float(floor):.4f}"
