@@ -16,7 +16,7 @@ from geodiffusion.data.functions import SCALAR_FUNCTIONS, data_kernel, sample_fu
 from geodiffusion.experiments import Experiment
 from geodiffusion.experiments.gp import gp_conditional_log_likelihood
 from geodiffusion.models import BiDimensionalAttention
-from geodiffusion.samplers.conditional import conditional_log_likelihood
+from geodiffusion.samplers.conditional import conditional_log_likelihood, marginal_log_likelihood
 from geodiffusion.samplers.ode import ODEOptions
 from geodiffusion.testing import GPScore
 from geodiffusion.training.functions import FunctionTrainer, function_dsm_loss
@@ -241,6 +241,24 @@ def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path
         json.loads((tmp_path / "se" / "metrics.json").read_text())["se/interpolation/model_ll"]
         == metrics["se/interpolation/model_ll"]
     )
+
+
+def test_an_adaptive_flow_that_blows_up_for_one_function_leaves_the_others_finite_with_shared_inputs():
+    """Output -y - 0.1 y^3 (K-preconditioned) gives the flow dy/dt = 0.05 beta y^3 at every point: from y = 3 it blows
+    up at B(t) = 1.1 < B(T), from y = 0.1 it does not. Inputs shared as [n, m] or [1, n, m] are split alike."""
+    process = gd.build({"kind": "ou_gp", "kernel": {"kind": "squared_exponential", "lengthscale": 0.5}})
+    x = torch.linspace(-1, 1, 4, dtype=torch.float64).reshape(4, 1)
+    y = torch.full((3, 4, 1), 0.1, dtype=torch.float64)
+    y[1] = 3.0
+    adaptive = ODEOptions(method="dopri5", rtol=1e-6, atol=1e-6)
+    cubic = lambda t, values, inputs: -values - 0.1 * values**3  # noqa: E731
+    lls = []
+    for inputs in (x, x[None], x.expand(3, 4, 1)):
+        with pytest.warns(RuntimeWarning, match="1 of 3 functions blew up"):
+            lls.append(marginal_log_likelihood(cubic, process, y, inputs, options=adaptive))
+    for ll in lls:
+        assert not math.isfinite(float(ll[1])) and bool(torch.isfinite(ll[[0, 2]]).all())
+        torch.testing.assert_close(ll[[0, 2]], lls[0][[0, 2]])
 
 
 def test_gp_1d_gap_compares_the_exact_gp_and_the_model_on_the_same_functions(tmp_path, monkeypatch):

@@ -179,8 +179,20 @@ def test_gp_residual_score_refuses_the_std_trick_on_st_outputs_and_a_mean_the_gr
     t = torch.full((3,), 0.4)
     errors = equivariance_errors(lambda v: model(t, v), model.group, z, output="vector")
     assert max(errors.values()) < 1e-5
-    # translations move only the inputs: any constant mean is fine (the examples' mean 0.3)
+    # translations and permutations move no constant field: any mean is fine, whatever the point counts
     gd.build(spec.model_copy(update={"process": spec.process.model_copy(update={"mean": 0.3})}))
+    plain_net = spec.network.model_copy(update={"translation_invariant": False, "n_points": 3})
+    mean = spec.process.model_copy(update={"mean": 0.3})
+    shuffled = gd.build(spec.model_copy(update={"network": plain_net, "n_points": 5, "process": mean}))
+    assert isinstance(shuffled.group, Permutations)
+    # under st_preconditioned the residual -sigma_t L^{-1}(y - m) depends on the points' order: no group is claimed
+    st_residual = gd.build(spec.model_copy(update={"process": st, "std_scaling": False}))
+    assert st_residual.group is None
+    x, y = _pairs(1, 4, 1, 1, dtype=torch.float64)
+    order = torch.tensor([2, 0, 3, 1])
+    t = torch.full((1,), 0.5, dtype=torch.float64)
+    limit = st_residual.process.limit_output(y, t, inputs=x)
+    assert (st_residual.process.limit_output(y[:, order], t, inputs=x[:, order]) - limit[:, order]).abs().max() > 1e-3
 
 
 def test_gp_residual_score_rejects_a_mismatched_process_network_or_time_zero():

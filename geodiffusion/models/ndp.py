@@ -369,9 +369,12 @@ class GPResidualScore(FunctionScoreModel, kind="gp_residual"):
     share of it, :math:`-L\xi + \sigma_t (y_t - m)`, is :math:`O(1)` at every :math:`t`. At :math:`n_\theta = 0` the
     reverse SDE is the forward one started in its limit. The std trick needs ``plain`` or ``kernel_preconditioned``:
     an ``st_preconditioned`` target :math:`-\xi` is already :math:`O(1)`, and dividing by :math:`\sigma_t` would make
-    the network's share :math:`O(\sigma_t)`; that pairing is refused. :math:`o_\pi` is equivariant wherever :math:`K`
-    is and the group fixes the constant field :math:`m` (any :math:`m` for groups that move only the inputs,
-    :math:`m = 0` for rotations of the values; checked at construction), so the network's group is the model's.
+    the network's share :math:`O(\sigma_t)`; that pairing is refused. Under ``plain`` and ``kernel_preconditioned``,
+    :math:`o_\pi` is equivariant wherever :math:`K` is and the group fixes the constant field :math:`m` (any
+    :math:`m` for groups that move only the inputs, :math:`m = 0` for rotations of the values; checked at
+    construction), so the network's group is the model's. Under ``st_preconditioned`` it is
+    :math:`-\sigma_t L^{-1}(y - m)`, with :math:`L` the Cholesky factor, which depends on the order of the points:
+    with the residual the model claims no group.
     """
 
     class Spec(_FunctionSpec):
@@ -421,20 +424,24 @@ class GPResidualScore(FunctionScoreModel, kind="gp_residual"):
             self._check_mean_is_fixed_by_group()
 
     def _check_mean_is_fixed_by_group(self) -> None:
-        # o_pi = -(y - m) commutes with the action only if every g maps the constant field m to itself
+        # o_pi = -(y - m) commutes with the action only if every g maps the constant field m to itself (a field the
+        # network's own group acts on: its example input with the values set to m)
         s, m = self.spec, self.process.spec.mean
         gen = torch.Generator().manual_seed(0)
-        inputs = randn((4, s.n_points, s.input_dim), gen, dtype=torch.float64)
-        field = torch.cat([inputs, torch.full((4, s.n_points, s.output_dim), m, dtype=torch.float64)], -1)
+        field = self.network.example_input(4, gen).to(torch.float64)
+        field[..., s.input_dim :] = m
         moved = self.group.act(self.group.sample(4, gen, dtype=torch.float64), field)[..., s.input_dim :]
         if not torch.allclose(moved, torch.full_like(moved, m), atol=1e-9):
             raise ValueError(
                 f"process.mean: the residual output -(y - m) is equivariant only if the group fixes the constant "
-                f"field m = {m}, and {self.group!r} moves the values; set mean = 0 or residual = False"
+                f"field m = {m}, which {self.group!r} moves (so the limit N(m, K) is not invariant under it either); "
+                "set mean = 0"
             )
 
     @property
     def group(self) -> Group | None:
+        if self.spec.residual and self.process.spec.parametrisation == "st_preconditioned":
+            return None  # -sigma_t L^{-1}(y - m) depends on the Cholesky factor's ordering of the points
         return self.network.group
 
     def score(self, t: Tensor, inputs: Tensor, values: Tensor) -> Tensor:

@@ -441,11 +441,14 @@ def marginal_log_likelihood(
     r""":math:`\log p_\varepsilon(y \mid x)` of ``values [B, n, d]`` at ``inputs [n, m]`` or ``[B, n, m]``, in nats
     per function, by the probability flow :math:`\dot y = f - \tfrac12\beta K \nabla\log p_t` and
     :func:`~geodiffusion.samplers.log_likelihood` (exact divergence up to ``exact_max_dim`` = n*d). Not finite (with a
-    ``RuntimeWarning``) for a function whose flow blows up, with fixed-step and adaptive solvers alike."""
+    ``RuntimeWarning``) for a function whose flow blows up, with fixed-step and adaptive solvers alike; under an
+    adaptive solver a merely stiff flow whose step underflows is reported the same way."""
     if not isinstance(process, OUGaussianProcess):
         raise ValueError(f"process: expected an OUGaussianProcess, got {type(process).__name__}")
     if values.dim() != 3:
         raise ValueError(f"values: expected [B, n, d], got {list(values.shape)}")
+    if inputs.dim() == 3:  # one row per function, so that a batch can be split with its inputs
+        inputs = inputs.expand((values.shape[0],) + inputs.shape[-2:])
     kwargs = {"options": options, "estimator": estimator, "exact_max_dim": exact_max_dim, "generator": generator}
 
     def solve(values: Tensor, inputs: Tensor) -> Tensor:
@@ -459,7 +462,9 @@ def marginal_log_likelihood(
 
     def bisect(values: Tensor, inputs: Tensor) -> Tensor:
         # an adaptive solver stops the whole batch where one function's flow blows up ("underflow in dt"): the
-        # functions are independent, so halve the batch until the diverged ones stand alone, and give them NaN
+        # functions are independent, so halve the batch until the diverged ones stand alone, and give them NaN.
+        # The retries draw fresh Hutchinson probes: a finite function's estimate then depends on the seed *and*
+        # on which others diverged (only on this path; exact divergences are unaffected)
         try:
             return solve(values, inputs)
         except AssertionError as err:

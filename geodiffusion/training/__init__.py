@@ -4,7 +4,13 @@ from geodiffusion.training.bridges import BridgeTrainer
 from geodiffusion.training.checkpoint import load_checkpoint, save_checkpoint
 from geodiffusion.training.distributed import DistributedContext, batch_bounds, is_main_process, setup_distributed
 from geodiffusion.training.ema import EMA
-from geodiffusion.training.functions import FunctionTrainer, FunctionTrainingSpec, function_dsm_loss, function_riemannian_dsm_loss
+from geodiffusion.training.functions import (
+    FunctionTrainer,
+    FunctionTrainingSpec,
+    function_dsm_loss,
+    function_dsm_weight,
+    function_riemannian_dsm_loss,
+)
 from geodiffusion.training.graph import DistanceDSMValidation, GraphTrainer, distance_dsm_loss
 from geodiffusion.training.losses import WEIGHTINGS, Weighting, dsm_loss
 from geodiffusion.training.riemannian import RIEMANNIAN_WEIGHTINGS, RiemannianWeighting, riemannian_dsm_loss
@@ -23,7 +29,7 @@ __all__ = [
     "derive_seed",
 ]
 __all__ += ["riemannian_dsm_loss", "RiemannianWeighting", "RIEMANNIAN_WEIGHTINGS"]
-__all__ += ["function_dsm_loss", "function_riemannian_dsm_loss", "FunctionTrainer", "FunctionTrainingSpec"]
+__all__ += ["function_dsm_loss", "function_dsm_weight", "function_riemannian_dsm_loss", "FunctionTrainer", "FunctionTrainingSpec"]
 __all__ += ["DistributedContext", "setup_distributed", "batch_bounds", "is_main_process"]
 __all__ += ["GraphTrainer", "distance_dsm_loss", "DistanceDSMValidation"]
 __all__ += ["TrainerBase", "BridgeTrainer", "Validation"]

@@ -31,6 +31,7 @@ __all__ = [
     "FunctionTrainingSpec",
     "FunctionTrainer",
     "function_dsm_loss",
+    "function_dsm_weight",
     "function_riemannian_dsm_loss",
     "derive_function_seed",
 ]
@@ -43,6 +44,8 @@ derive_function_seed = derive_seed
 def function_dsm_weight(process: OUGaussianProcess, t: Tensor, weighting: FunctionWeighting = "sigma2") -> Tensor:
     r"""The DSM weight :math:`\lambda(t)` of :func:`function_dsm_loss`: :math:`\sigma_t^2`, or 1 (``"none"``, and
     always for ``st_preconditioned`` outputs, whose target :math:`-\xi` is already :math:`O(1)`)."""
+    if weighting not in ("sigma2", "none"):
+        raise ValueError(f"weighting: expected 'sigma2' or 'none', got {weighting!r}")
     if weighting == "none" or process.spec.parametrisation == "st_preconditioned":
         return torch.ones_like(t)
     return process.std(t) ** 2
@@ -86,7 +89,8 @@ def function_dsm_loss(
             raise ValueError(f"eps: expected a value in [0, T={process.T}), got {eps}")
         t = eps + (process.T - eps) * rand((batch,), generator, dtype=values.dtype, device=values.device)
     else:
-        t = torch.as_tensor(t, dtype=values.dtype, device=values.device)
+        # a given tensor keeps its dtype (a float64 t with float32 values is not rounded); a number takes the values'
+        t = torch.as_tensor(t, dtype=None if isinstance(t, Tensor) else values.dtype, device=values.device)
         if t.numel() != 1 and tuple(t.shape) != (batch,):
             raise ValueError(f"t: expected one time or one per function, [{batch}], got shape {list(t.shape)}")
         t = t.reshape(-1).expand(batch)  # a shared time, broadcast so the antithetic pair can concatenate it
