@@ -336,7 +336,9 @@ class VectorField2DExperiment(_FunctionExperiment, kind="vector-field-2d"):
     rotation-equivariant) are trained on ``train_sizes`` functions each and evaluated by the conditional
     log-likelihood per target point (nats per 2-d vector) against the exact GP.
 
-    Metrics: ``D/n<size>/<network>_ll``, ``D/gp_ll``, ``D/n<size>/<network>_train_seconds``. Plots:
+    Metrics: ``D/n<size>/<network>_ll`` (over the test functions whose flow stayed finite),
+    ``D/n<size>/<network>_diverged`` (how many did not), ``D/gp_ll`` (all of them),
+    ``D/n<size>/<network>_train_seconds``. Plots:
     ``data_efficiency.png`` (likelihood vs training-set size) and ``D_fields.png`` (a test field, its context and the
     networks' conditional means).
     """
