@@ -447,8 +447,6 @@ def marginal_log_likelihood(
         raise ValueError(f"process: expected an OUGaussianProcess, got {type(process).__name__}")
     if values.dim() != 3:
         raise ValueError(f"values: expected [B, n, d], got {list(values.shape)}")
-    if inputs.dim() == 3:  # one row per function, so that a batch can be split with its inputs
-        inputs = inputs.expand((values.shape[0],) + inputs.shape[-2:])
     kwargs = {"options": options, "estimator": estimator, "exact_max_dim": exact_max_dim, "generator": generator}
 
     def solve(values: Tensor, inputs: Tensor) -> Tensor:
@@ -473,7 +471,9 @@ def marginal_log_likelihood(
             if values.shape[0] == 1:
                 return torch.full((1,), math.nan, dtype=values.dtype, device=values.device)
             half = values.shape[0] // 2
-            first, second = (inputs[:half], inputs[half:]) if inputs.dim() == 3 else (inputs, inputs)
+            # inputs [n, m] or [1, n, m] are shared (one factor for the batch); [B, n, m] split with the values
+            per_function = inputs.dim() == 3 and inputs.shape[0] == values.shape[0] > 1
+            first, second = (inputs[:half], inputs[half:]) if per_function else (inputs, inputs)
             return torch.cat([bisect(values[:half], first), bisect(values[half:], second)])
 
     ll = bisect(values, inputs)
