@@ -230,6 +230,12 @@ def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path
     printed = capsys.readouterr().out
     assert f"interpolation log-likelihood of the EMA network: {metrics['se/interpolation/model_ll']:.4f}" in printed
     assert "0 of 2 flows diverged" in printed
+    # ... and the posterior plot is redrawn with another sampler beside the run's own
+    replot = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "gp_posterior_plot.py"))
+    assert replot["main"](["--run", str(tmp_path), "--dataset", "step", "--sampler", '{"steps": 3}']).is_file()
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="dataset: expected one of the run's datasets"):
+        replot["main"](["--run", str(tmp_path), "--dataset", "matern52"])
     # an interrupted run resumed in the same folder reads each finished dataset's likelihoods back
     (tmp_path / "metrics.json").unlink()
     monkeypatch.setattr(cls, "_function_lls", lambda *args: pytest.fail("recomputed a finished dataset"))
