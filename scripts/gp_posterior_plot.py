@@ -15,13 +15,10 @@ from pathlib import Path
 
 import torch
 
-from geodiffusion.data.functions import data_kernel, sample_functions
+from geodiffusion.data.functions import data_kernel
 from geodiffusion.experiments.gp import GP1DExperiment
-from geodiffusion.models.base import ScoreModel
 from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
-from geodiffusion.training import load_checkpoint
-from geodiffusion.training.functions import derive_function_seed
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -35,22 +32,18 @@ def main(argv: list[str] | None = None) -> Path:
     if args.dataset not in raw["datasets"]:
         raise ValueError(f"dataset: expected one of the run's datasets {raw['datasets']}, got {args.dataset!r}")
     raw["sampler"] = {**raw["sampler"], **changes}
-    spec = GP1DExperiment.Spec.model_validate(raw)
+    spec = GP1DExperiment.Spec.model_validate(GP1DExperiment.Spec.with_defaults(raw))
+    experiment = GP1DExperiment(spec)
     dtype = getattr(torch, spec.dtype)
-    model = build(spec.model, ScoreModel)
-    model.load_state_dict(load_checkpoint(args.run / args.dataset / "model" / "checkpoints" / "last.pt")["ema"]["model"])
-    model.eval()
-    # the same first interpolation test function as the run's own plot
-    gen = torch.Generator().manual_seed(derive_function_seed(spec.seed, "test", args.dataset, "interpolation"))
+    model = experiment.load_network(args.run, args.dataset)
+    # the first interpolation test function's context, as in the run's own plot
+    x, y = experiment.test_functions(args.dataset, "interpolation", dtype)
     n_c = spec.n_context
-    x, y = sample_functions(args.dataset, spec.n_test, n_c + spec.n_target, noise=spec.noise, generator=gen, dtype=dtype)
     label = "_".join(f"{k}{v}" for k, v in changes.items()) or "default"
     out = args.run / f"{args.dataset}_posterior_{label}.png"
     kernel = data_kernel(args.dataset, spec.noise)
     process = build(spec.process, Process)
-    GP1DExperiment(spec)._plot_posterior(
-        out, args.dataset, model, process, kernel, x[0, :n_c], y[0, :n_c], torch.device("cpu"), dtype
-    )
+    experiment._plot_posterior(out, args.dataset, model, process, kernel, x[0, :n_c], y[0, :n_c], torch.device("cpu"), dtype)
     print(out)
     return out
 

@@ -54,11 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"dataset: {args.dataset!r} is not GP data; expected se, matern52 or weakly_periodic")
     oracle = GPScore(process, kernel=kernel)
 
-    tgen = torch.Generator().manual_seed(derive_function_seed(spec.seed, "test", args.dataset, "interpolation"))
+    experiment = GP1DExperiment(spec)
     n_c = spec.n_context
-    tx, ty = sample_functions(
-        args.dataset, spec.n_test, n_c + spec.n_target, noise=spec.noise, generator=tgen, dtype=torch.float64
-    )
+    tx, ty = experiment.test_functions(args.dataset, "interpolation", torch.float64)
     exact = float(gp_conditional_log_likelihood(kernel, tx[:, :n_c], ty[:, :n_c], tx[:, n_c:], ty[:, n_c:]).mean())
     print(f"interpolation split, nats per target point: exact GP {exact / spec.n_target:.5f}")
     for dtype in () if args.no_flow else (torch.float64, torch.float32):
@@ -74,8 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     fgen = torch.Generator().manual_seed(derive_function_seed(spec.seed, "diagnostics", args.dataset))
     x, y = sample_functions(args.dataset, args.functions, n_c + spec.n_target, noise=spec.noise, generator=fgen)
-    weighting = spec.training.weighting  # the run's lambda(t): sigma_t^2, or 1 ("none", and st_preconditioned)
-    label = "1" if weighting == "none" or process.spec.parametrisation == "st_preconditioned" else "sigma_t^2"
+    weighting = spec.training.weighting  # the run's lambda(t)
+    constant = bool((function_dsm_weight(process, torch.tensor([0.5]), weighting) == 1).all())
+    label = "1" if constant else "sigma_t^2"
     print(f"DSM loss ({label} weighting) of the EMA network at step {state['step']} and of the exact score:")
     for low, high in BANDS:
         losses = {"network": 0.0, "exact": 0.0}
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.likelihood:
         xc, yc, xt, yt = tx[:, :n_c].float(), ty[:, :n_c].float(), tx[:, n_c:].float(), ty[:, n_c:].float()
-        ll = GP1DExperiment(spec)._conditional_ll(model, process, xc, yc, xt, yt, args.dataset, "interpolation")
+        ll = experiment._conditional_ll(model, process, xc, yc, xt, yt, args.dataset, "interpolation")
         print(
             f"interpolation log-likelihood of the EMA network: {ll['ll']:.4f} (exact GP {exact / spec.n_target:.4f}); "
             f"{ll['diverged']} of {spec.n_test} flows diverged and are left out of the mean"

@@ -236,6 +236,12 @@ def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path
     capsys.readouterr()
     with pytest.raises(ValueError, match="dataset: expected one of the run's datasets"):
         replot["main"](["--run", str(tmp_path), "--dataset", "matern52"])
+    experiment = cls(spec)
+    with pytest.raises(ValueError, match="split: expected one of"):
+        experiment.test_functions("se", "extrapolation")
+    with pytest.raises(ValueError, match="which: expected 'model' or 'baseline'"):
+        experiment.load_network(tmp_path, "se", "ema")
+    assert not experiment.load_network(tmp_path, "se", "baseline").training
     # an interrupted run resumed in the same folder reads each finished dataset's likelihoods back
     (tmp_path / "metrics.json").unlink()
     monkeypatch.setattr(cls, "_function_lls", lambda *args: pytest.fail("recomputed a finished dataset"))

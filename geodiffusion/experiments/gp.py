@@ -40,6 +40,7 @@ from geodiffusion.samplers.base import Sampler
 from geodiffusion.samplers.conditional import ConditionalSampler, ReplacementConditional, conditional_log_likelihood
 from geodiffusion.samplers.ode import ODEOptions
 from geodiffusion.spec import Spec, component_spec
+from geodiffusion.training.checkpoint import load_checkpoint
 from geodiffusion.training.functions import FunctionTrainer, FunctionTrainingSpec, derive_function_seed
 
 __all__ = [
@@ -266,18 +267,36 @@ class GP1DExperiment(_FunctionExperiment, kind="gp-1d"):
         metrics["functions_per_second"] = self._throughput(first_model, process, grid)
         return metrics
 
+    SPLITS = {"interpolation": (-2.0, 2.0), "generalisation": (2.0, 6.0)}  # the test inputs' range per split
+
+    def test_functions(self, name: str, split: str, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """The test split's functions of ``name``, inputs and values ``[n_test, n_context + n_target, 1]``: the
+        first ``n_context`` points are the context, the rest the targets."""
+        if split not in self.SPLITS:
+            raise ValueError(f"split: expected one of {sorted(self.SPLITS)}, got {split!r}")
+        s = self.spec
+        low, high = self.SPLITS[split]
+        gen = torch.Generator().manual_seed(derive_function_seed(s.seed, "test", name, split))
+        return sample_functions(
+            name, s.n_test, s.n_context + s.n_target, low=low, high=high, noise=s.noise, generator=gen, dtype=dtype
+        )
+
+    def load_network(self, out_dir: Path, name: str, which: str = "model") -> ScoreModel:
+        """The EMA weights of a run's trained ``model`` or ``baseline`` for dataset ``name``, in eval mode."""
+        if which not in ("model", "baseline"):
+            raise ValueError(f"which: expected 'model' or 'baseline', got {which!r}")
+        network = build(getattr(self.spec, which), ScoreModel)
+        network.load_state_dict(load_checkpoint(Path(out_dir) / name / which / "checkpoints" / "last.pt")["ema"]["model"])
+        return network.eval()
+
     def _evaluate(self, name: str, model, baseline, process, out_dir: Path, device) -> dict[str, float]:
         """Conditional log-likelihoods of both networks (and the exact GP's) on both test splits of ``name``."""
         s = self.spec
         dtype = getattr(torch, s.dtype)
         kernel = data_kernel(name, s.noise)
         metrics: dict[str, float] = {}
-        for split, (low, high) in (("interpolation", (-2.0, 2.0)), ("generalisation", (2.0, 6.0))):
-            tgen = torch.Generator().manual_seed(derive_function_seed(s.seed, "test", name, split))
-            tx, ty = sample_functions(
-                name, s.n_test, s.n_context + s.n_target, low=low, high=high, noise=s.noise, generator=tgen, dtype=dtype
-            )
-            tx, ty = tx.to(device), ty.to(device)
+        for split in self.SPLITS:
+            tx, ty = (z.to(device) for z in self.test_functions(name, split, dtype))
             xc, yc, xt, yt = tx[:, : s.n_context], ty[:, : s.n_context], tx[:, s.n_context :], ty[:, s.n_context :]
             key = f"{name}/{split}"
             lls = {}
