@@ -242,6 +242,12 @@ def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path
     with pytest.raises(ValueError, match="which: expected 'model' or 'baseline'"):
         experiment.load_network(tmp_path, "se", "ema")
     assert not experiment.load_network(tmp_path, "se", "baseline").training
+    # the default network is translation invariant: the trained score ignores a shift of the inputs
+    network = experiment.load_network(tmp_path, "se")
+    x, y = experiment.test_functions("se", "interpolation")
+    t = torch.full((x.shape[0],), 0.05)
+    with torch.no_grad():
+        torch.testing.assert_close(network(t, y, inputs=x + 4.0), network(t, y, inputs=x), atol=1e-5, rtol=1e-5)
     # an interrupted run resumed in the same folder reads each finished dataset's likelihoods back
     (tmp_path / "metrics.json").unlink()
     monkeypatch.setattr(cls, "_function_lls", lambda *args: pytest.fail("recomputed a finished dataset"))

@@ -169,7 +169,8 @@ class _FunctionExperiment(Experiment, register=False):
 
 class GP1DExperiment(_FunctionExperiment, kind="gp-1d"):
     r"""1-d regression (Dutordoir et al., 2023; GeomNDP Sec. 5.1): for each dataset, the bi-dimensional attention
-    network and the non-equivariant MLP baseline are trained on functions with inputs in :math:`[-2, 2]` and
+    network (by default translation invariant, each function's inputs centred) and the non-equivariant MLP baseline
+    are trained on functions with inputs in :math:`[-2, 2]` and
     evaluated on test functions whose inputs lie in :math:`[-2, 2]` (``interpolation``) or :math:`[2, 6]`
     (``generalisation``): the first ``n_context`` points are the context, the next ``n_target`` the targets.
 
@@ -208,7 +209,8 @@ class GP1DExperiment(_FunctionExperiment, kind="gp-1d"):
         noise: float = Field(0.05, ge=0, description="observation noise std of every dataset")
         process: component_spec(Process) = Field(_PROCESS_1D, description="OU process with a GP limit")
         model: component_spec(ScoreModel) = Field(
-            {"kind": "bidim_attention", "hidden": 64, "heads": 4, "layers": 4}, description="permutation-equivariant network"
+            {"kind": "bidim_attention", "hidden": 64, "heads": 4, "layers": 4, "translation_invariant": True},
+            description="permutation-equivariant network, translation invariant: s(t, x + b, y) = s(t, x, y)",
         )
         baseline: component_spec(ScoreModel) = Field(
             {"kind": "function_mlp", "max_points": 50, "hidden": 256, "depth": 3}, description="non-equivariant baseline"
