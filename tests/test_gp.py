@@ -4,6 +4,8 @@ GP oracle, conditional sampling against the exact GP posterior, and probability-
 from __future__ import annotations
 
 import math
+import runpy
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +23,7 @@ from geodiffusion.samplers.conditional import (
 )
 from geodiffusion.samplers.ode import ODEOptions
 from geodiffusion.testing import tolerance
-from geodiffusion.testing.oracles import GPScore
+from geodiffusion.testing.oracles import GPScore, moment_z_scores
 
 F64 = torch.float64
 NOISY_SE = {
@@ -148,16 +150,6 @@ Y_CONTEXT = torch.tensor([[0.5], [-0.7], [1.0]], dtype=F64)
 X_TARGET = torch.tensor([[-0.5], [0.3], [1.5]], dtype=F64)
 
 
-def _posterior_z_scores(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> tuple[float, float]:
-    """Worst |z| of the sample mean and of the entries of the sample covariance against the exact moments."""
-    n = samples.shape[0]
-    flat = samples.flatten(1)
-    var = cov.diagonal()
-    z_mean = (flat.mean(0) - mean) / (var / n).sqrt()
-    z_cov = (torch.cov(flat.T) - cov) / ((var[:, None] * var[None] + cov**2) / n).sqrt()
-    return float(z_mean.abs().max()), float(z_cov.abs().max())
-
-
 def test_langevin_conditional_reproduces_exact_gp_posterior_and_replacement_does_not():
     """Data = the limiting GP, so the exact score is known at every t; the Langevin scheme must land on the
     exact posterior. With this stationary p_t the replacement scheme's targets decouple from the context (the
@@ -169,13 +161,38 @@ def test_langevin_conditional_reproduces_exact_gp_posterior_and_replacement_does
     langevin = LangevinConditional()  # the defaults: 50 outer steps, 100 Langevin steps with psi = 10 at t <= 0.03
     samples = langevin.sample(oracle, process, X_TARGET, generator=torch.Generator().manual_seed(0), **kwargs)
     assert samples.shape == (2000, 3, 1) and samples.dtype == F64
-    z_mean, z_cov = _posterior_z_scores(samples, mean, cov)
+    z_mean, z_cov = moment_z_scores(samples, mean, cov)
     assert z_mean < 4.5 and z_cov < 4.5, (z_mean, z_cov)
     replaced = ReplacementConditional(steps=50).sample(
         oracle, process, X_TARGET, generator=torch.Generator().manual_seed(0), **kwargs
     )
-    z_mean_replacement, _ = _posterior_z_scores(replaced, mean, cov)
+    z_mean_replacement, _ = moment_z_scores(replaced, mean, cov)
     assert z_mean_replacement > 10, z_mean_replacement
+
+
+def test_moment_z_scores_pass_exact_gaussian_draws_flag_a_shift_and_reject_bad_shapes():
+    gen = torch.Generator().manual_seed(0)
+    cov = torch.tensor([[1.0, 0.6], [0.6, 2.0]], dtype=F64)
+    mean = torch.tensor([0.5, -1.0], dtype=F64)
+    draws = mean + torch.randn(4000, 2, generator=gen, dtype=F64) @ torch.linalg.cholesky(cov).mT
+    z_mean, z_cov = moment_z_scores(draws.unsqueeze(-1), mean, cov)
+    assert z_mean < 4 and z_cov < 4
+    # a shift of 0.1 standard deviations is 6.3 standard errors of the mean at n = 4000
+    assert moment_z_scores(draws + 0.1, mean, cov)[0] > 5
+    assert moment_z_scores(1.1 * (draws - mean) + mean, mean, cov)[1] > 5
+    with pytest.raises(ValueError, match="entries per sample"):
+        moment_z_scores(draws, mean[:1], cov)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        moment_z_scores(draws[:1], mean, cov)
+
+
+def test_langevin_psi_sweep_script_reports_one_row_per_psi_and_seed(capsys):
+    sweep = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "langevin_psi_sweep.py"))
+    argv = ["--psi", "1", "10", "--seeds", "0", "--samples", "64", "--sampler", '{"steps": 4, "inner_steps": 2}']
+    rows = sweep["main"](argv)
+    assert [(psi, seed) for psi, seed, *_ in rows] == [(1.0, 0), (10.0, 0)]
+    assert all(math.isfinite(z) and z >= 0 for *_, z_mean, z_cov in rows for z in (z_mean, z_cov))
+    assert "max|z| mean" in capsys.readouterr().out
 
 
 def test_a_diverging_langevin_chain_stops_with_the_time_it_broke_at():
@@ -205,7 +222,7 @@ def test_unconditional_reverse_sde_recovers_a_different_data_gp():
         oracle, process, x, n_samples=2000, generator=torch.Generator().manual_seed(1)
     )
     mean, cov = oracle.marginal_moments(1e-3, x)
-    z_mean, z_cov = _posterior_z_scores(samples, mean, cov)
+    z_mean, z_cov = moment_z_scores(samples, mean, cov)
     assert z_mean < 4.5 and z_cov < 4.5, (z_mean, z_cov)
 
 

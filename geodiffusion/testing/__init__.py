@@ -24,7 +24,7 @@ from geodiffusion.testing.checks import (
     sampler_errors,
 )
 from geodiffusion.testing.invariance import check_invariance_conditions, invariance_condition_errors
-from geodiffusion.testing.oracles import GaussianScore, GPScore
+from geodiffusion.testing.oracles import GaussianScore, GPScore, moment_z_scores
 from geodiffusion.testing.tolerances import TOLERANCES, tolerance
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "CheckError",
     "GaussianScore",
     "GPScore",
+    "moment_z_scores",
     "TOLERANCES",
     "tolerance",
     "check_group",

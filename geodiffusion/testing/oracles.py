@@ -11,7 +11,7 @@ from geodiffusion.kernels.base import Kernel
 from geodiffusion.processes.base import LinearGaussianProcess
 from geodiffusion.processes.gp import OUGaussianProcess, shared_inputs
 
-__all__ = ["GaussianScore", "GPScore"]
+__all__ = ["GaussianScore", "GPScore", "moment_z_scores"]
 
 
 class GaussianScore:
@@ -116,3 +116,21 @@ class GPScore:
         mean = self.data_mean + (k_tc @ torch.cholesky_solve(resid, chol)).squeeze(-1)
         cov = k_tt - k_tc @ torch.cholesky_solve(k_tc.mT, chol)
         return mean, cov
+
+
+def moment_z_scores(samples: Tensor, mean: Tensor, cov: Tensor) -> tuple[float, float]:
+    r"""Worst :math:`|z|` of the sample mean and of the sample covariance's entries of ``samples [n, ...]`` against
+    exact moments ``mean [D]``, ``cov [D, D]`` (:math:`D` = the flattened event), with the Gaussian standard errors
+    :math:`\sqrt{\Sigma_{ii}/n}` and :math:`\sqrt{(\Sigma_{ii}\Sigma_{jj} + \Sigma_{ij}^2)/n}`."""
+    n, flat = samples.shape[0], samples.flatten(1)
+    if flat.shape[1] != mean.numel() or cov.shape != (mean.numel(), mean.numel()):
+        raise ValueError(
+            f"samples, mean, cov: expected [n, ...] with D = {mean.numel()} entries per sample and cov [D, D], got "
+            f"{list(samples.shape)}, {list(mean.shape)}, {list(cov.shape)}"
+        )
+    if n < 2:
+        raise ValueError(f"samples: expected at least 2 samples for a covariance, got {n}")
+    var = cov.diagonal()
+    z_mean = (flat.mean(0) - mean.reshape(-1)) / (var / n).sqrt()
+    z_cov = (torch.cov(flat.T) - cov) / ((var[:, None] * var[None] + cov**2) / n).sqrt()
+    return float(z_mean.abs().max()), float(z_cov.abs().max())
