@@ -305,6 +305,8 @@ class _Radial:
         tt = t.detach()
         sin = torch.sin(th).clamp_min(1e-300).maximum(torch.sqrt(tt))
         log_cancel = th**2 / (2 * tt) - self.m * torch.log(th / sin) - 0.5 * self.m * torch.log(th**2 / tt)
+        # within sqrt(t) of x0 (the bulk, theta = 0 included: p_t(x0, x0)) the terms do not outgrow the sum
+        log_cancel = torch.where(th**2 < tt, torch.zeros_like(log_cancel), log_cancel)
         return log_cancel > math.log(_MAX_CANCELLATION_ODD) + 30
 
     # sum over paths (odd n) ---------------------------------------------------------------------------

@@ -55,6 +55,18 @@ def _fourier(theta: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     kt = k * theta[..., None]
     p = 0.5 + (w * torch.cos(kt)).sum(-1)  # pi p_t
     dp = -(w * k * torch.sin(kt)).sum(-1)
+    # the terms alternate in the tail at small t: once their sum is within rounding of 0.5 + sum w, the series
+    # no longer resolves p (it can even come out negative); say so rather than return a meaningless log
+    floor = 8 * (L + 1) * torch.finfo(torch.float64).eps * (0.5 + w.sum(-1))
+    unresolved = p <= floor
+    if bool(unresolved.any()):
+        i = int(unresolved.reshape(-1).nonzero()[0, 0])
+        th, tt = float(theta.reshape(-1)[i]), float(t.expand_as(theta).reshape(-1)[i])
+        raise ValueError(
+            f"estimator='eigen': the Fourier series cannot resolve p_t(theta) in float64 at {int(unresolved.sum())} "
+            f"points (e.g. theta = {th:.4g}, t = {tt:.4g}, where p_t is below its rounding error); use estimator="
+            "'auto' or 'sum_over_paths', which are exact there"
+        )
     return torch.log(p) - math.log(math.pi), dp / p
 
 

@@ -105,6 +105,12 @@ class Manifold(Component, family=True):
     def _heat_kernel(self, **options: Any) -> HeatKernel:
         raise NotImplementedError
 
+    def laplacian_spectrum(self, count: int = 10) -> tuple[Tensor, Tensor]:
+        """The ``count`` smallest distinct eigenvalues of :math:`-\\Delta` and their multiplicities (float64), for a
+        compact manifold whose spectrum is known in closed form; the heat trace is
+        :math:`\\int_M p_t(x, x)\\,dx = \\sum_i m_i e^{-\\lambda_i t/2}`."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form discrete Laplacian spectrum")
+
     def laplace_beltrami(self, fn, x: Tensor) -> Tensor:
         r""":math:`\Delta f(x)` for a scalar function ``fn`` of points; by autograd on flat manifolds."""
         if not self.flat:

@@ -51,6 +51,18 @@ class Sphere(Manifold, kind="sphere"):
         n = self.spec.dim
         return math.log(2.0) + 0.5 * (n + 1) * math.log(math.pi) - math.lgamma(0.5 * (n + 1))
 
+    def laplacian_spectrum(self, count: int = 10) -> tuple[Tensor, Tensor]:
+        r"""The ``count`` smallest eigenvalues of :math:`-\Delta`, :math:`l(l+n-1)` for :math:`l = 0, 1, \dots`, with
+        multiplicities :math:`\binom{l+n}{n} - \binom{l+n-2}{n}` (the harmonic polynomials of degree :math:`l`),
+        float64."""
+        if count < 1:
+            raise ValueError(f"count: expected a positive integer, got {count}")
+        n = self.spec.dim
+        ls = range(count)
+        ev = [float(l * (l + n - 1)) for l in ls]
+        mult = [float(math.comb(l + n, n) - (math.comb(l + n - 2, n) if l >= 2 else 0)) for l in ls]
+        return torch.tensor(ev, dtype=torch.float64), torch.tensor(mult, dtype=torch.float64)
+
     def random_point(self, n, generator=None, *, device=None, dtype=None) -> Tensor:
         z = randn((n, self.spec.dim + 1), generator, dtype=dtype, device=device)
         return z / z.norm(dim=-1, keepdim=True)

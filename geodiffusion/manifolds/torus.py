@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -18,6 +19,21 @@ __all__ = ["Torus", "wrap"]
 def wrap(a: Tensor) -> Tensor:
     r"""Angles reduced to :math:`[-\pi, \pi)`."""
     return torch.remainder(a + math.pi, 2 * math.pi) - math.pi
+
+
+def _sums_of_squares(n: int, top: int) -> np.ndarray:
+    """r_n(m) = #{k in Z^n : |k|^2 = m} for m = 0..top."""
+    r1 = np.zeros(top + 1)
+    r1[0] = 1.0
+    r1[np.arange(1, math.isqrt(top) + 1) ** 2] = 2.0
+    r, power = None, r1
+    while n:
+        if n & 1:
+            r = power.copy() if r is None else np.convolve(r, power)[: top + 1]
+        n >>= 1
+        if n:
+            power = np.convolve(power, power)[: top + 1]
+    return r
 
 
 class Torus(Manifold, kind="torus"):
@@ -57,6 +73,23 @@ class Torus(Manifold, kind="torus"):
     def log_volume(self) -> float:
         r""":math:`\log |T^n| = n \log 2\pi`."""
         return self.spec.dim * math.log(2 * math.pi)
+
+    def laplacian_spectrum(self, count: int = 10) -> tuple[Tensor, Tensor]:
+        r"""The ``count`` smallest distinct eigenvalues of :math:`-\Delta`, the integers :math:`m = |k|^2` that are
+        sums of ``n`` squares (eigenfunctions :math:`e^{i k \cdot x}`, :math:`k \in \mathbb{Z}^n`), with
+        multiplicities :math:`r_n(m) = \#\{k : |k|^2 = m\}`, float64 (exact below :math:`2^{53}`)."""
+        if count < 1:
+            raise ValueError(f"count: expected a positive integer, got {count}")
+        # r_n = r_1 convolved n times, by repeated squaring (exact in float64 while r_n(m) < 2^53), on [0, top]:
+        # top doubles until it holds count eigenvalues; (count - 1)^2 always does (the squares l^2, k = l e_1)
+        top = min(4 * count, (count - 1) ** 2)
+        while True:
+            r = _sums_of_squares(self.spec.dim, top)
+            m = np.flatnonzero(r)[:count]
+            if len(m) == count:
+                break
+            top = min(2 * top, (count - 1) ** 2)
+        return torch.tensor(m, dtype=torch.float64), torch.tensor(r[m], dtype=torch.float64)
 
     def random_point(self, n, generator=None, *, device=None, dtype=None) -> Tensor:
         """Uniform angles in [-pi, pi)."""
