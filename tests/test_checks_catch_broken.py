@@ -110,13 +110,66 @@ class SamplerTooWide(gd.EuclideanHeatKernel, register=False):
         return super().sample(x0, 1.3 * torch.as_tensor(t, dtype=x0.dtype), generator)
 
 
+class Anisotropic(gd.EuclideanHeatKernel, register=False):
+    """N(x0, t Sigma), Sigma = diag(2, 1/2): symmetric, normalised, a semigroup and sampled exactly, but not
+    rotation invariant. It is Brownian motion of another metric, so it also misses this metric's heat equation: a
+    positive solution started from a point mass is unique, hence invariant, and no kernel breaks only invariance."""
+
+    def _sqrt_sigma(self, like):
+        return torch.tensor([2.0, 0.5], dtype=like.dtype).sqrt()
+
+    def log_prob(self, x0, x, t):
+        # x = Sigma^{1/2} u with u ~ N(u0, t I): change of variables
+        s = self._sqrt_sigma(x)
+        return super().log_prob(x0 / s, x / s, t) - torch.log(s).sum()
+
+    def score(self, x0, x, t):
+        s = self._sqrt_sigma(x)
+        return super().score(x0 / s, x / s, t) / s
+
+    def sample(self, x0, t, generator=None):
+        s = self._sqrt_sigma(x0)
+        return s * super().sample(x0 / s, t, generator)
+
+
+class TimeShifted(gd.EuclideanHeatKernel, register=False):
+    """p_{t + 1/4}: symmetric, normalised, invariant, sampled exactly and a solution of the heat equation, but it
+    starts from p_{1/4} instead of a point mass, so p_s * p_t = p_{s + t + 1/4} is not p_{s + t}."""
+
+    def log_prob(self, x0, x, t):
+        return super().log_prob(x0, x, torch.as_tensor(t, dtype=x.dtype) + 0.25)
+
+    def score(self, x0, x, t):
+        return super().score(x0, x, torch.as_tensor(t, dtype=x.dtype) + 0.25)
+
+    def sample(self, x0, t, generator=None):
+        return super().sample(x0, torch.as_tensor(t, dtype=x0.dtype) + 0.25, generator)
+
+
 @pytest.mark.parametrize(
     ("cls", "identity"),
-    [(TwiceTheTime, "heat equation"), (Unnormalised, "normalisation"), (SamplerTooWide, "sample matches log_prob")],
+    [
+        (TwiceTheTime, "heat equation"),
+        (Unnormalised, "normalisation"),
+        (SamplerTooWide, "sample matches log_prob"),
+        (Anisotropic, "isometry invariance"),
+        (TimeShifted, "semigroup"),
+    ],
 )
 def test_check_heat_kernel_catches_broken_kernels(cls, identity):
     with pytest.raises(CheckError, match=identity):
         check_heat_kernel(cls(manifold={"kind": "euclidean", "dim": 2}))
+
+
+_HEAT_IDENTITIES = ("symmetry", "score = grad log p", "heat equation", "normalisation", "sample matches", "isometry", "semigroup")
+
+
+@pytest.mark.parametrize(("cls", "broken"), [(TimeShifted, {"semigroup"}), (Anisotropic, {"isometry", "heat equation"})])
+def test_semigroup_and_isometry_checks_catch_what_the_other_identities_miss(cls, broken):
+    with pytest.raises(CheckError) as info:
+        check_heat_kernel(cls(manifold={"kind": "euclidean", "dim": 2}))
+    violated = str(info.value).split(" violates ", 1)[1]
+    assert {name for name in _HEAT_IDENTITIES if name in violated} == broken, violated
 
 
 # --- kernels ---------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -104,6 +105,12 @@ class Manifold(Component, family=True):
 
     def _heat_kernel(self, **options: Any) -> HeatKernel:
         raise NotImplementedError
+
+    def random_isometry(self, n: int, generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
+        r"""``n`` random isometries :math:`g_i` as one map :math:`x_i \mapsto g_i \cdot x_i` on points
+        ``[n, *point_shape]`` (any dtype and device): what heat kernels and scores must be invariant or
+        equivariant under (``check_heat_kernel`` checks :math:`p_t(g x_0, g x) = p_t(x_0, x)`)."""
+        raise NotImplementedError(f"no isometries are known for {type(self).__name__}: define random_isometry(n, generator)")
 
     def laplacian_spectrum(self, count: int = 10) -> tuple[Tensor, Tensor]:
         """The ``count`` smallest distinct eigenvalues of :math:`-\\Delta` and their multiplicities (float64), for a

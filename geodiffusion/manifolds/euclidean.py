@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from geodiffusion._random import randn
+from geodiffusion._random import haar_orthogonal, randn
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.spec import Spec
 
@@ -37,6 +38,12 @@ class Euclidean(Manifold, kind="euclidean"):
     @property
     def point_shape(self) -> tuple[int, ...]:
         return (self.spec.dim,)
+
+    def random_isometry(self, n: int, generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
+        r""":math:`x \mapsto Qx + b`, :math:`Q` Haar on :math:`O(d)`, :math:`b` standard normal."""
+        d = self.spec.dim
+        q, b = haar_orthogonal(n, d, generator), randn((n, d), generator, dtype=torch.float64)
+        return lambda x: (q.to(x) @ x[..., None])[..., 0] + b.to(x)
 
     def random_point(self, n, generator=None, *, device=None, dtype=None) -> Tensor:
         return randn((n, self.spec.dim), generator, dtype=dtype, device=device)

@@ -20,12 +20,13 @@ import functools
 import itertools
 import math
 from abc import abstractmethod
+from collections.abc import Callable
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from geodiffusion._random import randn
+from geodiffusion._random import rand, randn
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.spec import Spec
 
@@ -97,6 +98,14 @@ class _LieGroup(Manifold):
     @abstractmethod
     def lie_algebra_basis(self, device=None, dtype=None) -> Tensor:
         """An orthonormal basis ``[dim, N, N]`` of the Lie algebra (Frobenius inner product)."""
+
+    def random_isometry(self, n: int, generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
+        r""":math:`x \mapsto a\,x^{\pm 1} b` with :math:`a, b` Haar: the metric is bi-invariant, so left and right
+        translations and the inversion :math:`x^{-1} = x^H` are isometries."""
+        a = self.random_point(n, generator, dtype=torch.float64)
+        b = self.random_point(n, generator, dtype=torch.float64)
+        invert = rand((n,), generator, dtype=torch.float64) < 0.5
+        return lambda x: a.to(x) @ torch.where(invert.to(x.device)[:, None, None], x.mH, x) @ b.to(x)
 
     @abstractmethod
     def laplacian_spectrum(self, count: int = 10) -> tuple[Tensor, Tensor]:

@@ -7,10 +7,13 @@ act on all ``k`` components at once. :math:`d(x, y)^2 = \sum_i d_M(x_i, y_i)^2`,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from pydantic import Field
 from torch import Tensor
 
+from geodiffusion._random import random_permutations
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.registry import build
 from geodiffusion.spec import Spec, component_spec
@@ -103,6 +106,18 @@ class ProductManifold(Manifold, kind="product"):
             term = self.factor.laplace_beltrami(partial, x.select(axis, i))
             total = term if total is None else total + term
         return total
+
+    def random_isometry(self, n: int, generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
+        """Each factor's own random isometry, then a random permutation of the ``k`` (identical) factors."""
+        k, shape = self.spec.power, tuple(self.factor.point_shape)
+        factor = self.factor.random_isometry(n * k, generator)
+        perm = random_permutations(n, k, generator).reshape((n, k) + (1,) * len(shape))
+
+        def act(x: Tensor) -> Tensor:
+            moved = factor(x.reshape((n * k,) + shape)).reshape(x.shape)
+            return torch.take_along_dim(moved, perm.to(x.device), 1)
+
+        return act
 
     def laplacian_spectrum(self, count: int = 10) -> tuple[Tensor, Tensor]:
         """Smallest ``count`` distinct eigenvalues of :math:`-\\Delta` on :math:`M^k` with multiplicities."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from geodiffusion._random import randn
+from geodiffusion._random import haar_orthogonal, randn
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.spec import Spec
 
@@ -62,6 +63,11 @@ class Sphere(Manifold, kind="sphere"):
         ev = [float(l * (l + n - 1)) for l in ls]
         mult = [float(math.comb(l + n, n) - (math.comb(l + n - 2, n) if l >= 2 else 0)) for l in ls]
         return torch.tensor(ev, dtype=torch.float64), torch.tensor(mult, dtype=torch.float64)
+
+    def random_isometry(self, n: int, generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
+        r""":math:`x \mapsto Qx`, :math:`Q` Haar on :math:`O(n+1)` (the whole isometry group of :math:`S^n`)."""
+        q = haar_orthogonal(n, self.spec.dim + 1, generator)
+        return lambda x: (q.to(x) @ x[..., None])[..., 0]
 
     def random_point(self, n, generator=None, *, device=None, dtype=None) -> Tensor:
         z = randn((n, self.spec.dim + 1), generator, dtype=dtype, device=device)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from geodiffusion._random import rand
+from geodiffusion._random import rand, random_permutations
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.spec import Spec
 
@@ -90,6 +91,15 @@ class Torus(Manifold, kind="torus"):
                 break
             top = min(2 * top, (count - 1) ** 2)
         return torch.tensor(m, dtype=torch.float64), torch.tensor(r[m], dtype=torch.float64)
+
+    def random_isometry(self, n: int, generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
+        r""":math:`x \mapsto \mathrm{wrap}(\sigma \odot x_\pi + b)`: a permutation of the angles, sign flips and a
+        uniform translation (the isometries of the flat :math:`T^n` fixing the lattice's symmetries)."""
+        d = self.spec.dim
+        perm = random_permutations(n, d, generator)
+        sign = 2.0 * (rand((n, d), generator, dtype=torch.float64) < 0.5) - 1.0
+        shift = 2 * math.pi * rand((n, d), generator, dtype=torch.float64)
+        return lambda x: wrap(sign.to(x) * torch.take_along_dim(x, perm.to(x.device), -1) + shift.to(x))
 
     def random_point(self, n, generator=None, *, device=None, dtype=None) -> Tensor:
         """Uniform angles in [-pi, pi)."""
