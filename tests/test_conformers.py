@@ -14,7 +14,10 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import to_scipy_sparse_matrix, to_undirected
 
 import geodiffusion as gd
+import geodiffusion.experiments.conformers as conformer_experiments
 from geodiffusion.conformers import EDGE_TYPES, complete_graph, edge_vectors, extend_graph, mol_to_graph, point_cloud_graph
+from geodiffusion.data.conformers import load_conformers
+from geodiffusion.experiments.conformers import ConformersQM9Experiment
 from geodiffusion.groups import Permutations, SpecialEuclidean
 from geodiffusion.models.edge import EdgeScoreModel
 from geodiffusion.processes.distance import DistanceVEProcess, NoncentralChi3
@@ -300,22 +303,57 @@ def _oracle_score(process, reference_distances):
     return score
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mode", ["sde", "ode"])
-def test_sampler_is_se3_equivariant_in_its_initial_coordinates(ethanol, mode, dtype):
+@pytest.fixture(scope="module")
+def ethanol_and_acetamide():
+    """A PyG batch of two different 9-atom molecules (33 and 30 extended-graph edges)."""
+    return Batch.from_data_list([mol_to_graph(embedded("CCO")), mol_to_graph(embedded("CC(=O)N"))])
+
+
+def _check_sampler_equivariance(graph, sampler: ProjectionFreeSampler, dtype: torch.dtype) -> None:
+    """The sampler's map x_T -> x_eps under a fixed seed, with the exact score of the graph's own conformer(s),
+    commutes with rigid motions of x_T (all molecules of a batch moved together)."""
     process = DistanceVEProcess()
-    score = _oracle_score(process, edge_vectors(ethanol.pos.double(), ethanol.edge_index)[1])
-    sampler = ProjectionFreeSampler(mode=mode, steps=30)
+    score = _oracle_score(process, edge_vectors(graph.pos.double(), graph.edge_index)[1])
     group = SpecialEuclidean(translation_scale=3.0)
-    x_T = process.coordinate_prior_std * torch.randn(9, 3, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    n = graph.num_nodes
+    x_T = process.coordinate_prior_std * torch.randn(n, 3, generator=torch.Generator().manual_seed(2), dtype=dtype)
 
     def run(x):
         return sampler.sample(
-            score, process, (9, 3), graph=ethanol, x_T=x[0], generator=torch.Generator().manual_seed(5)
+            score, process, (n, 3), graph=graph, x_T=x[0], generator=torch.Generator().manual_seed(5)
         ).unsqueeze(0)
 
     # errors grow through the steps: float32 gets the looser autograd-level tolerance
     check_equivariant(run, group, x_T.unsqueeze(0), output="point", n=2, atol=tolerance(dtype, "autograd"))
+
+
+@pytest.mark.parametrize("molecules", ["ethanol", "ethanol_and_acetamide"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["sde", "ode"])
+def test_sampler_is_se3_equivariant_in_its_initial_coordinates(request, molecules, mode, dtype):
+    sampler = ProjectionFreeSampler(mode=mode, steps=30)
+    _check_sampler_equivariance(request.getfixturevalue(molecules), sampler, dtype)
+
+
+# Float64 only. In float32 these maps amplify rounding far past the float32 tolerance (1e-4), the two runs of a
+# pair ending up in different basins: measured at 30 steps, relative errors up to 2e-1 for the pseudo-inverse
+# corrector with 10 CG iterations, up to 2e5 with the default 100 (where float32 runs diverge), and up to 8e-2 for
+# the transpose ODE without corrector. In float64 every variant here stays below 3e-10 (tolerance 1e-8).
+CORRECTOR_AND_PROJECTION_VARIANTS = {
+    "pseudo_inverse-corrector2": {"corrector_steps": 2, "cg_iterations": 10},  # conformers-qm9's truncated CGLS
+    "transpose": {"projection": "transpose"},
+    "transpose-corrector2": {"projection": "transpose", "corrector_steps": 2},
+}
+
+
+@pytest.mark.parametrize("molecules", ["ethanol", "ethanol_and_acetamide"])
+@pytest.mark.parametrize("mode", ["sde", "ode"])
+@pytest.mark.parametrize("variant", list(CORRECTOR_AND_PROJECTION_VARIANTS))
+def test_sampler_with_corrector_or_transpose_projection_is_se3_equivariant(request, variant, mode, molecules):
+    """The corrector's Gauss-Newton (CGLS) and descent steps and the transpose map are built from distances and unit
+    edge vectors only, so they keep the map from x_T SE(3)-equivariant, per graph of a batch as for one molecule."""
+    sampler = ProjectionFreeSampler(mode=mode, steps=30, **CORRECTOR_AND_PROJECTION_VARIANTS[variant])
+    _check_sampler_equivariance(request.getfixturevalue(molecules), sampler, torch.float64)
 
 
 def test_batched_sampling_equals_per_molecule_runs():
@@ -379,3 +417,41 @@ def test_sampler_rejects_bad_calls(ethanol):
 def test_complete_graph_matches_triu_order():
     ei = complete_graph(4)
     assert ei.tolist() == [[0, 0, 0, 1, 1, 2], [1, 2, 3, 2, 3, 3]]
+
+
+# --- conformers-qm9: generated counts ----------------------------------------
+
+
+def test_conformers_qm9_quick_run_generates_twice_as_many_conformers_as_references_per_molecule(tmp_path, monkeypatch):
+    """The quick spec keeps samples_per_reference = 2: the model's conformers saved in samples.pt and the counts
+    asked of the ETKDG baseline are 2 K_m for a test molecule with K_m references. The first three small test
+    molecules have 1, 3 and 1 references, so a fixed number per molecule (or K_m + 1) would fail."""
+    spec = ConformersQM9Experiment.resolve_spec(
+        {
+            "n_train": 8,
+            "n_test": 3,
+            "n_val": 0,
+            "max_atoms": 18,
+            "model": {"hidden": 16, "layers": 1, "rbf": 8},
+            "training": {"steps": 2, "batch_size": 4, "checkpoint_every": 2, "log_every": 1},
+            "sampler": {"steps": 2},
+        },
+        quick=True,
+    )
+    assert spec.samples_per_reference == 2
+    asked, real_etkdg = [], conformer_experiments.etkdg_conformers
+
+    def recording(test, counts, seed=0):
+        asked.append(list(counts))
+        return real_etkdg(test, counts, seed)
+
+    monkeypatch.setattr(conformer_experiments, "etkdg_conformers", recording)
+    metrics = ConformersQM9Experiment(spec).execute(tmp_path, progress=False)
+    test = load_conformers("test", limit=3, max_atoms=18)
+    references = [e.n_conformers for e in test]
+    assert len(set(references)) > 1, references  # else 2 K_m could not be told from a constant
+    saved = torch.load(tmp_path / "samples.pt")
+    assert saved["smiles"] == [e.smiles for e in test]
+    assert [tuple(x.shape) for x in saved["model"]] == [(2 * e.n_conformers, e.n_atoms, 3) for e in test]
+    assert asked == [[2 * k for k in references]]
+    assert metrics["n_reference_conformers"] == sum(references)
