@@ -150,48 +150,39 @@ Y_CONTEXT = torch.tensor([[0.5], [-0.7], [1.0]], dtype=F64)
 X_TARGET = torch.tensor([[-0.5], [0.3], [1.5]], dtype=F64)
 
 
-def test_langevin_conditional_reproduces_exact_gp_posterior_and_replacement_does_not():
-    """Data = the limiting GP, so the exact score is known at every t; the Langevin scheme must land on the
-    exact posterior. With this stationary p_t the replacement scheme's targets decouple from the context (the
-    target block of K grad log p_t = -(y - m) ignores y_c), so it returns the prior instead."""
-    process = OUGaussianProcess(kernel=NOISY_SE)
-    oracle = GPScore(process)
-    mean, cov = oracle.posterior(X_CONTEXT, Y_CONTEXT, X_TARGET)
-    kwargs = dict(context_inputs=X_CONTEXT, context_values=Y_CONTEXT, n_samples=2000)
-    langevin = LangevinConditional()  # the defaults: 50 outer steps, 100 Langevin steps with psi = 10 at t <= 0.03
-    samples = langevin.sample(oracle, process, X_TARGET, generator=torch.Generator().manual_seed(0), **kwargs)
-    assert samples.shape == (2000, 3, 1) and samples.dtype == F64
-    z_mean, z_cov = moment_z_scores(samples, mean, cov)
-    assert z_mean < 4.5 and z_cov < 4.5, (z_mean, z_cov)
-    replaced = ReplacementConditional(steps=50).sample(
-        oracle, process, X_TARGET, generator=torch.Generator().manual_seed(0), **kwargs
-    )
-    z_mean_replacement, _ = moment_z_scores(replaced, mean, cov)
-    assert z_mean_replacement > 10, z_mean_replacement
-
-
 # a curl-free field on R^2: three context vectors, three targets (the last outside the context's hull)
 X_CONTEXT_2D = torch.tensor([[-1.0, 0.0], [0.0, 0.5], [0.7, -0.4]], dtype=F64)
 Y_CONTEXT_2D = torch.tensor([[0.5, -0.3], [-0.7, 0.2], [1.0, 0.8]], dtype=F64)
 X_TARGET_2D = torch.tensor([[-0.5, 0.3], [0.3, -0.2], [1.2, 0.6]], dtype=F64)
+POSTERIOR_CASES = {
+    "scalar": (NOISY_SE, X_CONTEXT, Y_CONTEXT, X_TARGET),
+    "curl_free": ({"kind": "curl_free", "lengthscale": 0.8}, X_CONTEXT_2D, Y_CONTEXT_2D, X_TARGET_2D),
+}
 
 
-def test_langevin_conditional_reproduces_exact_curl_free_posterior_and_replacement_does_not():
-    """The scalar check above on a vector field: values [n, 2] of a curl-free GP, flattened point-major, so the
-    noised context, the kernel preconditioner K(x*, x*) and the Langevin steps act on 2n coupled coordinates (the
-    two components at one input are correlated through u u^T). Measured at 16000 samples: variances 0.4-4% above
-    the posterior's (the bias of the Langevin step), max |z| 3.9, so at 2000 samples the bias is ~1.4 standard
-    errors; the replacement scheme is off by about 50 standard errors in the mean, Langevin at psi = 0.01 by ~50."""
-    process = OUGaussianProcess(kernel={"kind": "curl_free", "lengthscale": 0.8})
+@pytest.mark.parametrize("case", list(POSTERIOR_CASES))
+def test_langevin_conditional_reproduces_exact_gp_posterior_and_replacement_does_not(case):
+    """Data = the limiting GP, so the exact score is known at every t; the Langevin scheme must land on the
+    exact posterior. With this stationary p_t the replacement scheme's targets decouple from the context (the
+    target block of K grad log p_t = -(y - m) ignores y_c), so it returns the prior instead.
+
+    ``curl_free``: values [n, 2] of a curl-free GP, flattened point-major, so the noised context, the kernel
+    preconditioner K(x*, x*) and the Langevin steps act on 2n coupled coordinates. Measured there at 16000
+    samples: variances 0.4-4% above the posterior's (the bias of the Langevin step), max |z| 3.9, so at 2000
+    samples the bias is ~1.4 standard errors; replacement is ~50 standard errors off in the mean, as is Langevin
+    at psi = 0.01."""
+    kernel, x_context, y_context, x_target = POSTERIOR_CASES[case]
+    process = OUGaussianProcess(kernel=kernel)
     oracle = GPScore(process)
-    mean, cov = oracle.posterior(X_CONTEXT_2D, Y_CONTEXT_2D, X_TARGET_2D)
-    kwargs = dict(context_inputs=X_CONTEXT_2D, context_values=Y_CONTEXT_2D, n_samples=2000)
-    samples = LangevinConditional().sample(oracle, process, X_TARGET_2D, generator=torch.Generator().manual_seed(0), **kwargs)
-    assert samples.shape == (2000, 3, 2) and samples.dtype == F64
+    mean, cov = oracle.posterior(x_context, y_context, x_target)
+    kwargs = dict(context_inputs=x_context, context_values=y_context, n_samples=2000)
+    langevin = LangevinConditional()  # the defaults: 50 outer steps, 100 Langevin steps with psi = 10 at t <= 0.03
+    samples = langevin.sample(oracle, process, x_target, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert samples.shape == (2000, 3, y_context.shape[-1]) and samples.dtype == F64
     z_mean, z_cov = moment_z_scores(samples, mean, cov)
     assert z_mean < 4.5 and z_cov < 4.5, (z_mean, z_cov)
     replaced = ReplacementConditional(steps=50).sample(
-        oracle, process, X_TARGET_2D, generator=torch.Generator().manual_seed(0), **kwargs
+        oracle, process, x_target, generator=torch.Generator().manual_seed(0), **kwargs
     )
     z_mean_replacement, _ = moment_z_scores(replaced, mean, cov)
     assert z_mean_replacement > 10, z_mean_replacement
