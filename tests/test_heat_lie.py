@@ -20,6 +20,8 @@ from geodiffusion.testing import check_heat_kernel
 
 F64 = torch.float64
 TIMES = [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0]
+TARGET_P, TARGET_SCORE = 1e-6, 1e-5  # the issue's relative accuracy targets for p_t and for the score vector
+KS_P_MIN = 1e-3  # p-value below which a KS test rejects
 mp.mp.dps = 60
 
 
@@ -177,30 +179,92 @@ def test_su2_auto_matches_mpmath(t):
     assert torch.isfinite(score).all()
 
 
+def _so3_unit_algebra(gen: torch.Generator, m: int) -> torch.Tensor:
+    """Random unit (Frobenius) elements of so(3): the hat matrix of a uniform unit axis over sqrt 2."""
+    axis = torch.randn(m, 3, generator=gen, dtype=F64)
+    axis = axis / axis.norm(dim=-1, keepdim=True)
+    a = torch.zeros(m, 3, 3, dtype=F64)
+    a[:, 0, 1], a[:, 0, 2], a[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    return (a - a.mT) / math.sqrt(2)
+
+
+def _su2_unit_algebra(gen: torch.Generator, m: int) -> torch.Tensor:
+    """Random unit (Frobenius) elements of su(2): i (n . sigma) / sqrt 2 for a uniform unit n (Pauli matrices)."""
+    n = torch.randn(m, 3, generator=gen, dtype=F64)
+    n = (n / n.norm(dim=-1, keepdim=True)).to(torch.complex128)
+    sigma = torch.stack(
+        [torch.stack([n[:, 2], n[:, 0] - 1j * n[:, 1]], -1), torch.stack([n[:, 0] + 1j * n[:, 1], -n[:, 2]], -1)], -2
+    )
+    return 1j * sigma / math.sqrt(2)
+
+
+@pytest.mark.parametrize("t", TIMES)
+@pytest.mark.parametrize("group", ["so3", "su2"])
+def test_rank_one_score_is_dlogp_dd_times_the_unit_tangent_away_from_x0(group, t):
+    r"""The full score vector at random x0 and x = x0 exp(d A), A a random unit element of the Lie algebra and
+    d = sqrt(2) theta the distance (theta the rotation angle, or phi for eigenvalues e^{+-i phi} on SU(2)):
+    log_x(x0) = -d x A, so the score is d log p / dd times the unit tangent x A pointing away from x0, with
+    d log p / dd = (d log p / d theta) / sqrt 2 from the mpmath references. Angles: 1e-6, the bulk at the scale
+    sqrt(t), three uniform in (0, pi) (the far tail at small t), and pi - 1e-3 next to the cut locus."""
+    gen = torch.Generator().manual_seed(31 + TIMES.index(t))
+    s = math.sqrt(t)
+    angles = [1e-6, 0.3 * s, s, 2 * s, 4 * s] + (math.pi * torch.rand(3, generator=gen, dtype=F64)).tolist()
+    angles = [min(a, math.pi - 1e-3) for a in angles] + [math.pi - 1e-3]
+    m = len(angles)
+    if group == "so3":
+        k, manifold, unit = SO3HeatKernel(), SO3(), _so3_unit_algebra(gen, m)
+        ref = so3_chars if t >= 0.5 else so3_paths
+    else:
+        k, manifold, unit = SUHeatKernel(manifold={"kind": "su", "n": 2}), SU(n=2), _su2_unit_algebra(gen, m)
+        ref = su2_chars if t >= 0.5 else (lambda v, t: s3_paths(v, t / 2) / mp.mpf(2) ** 1.5)
+    x0 = manifold.random_point(m, gen, dtype=F64)
+    theta = torch.tensor(angles, dtype=F64)
+    x = x0 @ torch.linalg.matrix_exp(math.sqrt(2) * theta[:, None, None] * unit)
+    score = k.score(x0, x, t)
+    for i, th in enumerate(angles):
+        dlogp_dd = float(mp.diff(lambda v: mp.log(ref(v, t)), th)) / math.sqrt(2)
+        expected = dlogp_dd * (x[i] @ unit[i])
+        err = float((score[i] - expected).norm() / expected.norm())
+        assert err <= TARGET_SCORE, (group, t, th, err)
+
+
 SU3_POINTS = [[0.0, 0.0, 0.0], [0.4, 1.1, -1.5], [2.0, -0.3, -1.7], [1e-3, 0.5, -0.501]]
+SU3_PLANE = torch.tensor([[1.0, -1.0, 0.0], [1.0, 1.0, -2.0]], dtype=F64) / torch.tensor([[2.0**0.5], [6.0**0.5]], dtype=F64)
 
 
-@pytest.mark.parametrize("t", [1e-4, 1e-2, 0.3, 1.0, 10.0])
+@pytest.mark.parametrize("t", sorted([*TIMES, 0.3]))
 def test_su3_auto_matches_mpmath(t):
+    """log p and the full score vector at x = x0 V e^{i theta} V^H, x0 and V Haar: theta the fixed points above,
+    four uniform on the torus (the far tail at small t) and four Gaussian at the scale sqrt(t) (the bulk). The
+    score is x V diag(i g) V^H with g the torus gradient of log p, from mpmath derivatives along an orthonormal
+    basis of the plane sum(theta) = 0 (measured errors: p <= 3e-11, score <= 1e-10)."""
     k = SUHeatKernel(manifold={"kind": "su", "n": 3})
-    theta = torch.tensor(SU3_POINTS, dtype=F64)
-    e = torch.eye(3, dtype=torch.complex128).expand(len(SU3_POINTS), 3, 3)
-    x = torch.diag_embed(torch.polar(torch.ones_like(theta), theta))
-    logp = k.log_prob(e, x, t)
-    score = k.score(e, x, t)
-    # the score at diag(e^{i theta}) from x0 = I is diag(i g), g the torus gradient (sum zero)
-    g = (x.mH @ score).diagonal(dim1=-2, dim2=-1).imag
-    for i, th in enumerate(SU3_POINTS):
-        ref_fn = (lambda v, t=t: su3_chars(v, t, rows=10)) if t >= 5.0 else (lambda v, t=t: su3_paths(v, t))
-        assert _rel(float(logp[i]), ref_fn(th)) <= 1e-6, (t, th)
-        if i == 0:
-            assert float(g[0].abs().max()) < 1e-10
+    gen = torch.Generator().manual_seed(17)
+    uniform = (2 * torch.rand(4, 3, generator=gen, dtype=F64) - 1) * math.pi
+    bulk = math.sqrt(t) * torch.randn(4, 3, generator=gen, dtype=F64)
+    theta = torch.cat([torch.tensor(SU3_POINTS, dtype=F64), uniform, bulk])
+    theta = theta - theta.mean(-1, keepdim=True)
+    theta = su_angles(torch.polar(torch.ones_like(theta), theta))  # the least-norm representatives
+    m = theta.shape[0]
+    x0 = SU(n=3).random_point(m, gen, dtype=F64)
+    v = SU(n=3).random_point(m, gen, dtype=F64)
+    x = x0 @ v @ torch.diag_embed(torch.polar(torch.ones_like(theta), theta)) @ v.mH
+    logp = k.log_prob(x0, x, t)
+    score = k.score(x0, x, t)
+    ref_fn = (lambda th: su3_chars(th, t, rows=10)) if t >= 5.0 else (lambda th: su3_paths(th, t))
+    for i in range(m):
+        th = theta[i].tolist()
+        assert _rel(float(logp[i]), ref_fn(th)) <= TARGET_P, (t, th)
+        if i == 0:  # x = x0: the identity is the maximum of p_t
+            assert float(score[0].abs().max()) < 1e-10
             continue
-        # directional derivatives along the two plane directions of the torus
-        for direction in ([1.0, -1.0, 0.0], [1.0, 1.0, -2.0]):
-            dref = mp.diff(lambda h, d=direction, th=th, f=ref_fn: mp.log(f([th[j] + h * d[j] for j in range(3)])), 0)
-            got = float((g[i] * torch.tensor(direction, dtype=F64)).sum())
-            assert abs(got - float(dref)) <= 1e-5 * max(abs(float(dref)), float(g[i].norm())), (t, th, direction)
+        slopes = [
+            mp.diff(lambda h, d=d, th=th: mp.log(ref_fn([th[j] + h * d[j] for j in range(3)])), 0) for d in SU3_PLANE.tolist()
+        ]
+        g = (torch.tensor([float(a) for a in slopes], dtype=F64) @ SU3_PLANE).to(torch.complex128)
+        expected = x[i] @ v[i] @ torch.diag(1j * g) @ v[i].mH
+        err = float((score[i] - expected).norm() / expected.norm())
+        assert err <= TARGET_SCORE, (t, th, err)
 
 
 # points where eigenvalues coincide on the cut locus (the sum over paths divides 0/0 there): diag(-1, -1, 1), the
@@ -313,6 +377,56 @@ def test_su2_sampler_eigenangle_matches_exact_law(t):
 
     result = stats.kstest(phi.numpy(), _angle_cdf(log_density, math.pi))
     assert result.pvalue > 1e-3, result
+
+
+def _su3_distance_cdf(k: SUHeatKernel, t: float, radii: int = 401, nodes: int = 16):
+    r"""CDF of d(x0, x) under the exact law p_t, by the Weyl integration formula, and the total mass of p_t.
+
+    The least-norm eigenangles fill the Voronoi cell of the coroot lattice 2pi{m in Z^3 : sum m = 0} in the plane
+    sum(theta) = 0: a hexagon of area (2pi)^2 sqrt3, inradius rho = pi sqrt2 (at diag(-1, -1, 1)) and circumradius
+    2 rho / sqrt3 (at the centre), and int_G f dvol = vol(G) / (|W| area) int_hexagon f |Delta|^2 dA with |W| = 6.
+    p_t |Delta|^2 is invariant under the Weyl group and theta -> -theta (p_t(g) = p_t(g^-1)), the symmetries of
+    the hexagon, so in polar coordinates (r, psi) it is 12 times the sector between the root direction e1 - e2
+    (psi = 0) and the wall direction (2, -1, -1) (psi = pi/6), where the circle of radius r lies in the hexagon
+    for psi >= arccos(rho / r): Gauss-Legendre in psi, cumulative Simpson in r. The CDF agrees with 10x finer
+    quadrature to 1e-4; the mass is 1 to 1e-8."""
+    rho = math.pi * math.sqrt(2)
+    top = min(2 * rho / math.sqrt(3), math.sqrt(t) * (math.sqrt(8) + 12))  # dim 8: d / sqrt(t) ~ chi_8
+    r = torch.linspace(0, top, radii, dtype=F64)
+    lo = torch.arccos(torch.clamp(rho / r.clamp_min(1e-300), max=1.0))
+    node, weight = (torch.tensor(a, dtype=F64) for a in np.polynomial.legendre.leggauss(nodes))
+    half = (math.pi / 6 - lo)[:, None] / 2
+    psi = lo[:, None] + half * (node + 1)
+    theta = r[:, None, None] * (torch.cos(psi)[..., None] * SU3_PLANE[0] + torch.sin(psi)[..., None] * SU3_PLANE[1])
+    theta = theta.reshape(-1, 3)
+    density = torch.exp(k.torus_log_prob(theta, torch.tensor(t, dtype=F64))) * _weyl_density(theta)
+    radial = 12 * r * (density.reshape(psi.shape) * weight * half).sum(-1)
+    cdf = integrate.cumulative_simpson(radial.numpy(), x=r.numpy(), initial=0)
+    mass = cdf[-1] * math.exp(SU(n=3).log_volume) / (6 * (2 * math.pi) ** 2 * math.sqrt(3))
+    return (lambda d: np.interp(d, r.numpy(), cdf / cdf[-1])), mass
+
+
+@pytest.mark.parametrize(("t", "distinguishable"), [(1e-3, True), (0.1, True), (1.0, True), (10.0, False)])
+def test_su3_sampled_distance_follows_the_exact_law(t, distinguishable):
+    """KS test of d(x0, sample(x0, t)) against the law integrated from the exact density (x0 Haar, 2000 draws),
+    and the same draws rejected against the law at t/2, wherever the two laws differ by sup|F_t - F_t/2| >=
+    3/sqrt(N); at t = 10 both are Haar to e^{-13}, sup|F_t - F_t/2| < 0.5/sqrt(N), and no sample of N tells them
+    apart."""
+    k = SUHeatKernel(manifold={"kind": "su", "n": 3})
+    gen = torch.Generator().manual_seed(40 + TIMES.index(t))
+    x0 = SU(n=3).random_point(2000, gen, dtype=F64)
+    d = SU(n=3).dist(x0, k.sample(x0, t, gen)).numpy()
+    cdf, mass = _su3_distance_cdf(k, t)
+    assert abs(mass - 1) < 1e-6, mass  # p_t integrates to one over SU(3)
+    result = stats.kstest(d, cdf)
+    assert result.pvalue > KS_P_MIN, result
+    alt, _ = _su3_distance_cdf(k, t / 2)
+    grid = np.linspace(0, 2 * math.pi * math.sqrt(6) / 3, 20001)
+    gap = math.sqrt(len(d)) * float(np.abs(cdf(grid) - alt(grid)).max())
+    if distinguishable:
+        assert gap >= 3 and stats.kstest(d, alt).pvalue < KS_P_MIN, (gap, stats.kstest(d, alt))
+    else:
+        assert gap < 0.5, gap
 
 
 def test_su3_kernel_contract_with_fewer_draws():

@@ -339,6 +339,36 @@ def test_sampler_is_exact_in_high_dimension_and_on_the_circle(n, t):
     assert stats.kstest(theta, radial_cdf(kernel, t, 4001)[0]).pvalue > 1e-3
 
 
+# (n, t, draws, whether the law at t/2 differs by sup|F_t - F_t/2| >= 3/sqrt(draws)); where it does not (both laws
+# uniform to e^{-nt/4} <= e^{-5}), sup|F_t - F_t/2| < 0.5/sqrt(draws) and no sample of that size tells them apart
+KS_TIMES = (1e-3, 0.1, 1.0, 10.0)
+INDISTINGUISHABLE_AT_HALF_TIME = {(2, 10.0), (127, 1.0), (127, 10.0)}
+
+
+@pytest.mark.parametrize("t", KS_TIMES)
+@pytest.mark.parametrize("n", [1, 2, 127])
+def test_sampled_distance_follows_the_exact_radial_law_from_small_to_large_t(n, t):
+    """KS test of d(x0, sample(x0, t)) (x0 uniform, one per draw) against the radial CDF integrated from p_t, at
+    p > 1e-3; the same draws are rejected against the law at t/2 wherever the two laws differ (8000 draws on S^1,
+    where the laws at 10 and 5 differ by 0.05, 3000 elsewhere)."""
+    kernel = gd.Sphere(dim=n).heat_kernel()
+    draws = 8000 if n == 1 else 3000
+    gen = torch.Generator().manual_seed(1000 + 10 * n + KS_TIMES.index(t))
+    x0 = gd.Sphere(dim=n).random_point(draws, gen, dtype=torch.float64)
+    theta = kernel.manifold.dist(x0, kernel.sample(x0, t, gen)).numpy()
+    cdf, mass = radial_cdf(kernel, t, 4001)
+    assert mass == pytest.approx(1.0, abs=1e-7)  # the density integrates to one
+    result = stats.kstest(theta, cdf)
+    assert result.pvalue > 1e-3, result
+    alt = radial_cdf(kernel, t / 2, 4001)[0]
+    grid = np.linspace(0, math.pi, 20001)
+    gap = math.sqrt(draws) * float(np.abs(cdf(grid) - alt(grid)).max())
+    if (n, t) in INDISTINGUISHABLE_AT_HALF_TIME:
+        assert gap < 0.5, gap
+    else:
+        assert gap >= 3 and stats.kstest(theta, alt).pvalue < 1e-3, (gap, stats.kstest(theta, alt))
+
+
 @pytest.mark.parametrize("n", [2, 3, 15])
 def test_per_sample_times_are_honoured(n):
     """A batch with distinct times (the training case) draws each point from its own law; the S^3 fast path

@@ -106,6 +106,16 @@ class Manifold(Component, family=True):
     def _heat_kernel(self, **options: Any) -> HeatKernel:
         raise NotImplementedError
 
+    def log_differential(self, x: Tensor, u: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        r""":math:`d(\log_x)_y[w]` for :math:`w \in T_yM` at :math:`y = \exp_x u` (batched): the velocity, in normal
+        coordinates at :math:`x`, of a curve through :math:`y` with velocity :math:`w`. By forward-mode autograd of
+        ``log``; at :math:`u = 0` it is :math:`P_x w`, evaluated directly (``log`` need not be differentiable at
+        :math:`y = x`)."""
+        _, dlog = torch.func.jvp(lambda z: self.log(x, z), (y,), (w,))
+        at_origin = (u == 0).flatten(x.dim() - len(self.point_shape)).all(-1)
+        at_origin = at_origin.reshape(at_origin.shape + (1,) * len(self.point_shape))
+        return torch.where(at_origin, self.proj(x, w), dlog)
+
     def random_isometry(self, n: int, generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
         r"""``n`` random isometries :math:`g_i` as one map :math:`x_i \mapsto g_i \cdot x_i` on points
         ``[n, *point_shape]`` (any dtype and device): what heat kernels and scores must be invariant or

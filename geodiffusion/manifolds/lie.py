@@ -99,6 +99,22 @@ class _LieGroup(Manifold):
     def lie_algebra_basis(self, device=None, dtype=None) -> Tensor:
         """An orthonormal basis ``[dim, N, N]`` of the Lie algebra (Frobenius inner product)."""
 
+    def log_differential(self, x: Tensor, u: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        r""":math:`d(\log_x)_y[w] = x\,\frac{\mathrm{ad}_U}{1 - e^{-\mathrm{ad}_U}}(y^H w)` with :math:`U = x^H u`; near
+        :math:`x` (:math:`\|U\|_F < 0.1`) by its Bernoulli series (to :math:`\mathrm{ad}_U^8`, truncation below
+        :math:`10^{-15}`). Differentiating ``log`` there goes through the eigenvectors of :math:`x^H y \approx I`,
+        whose eigenvalues nearly coincide: float32 gave NaN on SU(3) at :math:`\|u\| = 10^{-7}`."""
+        big = super().log_differential(x, u, y, w)
+        a = self._algebra(x.mH @ u)
+        c = self._algebra(y.mH @ w)
+        term, total = c, c.clone()
+        for coefficient in (0.5, 1 / 12, 0.0, -1 / 720, 0.0, 1 / 30240, 0.0, -1 / 1209600):
+            term = a @ term - term @ a  # ad_U^k C, k = 1, 2, ...
+            if coefficient:
+                total = total + coefficient * term
+        small = torch.linalg.matrix_norm(a) < 0.1
+        return torch.where(small[..., None, None], x @ self._algebra(total), big)
+
     def random_isometry(self, n: int, generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
         r""":math:`x \mapsto a\,x^{\pm 1} b` with :math:`a, b` Haar: the metric is bi-invariant, so left and right
         translations and the inversion :math:`x^{-1} = x^H` are isometries."""

@@ -107,6 +107,12 @@ class ProductManifold(Manifold, kind="product"):
             total = term if total is None else total + term
         return total
 
+    def log_differential(self, x: Tensor, u: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        """Each factor's own differential of ``log``."""
+        shape = tuple(self.factor.point_shape)
+        flat = [a.reshape((-1,) + shape) for a in (x, u, y, w)]
+        return self.factor.log_differential(*flat).reshape(w.shape)
+
     def random_isometry(self, n: int, generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
         """Each factor's own random isometry, then a random permutation of the ``k`` (identical) factors."""
         k, shape = self.spec.power, tuple(self.factor.point_shape)

@@ -107,14 +107,8 @@ def riemannian_divergence(manifold: Manifold | None, v: Tensor, x: Tensor, probe
 
 
 def _chart_velocity(manifold: Manifold | None, x: Tensor, w: Tensor, y: Tensor, u: Tensor) -> Tensor:
-    r""":math:`\dot u = d(\log_x)_y[w]` for the tangent vector :math:`w \in T_yM`, :math:`y = \exp_x u`; at
-    :math:`u = 0` the differential is :math:`P_x` (evaluated directly: ``log`` need not be differentiable at
-    :math:`y = x`)."""
-    if manifold is None:
-        return w
-    _, dlog = torch.func.jvp(lambda z: manifold.log(x, z), (y,), (w,))
-    at_origin = _event_view((u == 0).flatten(1).all(-1), u)
-    return torch.where(at_origin, manifold.proj(x, w), dlog)
+    r""":math:`\dot u = d(\log_x)_y[w]` for the tangent vector :math:`w \in T_yM`, :math:`y = \exp_x u`."""
+    return w if manifold is None else manifold.log_differential(x, u, y, w)
 
 
 def _chart_step(
