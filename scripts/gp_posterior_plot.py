@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Redraw a finished gp-1d run's posterior plot for one dataset with another conditional sampler.
 
-The run's EMA network, the first interpolation test function's context and the run's spec, with the sampler fields
-given by ``--sampler`` (JSON) changed; the plot goes beside the run's own as ``<dataset>_posterior_<label>.png``.
+The run's EMA network, the first interpolation test function's context and the run's spec, with the fields of the
+dataset's plot sampler (``sampler`` with its ``langevin_psi``) given by ``--sampler`` (JSON) changed; the plot goes
+beside the run's own as ``<dataset>_posterior_<label>.png``.
 
-    python scripts/gp_posterior_plot.py --run runs/gp-1d-step --dataset step --sampler '{"psi": 1.0}'
+    python scripts/gp_posterior_plot.py --run runs/gp-1d-step --dataset step --sampler '{"psi": 3.0}'
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def main(argv: list[str] | None = None) -> Path:
     raw = json.loads((args.run / "spec.json").read_text())
     if args.dataset not in raw["datasets"]:
         raise ValueError(f"dataset: expected one of the run's datasets {raw['datasets']}, got {args.dataset!r}")
-    raw["sampler"] = {**raw["sampler"], **changes}
+    # the run's plot sampler for this dataset (its per-dataset Langevin psi included), with the changes on top
+    base = GP1DExperiment(GP1DExperiment.Spec.model_validate(GP1DExperiment.Spec.with_defaults(raw))).plot_sampler(args.dataset)
+    raw["sampler"] = {**base.model_dump(), **changes}
+    raw["langevin_psi"] = {}
     spec = GP1DExperiment.Spec.model_validate(GP1DExperiment.Spec.with_defaults(raw))
     experiment = GP1DExperiment(spec)
     dtype = getattr(torch, spec.dtype)

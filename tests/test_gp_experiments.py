@@ -462,3 +462,20 @@ def test_sphere_tracks_slerp_baseline_is_exact_on_great_circles_and_frechet_mean
     cloud = sphere.exp(centre.expand(4, 3), torch.tensor([[1.2, 0, 0], [0, 0.3, 0], [-0.2, 0, 0], [0, -0.1, 0]]).double())
     m = cls.frechet_mean(sphere, cloud, dim=0)
     assert float(sphere.log(m.expand(4, 3), cloud).mean(0).norm()) < 1e-10
+
+
+def test_gp_1d_plots_jump_data_with_their_own_langevin_step_and_validates_it():
+    cls = gd.registry(Experiment)["gp-1d"]
+    experiment = cls(cls.resolve_spec({}))
+    assert experiment.plot_sampler("step").psi == 1.0 and experiment.plot_sampler("sawtooth").psi == 1.0
+    assert experiment.plot_sampler("se").psi == 10.0 == experiment.spec.sampler.psi
+    custom = cls(cls.resolve_spec({"langevin_psi": {"se": 2.0, "step": 10.0}}))  # merged over the defaults
+    assert custom.plot_sampler("se").psi == 2.0 and custom.plot_sampler("step").psi == 10.0
+    assert custom.plot_sampler("sawtooth").psi == 1.0
+    # a sampler without a Langevin step is used as it is
+    replacement = cls(cls.resolve_spec({}, quick=True))
+    assert replacement.plot_sampler("step") == replacement.spec.sampler
+    with pytest.raises(ValidationError, match="langevin_psi"):
+        cls.resolve_spec({"langevin_psi": {"step": 0.0}})
+    with pytest.raises(ValidationError, match="langevin_psi"):
+        cls.resolve_spec({"langevin_psi": {"cosine": 1.0}})
