@@ -25,12 +25,6 @@ def seed_from(generator: torch.Generator | None) -> int:
     return int(torch.randint(0, 2**62, (), generator=generator).item())
 
 
-def haar_orthogonal(n: int, d: int, generator: torch.Generator | None = None) -> Tensor:
-    """``n`` Haar-random matrices of O(d) in float64: QR of a Gaussian, the signs of R's diagonal moved into Q."""
-    q, r = torch.linalg.qr(randn((n, d, d), generator, dtype=torch.float64))
-    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]
-
-
 def random_permutations(n: int, k: int, generator: torch.Generator | None = None) -> Tensor:
     """``n`` uniform permutations of ``range(k)``, ``[n, k]``."""
     return torch.argsort(rand((n, k), generator, dtype=torch.float64), dim=-1)

@@ -9,7 +9,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from geodiffusion._random import haar_orthogonal, randn
+from geodiffusion._random import randn
+from geodiffusion.groups.matrix import haar_orthogonal
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.spec import Spec
 
@@ -42,7 +43,7 @@ class Euclidean(Manifold, kind="euclidean"):
     def random_isometry(self, n: int, generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
         r""":math:`x \mapsto Qx + b`, :math:`Q` Haar on :math:`O(d)`, :math:`b` standard normal."""
         d = self.spec.dim
-        q, b = haar_orthogonal(n, d, generator), randn((n, d), generator, dtype=torch.float64)
+        q, b = haar_orthogonal(n, d, generator, special=False, dtype=torch.float64), randn((n, d), generator, dtype=torch.float64)
         return lambda x: (q.to(x) @ x[..., None])[..., 0] + b.to(x)
 
     def random_point(self, n, generator=None, *, device=None, dtype=None) -> Tensor:

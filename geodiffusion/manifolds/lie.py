@@ -104,7 +104,6 @@ class _LieGroup(Manifold):
         :math:`x` (:math:`\|U\|_F < 0.1`) by its Bernoulli series (to :math:`\mathrm{ad}_U^8`, truncation below
         :math:`10^{-15}`). Differentiating ``log`` there goes through the eigenvectors of :math:`x^H y \approx I`,
         whose eigenvalues nearly coincide: float32 gave NaN on SU(3) at :math:`\|u\| = 10^{-7}`."""
-        big = super().log_differential(x, u, y, w)
         a = self._algebra(x.mH @ u)
         c = self._algebra(y.mH @ w)
         term, total = c, c.clone()
@@ -112,8 +111,12 @@ class _LieGroup(Manifold):
             term = a @ term - term @ a  # ad_U^k C, k = 1, 2, ...
             if coefficient:
                 total = total + coefficient * term
-        small = torch.linalg.matrix_norm(a) < 0.1
-        return torch.where(small[..., None, None], x @ self._algebra(total), big)
+        out = x @ self._algebra(total)
+        far = torch.linalg.matrix_norm(a) >= 0.1
+        if bool(far.any()):  # autograd of log (an eigendecomposition) only where the series is not used
+            out = out.clone()
+            out[far] = super().log_differential(x[far], u[far], y[far], w[far])
+        return out
 
     def random_isometry(self, n: int, generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
         r""":math:`x \mapsto a\,x^{\pm 1} b` with :math:`a, b` Haar: the metric is bi-invariant, so left and right

@@ -9,7 +9,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from geodiffusion._random import haar_orthogonal, randn
+from geodiffusion._random import randn
+from geodiffusion.groups.matrix import haar_orthogonal
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.spec import Spec
 
@@ -66,7 +67,7 @@ class Sphere(Manifold, kind="sphere"):
 
     def random_isometry(self, n: int, generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
         r""":math:`x \mapsto Qx`, :math:`Q` Haar on :math:`O(n+1)` (the whole isometry group of :math:`S^n`)."""
-        q = haar_orthogonal(n, self.spec.dim + 1, generator)
+        q = haar_orthogonal(n, self.spec.dim + 1, generator, special=False, dtype=torch.float64)
         return lambda x: (q.to(x) @ x[..., None])[..., 0]
 
     def random_point(self, n, generator=None, *, device=None, dtype=None) -> Tensor:

@@ -243,7 +243,7 @@ class ProjectionFreeSampler(Sampler, kind="projection_free"):
         residual = target - d_now
         # transpose: a step-size-controlled descent step (the bare 1/2 J^T diverges on molecules)
         v = lin.descent_step(residual) if self.spec.projection == "transpose" else lin(residual)
-        edge_batch = node_batch[edge_index[0]]
+        edge_batch = lin.edge_batch
         best = scatter(residual**2, edge_batch, 0, dim_size=n_graphs, reduce="sum")
         step = torch.zeros(n_graphs, dtype=x.dtype, device=x.device)
         open_ = torch.ones(n_graphs, dtype=torch.bool, device=x.device)

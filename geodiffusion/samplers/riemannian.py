@@ -57,10 +57,6 @@ def _exp(manifold: Manifold | None, x: Tensor, v: Tensor) -> Tensor:
     return x + v if manifold is None else manifold.exp(x, v)
 
 
-def _event_view(flags: Tensor, x: Tensor) -> Tensor:
-    return flags.reshape(flags.shape + (1,) * (x.dim() - flags.dim()))
-
-
 def _ambient_normal(x: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal ambient vectors shaped like ``x``; for complex points (SU(n), metric Re tr(u^H v)) the real and
     imaginary parts are independent standard normals: the real coordinates are orthonormal."""
