@@ -9,7 +9,7 @@ import torch
 from conftest import registered_examples
 
 import geodiffusion as gd
-from geodiffusion.testing import CheckError, check_heat_kernel, heat_kernel_errors, tolerance
+from geodiffusion.testing import CheckError, check_heat_kernel, check_manifold, heat_kernel_errors, tolerance
 
 F64 = torch.float64
 
@@ -97,3 +97,9 @@ def test_isometry_invariance_uses_the_manifolds_own_random_isometry():
     check_heat_kernel(_gaussian_kernel_on(ReflectedLine), n_mc=2000)
     with pytest.raises(CheckError, match="isometry invariance"):
         check_heat_kernel(_gaussian_kernel_on(StretchedLine), n_mc=2000)
+
+
+def test_check_manifold_catches_an_isometry_that_does_not_keep_distances():
+    check_manifold(ReflectedLine())
+    with pytest.raises(CheckError, match="random isometries keep distances"):
+        check_manifold(StretchedLine())
