@@ -25,6 +25,7 @@ from geodiffusion.groups import (
 from geodiffusion.heat import (
     EuclideanHeatKernel,
     HeatKernel,
+    MixedProductHeatKernel,
     ProductHeatKernel,
     SO3HeatKernel,
     SphereHeatKernel,
@@ -45,7 +46,7 @@ from geodiffusion.kernels import (
     Sum,
     WhiteNoise,
 )
-from geodiffusion.manifolds import SO3, SU, Euclidean, Manifold, ProductManifold, Sphere, Torus
+from geodiffusion.manifolds import SO3, SU, Euclidean, Manifold, MixedProductManifold, ProductManifold, Sphere, Torus
 from geodiffusion.models import (
     EdgeScoreModel,
     EquivariantUNet,
@@ -122,6 +123,7 @@ __all__ = [
     "EuclideanHeatKernel",
     "HeatKernel",
     "ProductHeatKernel",
+    "MixedProductHeatKernel",
     "SO3HeatKernel",
     "SphereHeatKernel",
     "SUHeatKernel",
@@ -143,6 +145,7 @@ __all__ = [
     "Euclidean",
     "Manifold",
     "ProductManifold",
+    "MixedProductManifold",
     "Sphere",
     "Torus",
     "EdgeScoreModel",

@@ -28,13 +28,15 @@ CASES = [
     ({"kind": "su", "n": 2}, 40),
     ({"kind": "su", "n": 3}, 200),
     ({"kind": "product", "factor": {"kind": "sphere", "dim": 2}, "power": 2}, 100),
+    ({"kind": "mixed_product", "factors": [{"kind": "sphere", "dim": 2}, {"kind": "so3"}]}, 100),
+    ({"kind": "mixed_product", "factors": [{"kind": "su", "n": 2}, {"kind": "torus", "dim": 1}]}, 100),
 ]
 
 
 @pytest.mark.parametrize(
     ("spec", "count"),
     CASES,
-    ids=lambda c: "-".join(str(v) for v in c.values() if not isinstance(v, dict)) if isinstance(c, dict) else str(c),
+    ids=lambda c: "-".join(str(v) for v in c.values() if not isinstance(v, (dict, list))) if isinstance(c, dict) else str(c),
 )
 @pytest.mark.parametrize("t", [1.0, 3.0])
 def test_heat_trace_of_the_spectrum_equals_volume_times_the_kernel_on_the_diagonal(spec, count, t):

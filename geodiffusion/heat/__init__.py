@@ -3,7 +3,7 @@
 from geodiffusion.heat.base import HeatKernel
 from geodiffusion.heat.euclidean import EuclideanHeatKernel
 from geodiffusion.heat.lie import SO3HeatKernel, SUHeatKernel
-from geodiffusion.heat.product import ProductHeatKernel
+from geodiffusion.heat.product import MixedProductHeatKernel, ProductHeatKernel
 from geodiffusion.heat.sphere import SphereHeatKernel, geodesic_random_walk
 from geodiffusion.heat.torus import TorusHeatKernel
 
@@ -16,4 +16,5 @@ __all__ = [
     "SO3HeatKernel",
     "SUHeatKernel",
     "ProductHeatKernel",
+    "MixedProductHeatKernel",
 ]
