@@ -193,9 +193,12 @@ def test_eigen_expansion_is_exact_where_its_cancellation_estimate_is_small(n):
 def test_eigen_with_few_terms_is_truncated_and_with_enough_terms_is_exact():
     x0, x = ambient(2, [0.3, 1.0])
     exact = gd.Sphere(dim=2).heat_kernel(estimator="eigen").log_prob(x0, x, 0.05)
-    few = gd.Sphere(dim=2).heat_kernel(estimator="eigen", n_terms=5).log_prob(x0, x, 0.05)
+    few = gd.Sphere(dim=2).heat_kernel(estimator="eigen", n_terms=5)
     many = gd.Sphere(dim=2).heat_kernel(estimator="eigen", n_terms=200).log_prob(x0, x, 0.05)
-    assert float((few - exact).abs().max()) > 1e-3
+    assert float((few.log_prob(x0[:1], x[:1], 0.05) - exact[0]).abs()) > 1e-3
+    # at theta = 1 five terms sum to a negative "density": an error, not log(tiny)
+    with pytest.raises(ValueError, match="Gegenbauer series of S\\^2 cannot resolve p_t .* angle 1, t = 0.05"):
+        few.log_prob(x0, x, 0.05)
     torch.testing.assert_close(many, exact, rtol=0, atol=1e-13)
 
 
@@ -276,6 +279,10 @@ def test_no_nan_or_inf_at_t_1e5_and_at_theta_0_and_pi(n, estimator):
     x0[:, 0] = 1
     x = gd.Sphere(dim=n).heat_kernel().sample(x0, t, gen)
     x[0], x[1] = x0[0], -x0[1]  # theta = 0 and theta = pi exactly
+    if estimator == "eigen":  # its terms cancel by e^{pi^2 / 2t} at the antipode: it raises rather than guess
+        with pytest.raises(ValueError, match="cannot resolve p_t in float64 at 1 of 6 points"):
+            kernel.log_prob(x0, x, t)
+        x[1] = x[0]
     log_p, score = kernel.log_prob(x0, x, t), kernel.score(x0, x, t)
     assert bool(torch.isfinite(log_p).all()) and bool(torch.isfinite(score).all())
     assert float(score[:2].abs().max()) == 0.0  # the score vanishes at theta = 0 and pi
@@ -481,3 +488,14 @@ def test_geodesic_random_walk_converges_to_the_heat_kernel():
     assert distances[64].pvalue > 1e-3
     with pytest.raises(ValueError, match="n_steps"):
         geodesic_random_walk(sphere, x0, t, 0)
+
+
+def test_auto_on_even_spheres_above_two_raises_where_its_eigen_series_has_no_digits_left():
+    """S^4 has no exact tail method: at t = 0.03, theta = 3 the eigen series' terms cancel by 1.9e17 and its value was
+    5.6e45 times the mpmath one; auto now raises there, and stays exact where the series resolves p_t."""
+    kernel = gd.Sphere(dim=4).heat_kernel()
+    x0, x = ambient(4, [2.0, 3.0])
+    with pytest.raises(ValueError, match="Gegenbauer series of S\\^4 .* angle 3, t = 0.03.* no exact tail method"):
+        kernel.log_prob(x0, x, 0.03)
+    err_p, err_s = errors(kernel, 0.1, [0.5, 1.0, 2.0])
+    assert err_p <= 1e-8 and err_s <= 1e-8, (err_p, err_s)

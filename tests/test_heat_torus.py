@@ -80,7 +80,7 @@ def test_the_fourier_series_refuses_points_it_cannot_resolve_instead_of_returnin
     kernel = Torus(dim=2).heat_kernel(estimator="eigen")
     x0 = torch.zeros(2, 2, dtype=F64)
     x = torch.tensor([[0.1, 0.0], [3.0, 0.0]], dtype=F64)
-    with pytest.raises(ValueError, match="cannot resolve p_t.*theta = 3, t = 0.01.*'auto'"):
+    with pytest.raises(ValueError, match="cannot resolve p_t.*angle 3, t = 0.01.*'auto'"):
         kernel.log_prob(x0, x, 0.01)
     with pytest.raises(ValueError, match="cannot resolve"):
         kernel.score(x0, x, 0.01)

@@ -10,7 +10,23 @@ from torch import Tensor
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.registry import Component
 
-__all__ = ["HeatKernel"]
+__all__ = ["HeatKernel", "EIGEN_MAX_CANCELLATION", "raise_unresolved"]
+
+EIGEN_MAX_CANCELLATION = 1e12
+r"""Largest cancellation :math:`\sum_l |w_l P_l| / p_t` an explicit eigen (character, Gegenbauer) series may have: its
+float64 rounding error is about ``eps`` times this, so beyond it fewer than three digits of :math:`p_t` are right."""
+
+
+def raise_unresolved(series: str, unresolved: Tensor, angle: Tensor, t: Tensor, why: str, remedy: str) -> None:
+    """Raise a ValueError naming the first point (``angle``, ``t``, broadcast) where ``series`` is ``unresolved``."""
+    if not bool(unresolved.any()):
+        return
+    angle, t, unresolved = torch.broadcast_tensors(angle.detach(), t.detach(), unresolved)
+    i = int(unresolved.reshape(-1).nonzero()[0, 0])
+    raise ValueError(
+        f"{series} cannot resolve p_t in float64 at {int(unresolved.sum())} of {unresolved.numel()} points (e.g. "
+        f"angle {float(angle.reshape(-1)[i]):.4g}, t = {float(t.reshape(-1)[i]):.4g}): {why}; {remedy}"
+    )
 
 
 class HeatKernel(Component, family=True):

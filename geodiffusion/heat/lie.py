@@ -49,7 +49,7 @@ from torch import Tensor
 
 from geodiffusion._random import rand, randn
 from geodiffusion._validation import check_same_device_dtype, check_tensor
-from geodiffusion.heat.base import HeatKernel
+from geodiffusion.heat.base import EIGEN_MAX_CANCELLATION, HeatKernel, raise_unresolved
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.manifolds.lie import SO3, SU, real_dtype, su_angles, su_casimir, su_dimension, su_partitions
 from geodiffusion.registry import build
@@ -118,20 +118,33 @@ def _s3_eigen_terms(s_min: float) -> int:
     return l
 
 
-def _s3_eigen(psi: Tensor, s: Tensor) -> Tensor:
+def _s3_eigen(psi: Tensor, s: Tensor, even: bool = False, series: str = "the character series of SU(2) = S^3") -> Tensor:
     r""":math:`\log P_s(\psi)`, :math:`P_s = \tfrac{1}{2\pi^2}\sum_{l\ge0}(l+1)e^{-l(l+2)s/2}U_l(\cos\psi)`, with the
-    Chebyshev polynomials :math:`U_l(\cos\psi) = \sin((l+1)\psi)/\sin\psi` from their recurrence."""
+    Chebyshev polynomials :math:`U_l(\cos\psi) = \sin((l+1)\psi)/\sin\psi` from their recurrence. ``even``: the
+    even-``l`` terms only, :math:`\tfrac12(P_s(\psi) + P_s(\pi - \psi))`, SO(3)'s own character series."""
     L = _s3_eigen_terms(float(s.detach().min()))
     u = torch.cos(psi)
     lhat = torch.clamp(torch.sqrt(2.0 / s.detach()) - 1, min=0.0)  # maximiser of log(l+1)^2 - l(l+2)s/2
     shift = 2 * torch.log(lhat + 1) - 0.5 * lhat * (lhat + 2) * s.detach()
     u_prev, u_cur = torch.zeros_like(u), torch.ones_like(u)
     total = torch.zeros_like(u)
+    absum = torch.zeros_like(u)
     for l in range(L + 1):
-        w = torch.exp(math.log(l + 1) - 0.5 * l * (l + 2) * s - shift)
-        total = total + w * u_cur
+        if not (even and l % 2):
+            w = torch.exp(math.log(l + 1) - 0.5 * l * (l + 2) * s - shift)
+            total = total + w * u_cur
+            absum = absum + (w * u_cur.abs()).detach()
         u_prev, u_cur = u_cur, 2 * u * u_cur - u_prev
-    return torch.log(total.clamp_min(1e-300)) + shift - math.log(2 * math.pi**2)
+    _check_resolved(series, absum, total, psi, s)
+    return torch.log(total) + shift - math.log(2 * math.pi**2)
+
+
+def _check_resolved(series: str, absum: Tensor, total: Tensor, angle: Tensor, t: Tensor) -> None:
+    """Raise where the series' terms cancel by more than EIGEN_MAX_CANCELLATION (or its sum is not positive)."""
+    total = total.detach()
+    unresolved = (total <= 0) | (absum > EIGEN_MAX_CANCELLATION * total)
+    why = f"its terms cancel by more than {EIGEN_MAX_CANCELLATION:.0e} there"
+    raise_unresolved(series, unresolved, angle, t, why, "use estimator='auto', which is exact there")
 
 
 def s3_log_kernel(psi: Tensor, s: Tensor, estimator: str = "auto") -> Tensor:
@@ -443,9 +456,9 @@ class _SUTorus:
             chi = sgn * torch.linalg.det(d)  # [P, r]
             total = total + (w[:, sl] * chi.real).sum(-1)
             absum = absum + (w[:, sl] * chi.detach().abs()).sum(-1)
-        log_p = shift[:, 0] + torch.log(total.clamp_min(1e-300)) - self.log_volume
-        cancel = torch.where(total.detach() > 0, absum / total.detach().clamp_min(1e-300), torch.full_like(absum, math.inf))
-        return log_p, cancel
+        _check_resolved(f"the character series of SU({n})", absum, total, phi.abs().amax(-1), t)
+        log_p = shift[:, 0] + torch.log(total) - self.log_volume
+        return log_p, absum / total.detach()
 
     def varadhan(self, phi: Tensor, t: Tensor) -> Tensor:
         from geodiffusion.manifolds.lie import su_angles
@@ -632,6 +645,9 @@ class SO3HeatKernel(_LieHeatKernel, kind="so3_heat"):
         if est == "varadhan":
             return -(theta**2) / t - 1.5 * (_LOG_2PI + torch.log(t))
         s = t / 8
+        if est == "eigen":  # SO(3)'s characters chi_l(theta) = U_2l(cos theta/2): the S^3 series' even terms
+            series = "the character series of SO(3) (here in S^3's angle theta/2 and time t/8)"
+            return _s3_eigen(0.5 * theta, s, even=True, series=series) - 3.5 * math.log(2.0)
         a = s3_log_kernel(0.5 * theta, s, est)
         if est == "schwinger_dewitt":  # the minimal geodesic only: the lift at pi - theta/2 is another path
             return a - 4.5 * math.log(2.0)

@@ -14,7 +14,9 @@ Estimators (``SphereHeatKernel.Spec.estimator``):
     normalised Gegenbauer polynomials (Chebyshev for :math:`n=1`) from their three-term recurrence, the
     weights :math:`d_l e^{-\lambda_l t}` in log space, and :math:`P_l' = \tfrac{l(l+n-1)}{n} P^{(n+2)}_{l-1}`.
     Exact for every :math:`t`; the number of terms grows like :math:`t^{-1/2}` and rounding grows with the
-    cancellation :math:`\sum_l |w_l P_l| / p_t`, which is large in the far tail at small :math:`t`.
+    cancellation :math:`\sum_l |w_l P_l| / p_t`, which is large in the far tail at small :math:`t`: where it
+    exceeds :math:`10^{12}` (fewer than three digits left in float64) ``log_prob`` and ``score`` raise a
+    ``ValueError`` naming the point instead of returning a meaningless value.
 ``varadhan``
     :math:`(2\pi t)^{-n/2} e^{-\theta^2/2t}` with the Euclidean normalisation (total mass :math:`1 + O(t)` on
     :math:`S^n`); its score is exact to leading order as :math:`t \to 0`.
@@ -41,7 +43,8 @@ Estimators (``SphereHeatKernel.Spec.estimator``):
     :math:`t \in [10^{-4}, 10]` (``python benchmarks/heat_kernels.py --accuracy``): relative error of
     :math:`p_t` at most :math:`10^{-9}` on :math:`S^1, S^2, S^3, S^{15}, S^{127}`. Known limit: on even
     :math:`n \ge 4` no exact tail method is implemented, so for :math:`\theta > 2.8` at small :math:`t`
-    (where :math:`p_t(\theta)/p_t(0) < 10^{-7}`) ``auto`` keeps the cancelling eigen series.
+    (where :math:`p_t(\theta)/p_t(0) < 10^{-7}`) ``auto`` keeps the cancelling eigen series, and raises a
+    ``ValueError`` where that cancels by more than :math:`10^{12}`.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from torch import Tensor
 
 from geodiffusion._random import rand, randn
 from geodiffusion._validation import check_same_device_dtype, check_time, expand_time
-from geodiffusion.heat.base import HeatKernel
+from geodiffusion.heat.base import EIGEN_MAX_CANCELLATION, HeatKernel, raise_unresolved
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.manifolds.sphere import Sphere
 from geodiffusion.registry import build
@@ -245,6 +248,16 @@ class _Radial:
         cancel = torch.where(valid, cancel, torch.full_like(cancel, math.inf))
         return log_p, s1 / s0.clamp_min(1e-300), cancel
 
+    def _check_resolved(self, cancel: Tensor, theta: Tensor, t: Tensor, remedy: str) -> None:
+        raise_unresolved(
+            f"the Gegenbauer series of S^{self.n}",
+            cancel > EIGEN_MAX_CANCELLATION,
+            theta,
+            t,
+            f"its terms cancel by more than {EIGEN_MAX_CANCELLATION:.0e} (or underflow) there",
+            remedy,
+        )
+
     def _log_weight_tensor(self, l: Tensor, t: Tensor) -> Tensor:
         n = self.n
         if n == 1:
@@ -407,7 +420,9 @@ class _Radial:
 
     def evaluate(self, theta: Tensor, t: Tensor, estimator: str = "auto") -> tuple[Tensor, Tensor]:
         if estimator == "eigen":
-            return self.eigen(theta, t)[:2]
+            log_p, dlogp, cancel = self.eigen(theta, t)
+            self._check_resolved(cancel, theta, t, "use estimator='auto', which is exact there")
+            return log_p, dlogp
         if estimator == "varadhan":
             return self.varadhan(theta, t)
         if estimator == "schwinger_dewitt":
@@ -430,7 +445,8 @@ class _Radial:
         if bool(rest.any()):
             lp, dl, cancel = self.eigen(theta[rest], t[rest])
             good = cancel <= (_MAX_CANCELLATION_ODD if exact_tail else _MAX_CANCELLATION)
-            if not exact_tail:  # no exact tail representation implemented for S^4, S^6, ...: keep eigen
+            if not exact_tail:  # no exact tail representation implemented for S^4, S^6, ...: eigen or nothing
+                self._check_resolved(cancel, theta[rest], t[rest], "auto has no exact tail method on even n >= 4")
                 good = torch.ones_like(good)
             log_p, dlogp, todo = _fill(log_p, dlogp, todo, rest, lp, dl, good)
         if bool(todo.any()):

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from geodiffusion._random import randn
 from geodiffusion._validation import check_same_device_dtype, check_time, expand_time
-from geodiffusion.heat.base import HeatKernel
+from geodiffusion.heat.base import HeatKernel, raise_unresolved
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.manifolds.torus import Torus, wrap
 from geodiffusion.registry import build
@@ -58,15 +58,14 @@ def _fourier(theta: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     # the terms alternate in the tail at small t: once their sum is within rounding of 0.5 + sum w, the series
     # no longer resolves p (it can even come out negative); say so rather than return a meaningless log
     floor = 8 * (L + 1) * torch.finfo(torch.float64).eps * (0.5 + w.sum(-1))
-    unresolved = p <= floor
-    if bool(unresolved.any()):
-        i = int(unresolved.reshape(-1).nonzero()[0, 0])
-        th, tt = float(theta.reshape(-1)[i]), float(t.expand_as(theta).reshape(-1)[i])
-        raise ValueError(
-            f"estimator='eigen': the Fourier series cannot resolve p_t(theta) in float64 at {int(unresolved.sum())} "
-            f"points (e.g. theta = {th:.4g}, t = {tt:.4g}, where p_t is below its rounding error); use estimator="
-            "'auto' or 'sum_over_paths', which are exact there"
-        )
+    raise_unresolved(
+        "estimator='eigen' (the Fourier series)",
+        p <= floor,
+        theta,
+        t,
+        "p_t is below its rounding error there",
+        "use estimator='auto' or 'sum_over_paths', which are exact there",
+    )
     return torch.log(p) - math.log(math.pi), dp / p
 
 
