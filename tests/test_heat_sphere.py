@@ -427,7 +427,7 @@ def test_s3_image_sum_is_bounded_by_one_and_exact():
         assert float(ratio.max()) <= 1.0 and float(ratio.min()) >= -1e-15, s  # zero at pi, up to rounding
         if s > 2.0:  # the sampler uses 3 image pairs up to s = 2 only
             continue
-        for th in (0.5, 2.0, 3.0):
+        for th in (0.5, 2.0, 2.8, 2.9, 3.0, 3.1, math.pi - 1e-3):  # both sides of where the images are skipped
             with mp.workdps(30):
                 ref = sum((th + 2 * mp.pi * k) * mp.exp(-((th + 2 * mp.pi * k) ** 2) / (2 * s)) for k in range(-8, 9))
                 ref = float(ref / (th * mp.exp(-(th**2) / (2 * s))))

@@ -735,8 +735,18 @@ def _s3_image_ratio(theta: Tensor, s: Tensor, images: int = 3) -> Tensor:
     images :math:`\pm k` paired as :math:`e^{-2\pi^2k^2/s}[2\cosh x - \tfrac{8\pi^2k^2}{s}\tfrac{\sinh x}{x}]`,
     :math:`x = 2\pi k\theta/s`: finite at :math:`\theta = 0` and free of overflow. Each pair is :math:`\le 0`
     for :math:`s \le 36`, so the ratio is at most 1 there; ``images`` = 3 leaves terms below :math:`e^{-59}` at
-    :math:`s \le 2`."""
+    :math:`s \le 2`. The pairs are evaluated only where they can matter: pair :math:`k` is at most
+    :math:`(2 + 4a_k)e^{2\pi k(\theta - \pi k)/s}`, :math:`a_k = 2\pi^2k^2/s`, so where the sum of these bounds is
+    below :math:`e^{-45}` (far under float64 rounding of 1) the ratio is 1, which at small :math:`s` is every
+    proposal not within a few :math:`s` of the antipode."""
     out = torch.ones_like(theta)
+    a_max = 2 * math.pi**2 * images**2 / s
+    log_bound = math.log(images) + torch.log(2 + 4 * a_max) - 2 * math.pi * (math.pi - theta) / s
+    near = log_bound > -45.0
+    if not bool(near.all()):
+        if bool(near.any()):
+            out[near] = _s3_image_ratio(theta[near], s[near], images)
+        return out
     for k in range(1, images + 1):
         a = 2 * math.pi**2 * k * k / s
         x = 2 * math.pi * k * theta / s
