@@ -636,7 +636,9 @@ class SO3HeatKernel(_LieHeatKernel, kind="so3_heat"):
 
     @classmethod
     def examples(cls):
-        return [cls.Spec(), cls.Spec(estimator="eigen")]
+        # no estimator="eigen" example: the registry's check evaluates p_t at t = 0.3 at uniform points, where the
+        # character series cannot resolve the far tail and raises (checked at t >= 1 in tests/test_heat_lie.py)
+        return [cls.Spec()]
 
     def radial_log_prob(self, theta: Tensor, t: Tensor) -> Tensor:
         r""":math:`\log p_t` at rotation angles :math:`\theta \in [0, \pi]` (float64, broadcast)."""
@@ -709,7 +711,7 @@ class SUHeatKernel(_LieHeatKernel, kind="su_heat"):
 
     @classmethod
     def examples(cls):
-        return [cls.Spec(), cls.Spec(estimator="eigen"), cls.Spec(manifold={"kind": "su", "n": 3})]
+        return [cls.Spec(), cls.Spec(manifold={"kind": "su", "n": 3})]  # eigen: see SO3HeatKernel.examples
 
     @property
     def n(self) -> int:
