@@ -86,18 +86,21 @@ def test_spectrum_is_the_sums_of_one_eigenvalue_per_factor():
     assert ev.tolist() == [0.0, 1.0, 2.0, 3.0, 5.0] and mult.tolist() == [1, 9, 3, 3 * 9 + 25, 3 * 25]
 
 
-def test_short_training_and_sampling_stay_on_the_product():
-    process = gd.build({"kind": "brownian", "manifold": {"kind": "mixed_product", "factors": [S2, SO3]}, "beta_max": 10.0})
+@pytest.mark.parametrize("factors", [[S2, SO3], [{"kind": "su", "n": 2}, S2]], ids=["s2xso3", "su2xs2"])
+def test_short_training_and_sampling_stay_on_the_product(factors):
+    """The tangent MLP reads a complex product through its real view and its output is projected per factor."""
+    process = gd.build({"kind": "brownian", "manifold": {"kind": "mixed_product", "factors": factors}, "beta_max": 10.0})
     m = process.manifold
     mu = m.random_point(1, _gen(0), dtype=F64)
-    data = process.heat_kernel.sample(mu.expand(256, -1), 0.2, _gen(1)).float()
+    data = process.heat_kernel.sample(mu.expand(256, -1), 0.2, _gen(1))
+    data = data.to(torch.complex64) if m.is_complex else data.float()
     model = TangentMLP(manifold=m.spec, hidden=32, depth=1, process=process.spec)
     trainer = gd.training.Trainer(model, process, data, {"steps": 20, "batch_size": 64}, progress=False)
     history = trainer.fit()
     assert len(history) == 20 and all(math.isfinite(v) for v in history)
     with torch.no_grad():
-        samples = gd.build({"kind": "geodesic_euler_maruyama", "steps": 20}).sample(model, process, (64, 12))
-    assert samples.shape == (64, 12) and m.belongs(samples).all()
+        samples = gd.build({"kind": "geodesic_euler_maruyama", "steps": 20}).sample(model, process, (64,) + m.point_shape)
+    assert samples.shape == (64,) + m.point_shape and samples.dtype == data.dtype and m.belongs(samples).all()
 
 
 def test_bad_input_is_rejected_before_any_work():
