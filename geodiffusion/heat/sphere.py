@@ -33,18 +33,19 @@ Estimators (``SphereHeatKernel.Spec.estimator``):
     :math:`a_m` of :math:`p^{S^1}_t(u_0 + h)`, taken by the trapezoidal rule on a circle :math:`|h| = r`
     (a Cauchy integral). All :math:`a_j` are positive (each is a higher odd sphere's kernel), so at the
     saddle-point radius there is no cancellation: the result is accurate to a few ulps for every :math:`m`.
+    On :math:`S^2`: the Hopf fibre integral of :math:`S^3`'s sum over paths (:meth:`_Radial.hopf`). On even
+    :math:`n = 2m + 2 \ge 4`: :math:`p^{S^n}_t = e^{m(m+1)t/2}(2\pi)^{-m}\partial_u^m p^{S^2}_t`, the same Cauchy
+    integral, of :math:`p^{S^2}_t` at complex :math:`u` by the Hopf integral (:meth:`_Radial.hopf_cauchy`).
 ``auto``
     Per point: the transport series where the shortest geodesic dominates and the series is well conditioned
     (small :math:`t`, :math:`\theta \le 2.8`), else the eigen expansion where it cancels by less than
-    :math:`10^4` (:math:`10^7` on even :math:`n \ge 4`), else the exact tail method: sum over paths (odd
-    :math:`n`) or, on :math:`S^2`, the Hopf fibre integral :math:`p^{S^2}_t(\theta) = \tfrac12\int_0^\pi
-    p^{S^3}_{t/4}(\varphi(\alpha))\,d\alpha`, :math:`\cos\varphi = \cos\tfrac\theta2\cos\alpha` (see
-    :meth:`_Radial.hopf`). Measured against mpmath on a grid of :math:`\theta \in (0, \pi)` for
-    :math:`t \in [10^{-4}, 10]` (``python benchmarks/heat_kernels.py --accuracy``): relative error of
-    :math:`p_t` at most :math:`10^{-9}` on :math:`S^1, S^2, S^3, S^{15}, S^{127}`. Known limit: on even
-    :math:`n \ge 4` no exact tail method is implemented, so for :math:`\theta > 2.8` at small :math:`t`
-    (where :math:`p_t(\theta)/p_t(0) < 10^{-7}`) ``auto`` keeps the cancelling eigen series, and raises a
-    ``ValueError`` where that cancels by more than :math:`10^{12}`.
+    :math:`10^4`, else the exact tail method ``sum_over_paths``: on odd :math:`n` the Cauchy integral of the
+    wrapped Gaussian, on :math:`S^2` the Hopf fibre integral :math:`p^{S^2}_t(\theta) = \tfrac12\int_0^\pi
+    p^{S^3}_{t/4}(\varphi(\alpha))\,d\alpha`, :math:`\cos\varphi = \cos\tfrac\theta2\cos\alpha`, on even
+    :math:`n \ge 4` the Cauchy integral of that. Measured against mpmath on a grid of :math:`\theta \in (0, \pi)`
+    for :math:`t \in [10^{-4}, 10]` (``python benchmarks/heat_kernels.py --accuracy``): relative error of
+    :math:`p_t` at most :math:`10^{-9}` on :math:`S^1, S^2, S^3, S^{15}, S^{127}`; ``pytest
+    tests/test_heat_sphere.py -k even`` checks :math:`S^4, S^6, S^{16}` the same way.
 """
 
 from __future__ import annotations
@@ -75,10 +76,10 @@ _LOG_2PI = math.log(2 * math.pi)
 # a term below exp(-_CUT) of the largest one cannot change a float64 sum
 _CUT = 45.0
 # auto: a per-point result is trusted when its terms cancel by less than this factor (rounding error is
-# about 1e-16 times it); odd spheres (sum over paths) and S^2 (Hopf fibre integral) have an exact tail
-# method to fall back on, so they demand more
+# about 1e-16 times it): the transport series' 1e7, the eigen series' 1e4 (every sphere has an exact tail method
+# to fall back on: sum over paths on odd n, the Hopf fibre integral on S^2, its Cauchy integral on even n >= 4)
 _MAX_CANCELLATION = 1e7
-_MAX_CANCELLATION_ODD = 1e4
+_MAX_CANCELLATION_WITH_TAIL = 1e4
 # transport series: terms kept (t powers) and power-series length in theta^2 (radius pi^2)
 _SD_TERMS = 64
 _SD_POWERS = 128
@@ -320,13 +321,15 @@ class _Radial:
         log_cancel = th**2 / (2 * tt) - self.m * torch.log(th / sin) - 0.5 * self.m * torch.log(th**2 / tt)
         # within sqrt(t) of x0 (the bulk, theta = 0 included: p_t(x0, x0)) the terms do not outgrow the sum
         log_cancel = torch.where(th**2 < tt, torch.zeros_like(log_cancel), log_cancel)
-        return log_cancel > math.log(_MAX_CANCELLATION_ODD) + 30
+        return log_cancel > math.log(_MAX_CANCELLATION_WITH_TAIL) + 30
 
     # sum over paths (odd n) ---------------------------------------------------------------------------
 
     def sum_over_paths(self, theta: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        if self.n == 2:
+            return self.hopf(theta, t)
         if self.n % 2 == 0:
-            raise ValueError(f"sum_over_paths is exact only on odd-dimensional spheres, not S^{self.n}")
+            return self.hopf_cauchy(theta, t)
         m = int(self.m)
         N = 2 * m + self.extra_nodes
         N += N % 2
@@ -355,6 +358,77 @@ class _Radial:
         sums = torch.exp(expo - top).real.sum(-1)  # N a_j r^j e^{-top}, positive
         log_am = top[:, 0, 0] + torch.log(sums[:, 0].clamp_min(1e-300)) - math.log(N) - m * log_r
         log_p = 0.5 * m * m * t - m * _LOG_2PI + math.lgamma(m + 1) + log_am
+        dlogp = (m + 1) * sums[:, 1] / sums[:, 0].clamp_min(1e-300) * torch.exp(-log_r)
+        return log_p, dlogp
+
+    # even n >= 4: derivatives of the S^2 kernel, itself the Hopf fibre integral of S^3's sum over paths ----------
+
+    def hopf_cauchy(self, theta: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Exact kernel of an even sphere :math:`S^{2m+2}`, :math:`m \ge 1`, in the far tail as well.
+
+        :math:`p^{S^{2m+2}}_t = e^{m(m+1)t/2}(2\pi)^{-m}\partial_u^m p^{S^2}_t` (the dimension recursion), with the
+        :math:`m`-th derivative the Taylor coefficient of :math:`p^{S^2}_t(u_0 + h)` by the trapezoid rule on a circle
+        :math:`|h| = r` at the saddle-point radius, as for odd :math:`n`. All Taylor coefficients are positive (each is
+        a higher even sphere's kernel), so nothing cancels. :math:`p^{S^2}_t` at complex :math:`u` is the Hopf fibre
+        average :math:`\tfrac\pi2\langle p^{S^3}_{t/4}(c\cos\alpha)\rangle_{\alpha \in [0, 2\pi)}`,
+        :math:`c^2 = (1+u)/2` (either root), an entire function of :math:`u`; :math:`p^{S^3}_s` is its closed-form sum
+        over paths with images paired (``_log_s3_complex``). The fibre rule takes :math:`\ge 2m + 64` nodes (the
+        Taylor coefficients of degree :math:`2m` in :math:`c\cos\alpha`) and spacing :math:`\le \sigma/2`, the
+        real fibre integrand's width (see :meth:`hopf`). Measured against mpmath on :math:`S^4, S^6, S^{16}, S^{128}`
+        at nine angles from :math:`10^{-3}` to :math:`\pi` and :math:`t \in [10^{-4}, 10]`: relative error of
+        :math:`p_t` and of :math:`d\log p/du` at most :math:`4 \times 10^{-12}` (``python scripts/even_sphere_accuracy.py``)."""
+        if self.n % 2 or self.n < 4:
+            raise ValueError(f"hopf_cauchy gives the kernels of S^4, S^6, ..., not S^{self.n}")
+        m = int(self.n // 2 - 1)
+        N = 2 * m + self.extra_nodes
+        N += N % 2
+        w0 = 2 * torch.sin(theta / 2) ** 2
+        log_r = _saddle_log_radius(w0.detach(), t.detach(), m + 0.5)
+        with torch.no_grad():
+            half = theta.detach() / 2
+            kappa = torch.where(half < 1e-4, 1 - half**2 / 3, half / torch.tan(half.clamp_min(1e-4)))
+            sigma = torch.sqrt(t.detach() / 4 / kappa.clamp_min(1e-300))
+            fibre = torch.ceil(4 * math.pi / sigma).clamp(min=2 * m + 64, max=16384)
+        out = [], []
+        # about 2^22 complex numbers per chunk: points x circle nodes x fibre nodes x images
+        order = torch.argsort(fibre)
+        images = _n_images(float(t.detach().max()) / 4)
+        start = 0
+        while start < len(order):
+            nodes = int(fibre[order[start]])
+            size = max(1, 2**22 // ((N // 2 + 1) * nodes * (2 * images + 1)))
+            idx = order[start : start + size]
+            nodes = int(fibre[idx].max())
+            lp, dl = self._hopf_cauchy_chunk(theta[idx], t[idx], log_r[idx], m, N, nodes, images)
+            out[0].append((idx, lp))
+            out[1].append((idx, dl))
+            start += size
+        log_p, dlogp = torch.empty_like(theta), torch.empty_like(theta)
+        for (idx, lp), (_, dl) in zip(*out, strict=True):
+            log_p = log_p.index_put((idx,), lp)
+            dlogp = dlogp.index_put((idx,), dl)
+        return log_p, dlogp
+
+    def _hopf_cauchy_chunk(
+        self, theta: Tensor, t: Tensor, log_r: Tensor, m: int, N: int, nodes: int, images: int
+    ) -> tuple[Tensor, Tensor]:
+        # p^{S^2} is real on the real axis: circle nodes phi and 2 pi - phi are conjugate. Nodes offset by half a step
+        # keep u off the real axis, so c cos(alpha) never lands on arccos's branch cuts (|w| > 1 real), where the
+        # values are right but autograd's one-sided derivative of arccos need not match them
+        phi = (2 * math.pi / N) * (torch.arange(N // 2, dtype=theta.dtype, device=theta.device) + 0.5)
+        log_weight = torch.full_like(phi, math.log(2.0))
+        u = torch.cos(theta)[:, None] + torch.polar(torch.exp(log_r)[:, None], phi)  # [P, N/2]
+        c = torch.sqrt((1 + u) / 2)
+        alpha = (2 * math.pi / nodes) * torch.arange(nodes, dtype=theta.dtype, device=theta.device)
+        log_p3 = _log_s3_complex(c[..., None] * torch.cos(alpha), (t / 4)[:, None, None], images)  # [P, N/2, nodes]
+        top3 = log_p3.real.amax(-1, keepdim=True).detach()
+        log_f = top3[..., 0] + torch.log(torch.exp(log_p3 - top3).mean(-1)) + math.log(math.pi / 2)  # log p^{S^2}(u)
+        orders = torch.tensor([m, m + 1], dtype=theta.dtype, device=theta.device)
+        expo = log_f[:, None, :] + log_weight - 1j * orders[None, :, None] * phi  # [P, 2, N/2]
+        top = expo.real.amax(-1, keepdim=True).detach()
+        sums = torch.exp(expo - top).real.sum(-1)  # N a_j r^j e^{-top}, positive
+        log_am = top[:, 0, 0] + torch.log(sums[:, 0].clamp_min(1e-300)) - math.log(N) - m * log_r
+        log_p = 0.5 * m * (m + 1) * t - m * _LOG_2PI + math.lgamma(m + 1) + log_am
         dlogp = (m + 1) * sums[:, 1] / sums[:, 0].clamp_min(1e-300) * torch.exp(-log_r)
         return log_p, dlogp
 
@@ -440,18 +514,14 @@ class _Radial:
             lp, dl, cancel = self.schwinger_dewitt(theta[use], t[use], order=_SD_TERMS)
             good = cancel <= _MAX_CANCELLATION
             log_p, dlogp, todo = _fill(log_p, dlogp, todo, use, lp, dl, good)
-        exact_tail = self.n % 2 == 1 or self.n == 2
-        rest = todo & ~self.eigen_hopeless(theta, t) if exact_tail else todo.clone()
+        rest = todo & ~self.eigen_hopeless(theta, t)
         if bool(rest.any()):
             lp, dl, cancel = self.eigen(theta[rest], t[rest])
-            good = cancel <= (_MAX_CANCELLATION_ODD if exact_tail else _MAX_CANCELLATION)
-            if not exact_tail:  # no exact tail representation implemented for S^4, S^6, ...: eigen or nothing
-                self._check_resolved(cancel, theta[rest], t[rest], "auto has no exact tail method on even n >= 4")
-                good = torch.ones_like(good)
+            good = cancel <= _MAX_CANCELLATION_WITH_TAIL
             log_p, dlogp, todo = _fill(log_p, dlogp, todo, rest, lp, dl, good)
-        if bool(todo.any()):
+        if bool(todo.any()):  # the exact tail method of every n: sum over paths, Hopf, or Hopf then Cauchy
             rest = todo.clone()
-            lp, dl = self.hopf(theta[rest], t[rest]) if self.n == 2 else self.sum_over_paths(theta[rest], t[rest])
+            lp, dl = self.sum_over_paths(theta[rest], t[rest])
             log_p, dlogp, todo = _fill(log_p, dlogp, todo, rest, lp, dl, torch.ones_like(lp, dtype=torch.bool))
         return log_p, dlogp
 
@@ -493,6 +563,28 @@ def _saddle_log_radius(w0: Tensor, t: Tensor, order: float) -> Tensor:
         hi = torch.where(up, mid, hi)
         lo = torch.where(up, lo, mid)
     return 0.5 * (lo + hi)
+
+
+def _log_s3_complex(w: Tensor, s: Tensor, images: int) -> Tensor:
+    r""":math:`\log p^{S^3}_s` at complex :math:`w = \cos\varphi`: :math:`e^{s/2}(2\pi s)^{-3/2}\tfrac{\varphi}{\sin\varphi}
+    e^{-\varphi^2/2s}[1 + \sum_{k\ge1} e^{-a_k}(2\cosh x_k - 4a_k\tfrac{\sinh x_k}{x_k})]`, :math:`a_k = 2\pi^2k^2/s`,
+    :math:`x_k = 2\pi k\varphi/s`: the paths :math:`\pm k` paired as in :func:`_s3_image_ratio`, so every factor is
+    entire in :math:`\varphi` (no 0/0 at :math:`w = \pm 1`); ``images`` as :func:`_n_images` gives for ``s``."""
+    phi = torch.arccos(w)
+    small = phi.abs() < 1e-3
+    safe = torch.where(small, torch.ones_like(phi), phi)
+    ratio = torch.where(small, 1 + phi**2 / 6 + 7 * phi**4 / 360, safe / torch.sin(safe))
+    bracket = torch.ones_like(phi)
+    for k in range(1, images + 1):
+        a = 2 * math.pi**2 * k * k / s
+        x = 2 * math.pi * k * phi / s
+        # Re phi in [0, pi] (principal arccos): |e^{x - a}| <= 1 and |e^{-x - a}| <= e^{-a}, so nothing overflows
+        up, down = torch.exp(x - a), torch.exp(-x - a)
+        tiny = x.abs() < 1e-3
+        xs = torch.where(tiny, torch.ones_like(x), x)
+        sinhc = torch.where(tiny, torch.exp(-a) * (1 + x**2 / 6), (up - down) / (2 * xs))  # e^{-a} sinh(x) / x
+        bracket = bracket + (up + down) - 4 * a * sinhc
+    return 0.5 * s - 1.5 * (_LOG_2PI + torch.log(s)) - phi**2 / (2 * s) + torch.log(ratio) + torch.log(bracket)
 
 
 def _n_images(t_max: float) -> int:
@@ -563,12 +655,6 @@ class SphereHeatKernel(HeatKernel, kind="sphere_heat"):
             kind = getattr(self.manifold, "kind", None)
             if kind != "sphere":
                 raise ValueError(f"SphereHeatKernel needs a sphere manifold spec, got kind {kind!r}")
-            n = self.manifold.dim
-            if self.estimator == "sum_over_paths" and n % 2 == 0:
-                raise ValueError(
-                    f"estimator 'sum_over_paths' is exact only on odd-dimensional spheres; S^{n} has even n: "
-                    "use 'auto', 'eigen' or 'schwinger_dewitt'"
-                )
             return self
 
     @classmethod
