@@ -14,7 +14,7 @@ against the geodesic random walk, each at equal accuracy and measured in the sam
     python benchmarks/heat_kernels.py            # tables (a) and (b), n in {2, 15, 127}
     python benchmarks/heat_kernels.py --quick    # a small version (n in {2, 15}, two times)
     python benchmarks/heat_kernels.py --only evaluation   # table (a) only (or --only sampling)
-    python benchmarks/heat_kernels.py --accuracy # worst errors of auto on a theta grid, n in {1, 2, 3, 15, 127}
+    python benchmarks/heat_kernels.py --accuracy # worst errors of auto on a theta grid, n in {1, 2, 3, 4, 15, 16, 127}
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, float64, cpu")
     if args.accuracy:
-        accuracy((1, 2, 3, 15, 127))
+        accuracy((1, 2, 3, 4, 15, 16, 127))
         return
     ns = (2, 15) if args.quick else (2, 15, 127)
     times = (1e-2, 1.0) if args.quick else (1e-3, 1e-2, 0.1, 1.0, 10.0)

@@ -44,8 +44,7 @@ Estimators (``SphereHeatKernel.Spec.estimator``):
     p^{S^3}_{t/4}(\varphi(\alpha))\,d\alpha`, :math:`\cos\varphi = \cos\tfrac\theta2\cos\alpha`, on even
     :math:`n \ge 4` the Cauchy integral of that. Measured against mpmath on a grid of :math:`\theta \in (0, \pi)`
     for :math:`t \in [10^{-4}, 10]` (``python benchmarks/heat_kernels.py --accuracy``): relative error of
-    :math:`p_t` at most :math:`10^{-9}` on :math:`S^1, S^2, S^3, S^{15}, S^{127}`; ``pytest
-    tests/test_heat_sphere.py -k even`` checks :math:`S^4, S^6, S^{16}` the same way.
+    :math:`p_t` at most :math:`10^{-9}` on :math:`S^1, S^2, S^3, S^4, S^{15}, S^{16}, S^{127}`.
 """
 
 from __future__ import annotations
