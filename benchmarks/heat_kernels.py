@@ -79,7 +79,9 @@ def resolved_errors(kernel, n: int, t: float, thetas) -> tuple[float, int]:
     for a in thetas:
         try:
             err = errors(kernel, n, t, [a])[0]
-        except ValueError:
+        except ValueError as err:
+            if "cannot resolve" not in str(err):
+                raise
             refused += 1
             continue
         worst = err if math.isnan(worst) else max(worst, err)

@@ -117,3 +117,26 @@ def test_bad_input_is_rejected_before_any_work():
         complex_product.belongs(torch.zeros(2, 11, dtype=torch.complex128))
     with pytest.raises(ValueError, match="not compact"):
         gd.build({"kind": "mixed_product", "factors": [S2, {"kind": "euclidean", "dim": 2}]}).random_uniform(3)
+
+
+def test_a_users_subclass_keeps_the_product_heat_kernel():
+    """The heat kernel's spec check accepts a subclass of MixedProductManifold registered under its own kind."""
+
+    class Poses(gd.MixedProductManifold, kind="test_poses_s2_so3"):
+        pass
+
+    try:
+        m = Poses(factors=[S2, SO3])
+        x = m.random_point(3, _gen(), dtype=F64)
+        kernel = m.heat_kernel()
+        assert isinstance(kernel, gd.MixedProductHeatKernel) and bool(torch.isfinite(kernel.log_prob(x, x, 0.5)).all())
+    finally:
+        gd.unregister(Poses)
+
+
+def test_building_a_product_leaves_the_global_random_stream_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    gd.build({"kind": "mixed_product", "factors": [{"kind": "su", "n": 2}, S2]}).heat_kernel()
+    assert torch.equal(torch.rand(3), expected)

@@ -12,9 +12,11 @@ from geodiffusion.registry import Component
 
 __all__ = ["HeatKernel", "EIGEN_MAX_CANCELLATION", "raise_unresolved"]
 
-EIGEN_MAX_CANCELLATION = 1e12
-r"""Largest cancellation :math:`\sum_l |w_l P_l| / p_t` an explicit eigen (character, Gegenbauer) series may have: its
-float64 rounding error is about ``eps`` times this, so beyond it fewer than three digits of :math:`p_t` are right."""
+EIGEN_MAX_CANCELLATION = 1e10
+r"""Largest cancellation :math:`\sum_l |w_l P_l| / p_t` an explicit eigen (character, Gegenbauer) series may have. Its
+float64 rounding error grows with it: on SO(3) near the cut locus at :math:`t = 0.3` the relative error of
+:math:`p_t` was 1e-17 to 5e-17 times the cancellation (1.4e-7 at 1.3e10, 1.7e-5 at 9.6e11), so this bound keeps
+the error below about 5e-7, within the 1e-6 that the heat kernels promise."""
 
 
 def raise_unresolved(series: str, unresolved: Tensor, angle: Tensor, t: Tensor, why: str, remedy: str) -> None:

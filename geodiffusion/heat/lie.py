@@ -118,7 +118,13 @@ def _s3_eigen_terms(s_min: float) -> int:
     return l
 
 
-def _s3_eigen(psi: Tensor, s: Tensor, even: bool = False, series: str = "the character series of SU(2) = S^3") -> Tensor:
+def _s3_eigen(
+    psi: Tensor,
+    s: Tensor,
+    even: bool = False,
+    series: str = "the character series of S^3 (in S^3's angle and time: SU(2)'s time t is 2 s)",
+    remedy: str = "use estimator='auto', which is exact there",
+) -> Tensor:
     r""":math:`\log P_s(\psi)`, :math:`P_s = \tfrac{1}{2\pi^2}\sum_{l\ge0}(l+1)e^{-l(l+2)s/2}U_l(\cos\psi)`, with the
     Chebyshev polynomials :math:`U_l(\cos\psi) = \sin((l+1)\psi)/\sin\psi` from their recurrence. ``even``: the
     even-``l`` terms only, :math:`\tfrac12(P_s(\psi) + P_s(\pi - \psi))`, SO(3)'s own character series."""
@@ -135,16 +141,16 @@ def _s3_eigen(psi: Tensor, s: Tensor, even: bool = False, series: str = "the cha
             total = total + w * u_cur
             absum = absum + (w * u_cur.abs()).detach()
         u_prev, u_cur = u_cur, 2 * u * u_cur - u_prev
-    _check_resolved(series, absum, total, psi, s)
+    _check_resolved(series, absum, total, psi, s, remedy)
     return torch.log(total) + shift - math.log(2 * math.pi**2)
 
 
-def _check_resolved(series: str, absum: Tensor, total: Tensor, angle: Tensor, t: Tensor) -> None:
+def _check_resolved(series: str, absum: Tensor, total: Tensor, angle: Tensor, t: Tensor, remedy: str) -> None:
     """Raise where the series' terms cancel by more than EIGEN_MAX_CANCELLATION (or its sum is not positive)."""
     total = total.detach()
     unresolved = (total <= 0) | (absum > EIGEN_MAX_CANCELLATION * total)
     why = f"its terms cancel by more than {EIGEN_MAX_CANCELLATION:.0e} there"
-    raise_unresolved(series, unresolved, angle, t, why, "use estimator='auto', which is exact there")
+    raise_unresolved(series, unresolved, angle, t, why, remedy)
 
 
 def s3_log_kernel(psi: Tensor, s: Tensor, estimator: str = "auto") -> Tensor:
@@ -164,7 +170,8 @@ def s3_log_kernel(psi: Tensor, s: Tensor, estimator: str = "auto") -> Tensor:
     if bool(small.any()):
         out = out.masked_scatter(small, _s3_paths(psi[small], s[small]))
     if bool((~small).any()):
-        out = out.masked_scatter(~small, _s3_eigen(psi[~small], s[~small]))
+        # large s only: the series converges in a few terms there and cannot cancel
+        out = out.masked_scatter(~small, _s3_eigen(psi[~small], s[~small], remedy="this is auto: please report it"))
     return out
 
 
@@ -419,8 +426,10 @@ class _SUTorus:
             L += 1
         return cap
 
-    def eigen(self, phi: Tensor, t: Tensor, rows: int | None = None) -> tuple[Tensor, Tensor]:
-        """``(log p, cancellation)`` by the character expansion."""
+    def eigen(
+        self, phi: Tensor, t: Tensor, rows: int | None = None, remedy: str = "use estimator='auto', which is exact there"
+    ) -> tuple[Tensor, Tensor]:
+        """``(log p, cancellation)`` by the character expansion; raises where it cancels beyond float64."""
         n = self.n
         L = rows or self.eigen_rows(float(t.detach().min()))
         lams = su_partitions(n, L)
@@ -456,7 +465,7 @@ class _SUTorus:
             chi = sgn * torch.linalg.det(d)  # [P, r]
             total = total + (w[:, sl] * chi.real).sum(-1)
             absum = absum + (w[:, sl] * chi.detach().abs()).sum(-1)
-        _check_resolved(f"the character series of SU({n})", absum, total, phi.abs().amax(-1), t)
+        _check_resolved(f"the character series of SU({n})", absum, total, phi.abs().amax(-1), t, remedy)
         log_p = shift[:, 0] + torch.log(total) - self.log_volume
         return log_p, absum / total.detach()
 
@@ -511,7 +520,11 @@ class _SUTorus:
             octave = torch.floor(torch.log2(t.detach() / t.detach()[rest].min())).clamp_max(4)
             for b in torch.unique(octave[rest]).tolist():
                 sel = rest & (octave == b)
-                lp, _ = self.eigen(phi[sel], t[sel], rows=self.eigen_rows(float(t[sel].min()), _MAX_ROWS))
+                # the last resort of auto: where the sum over paths and its wall limit fail at small t (centre
+                # elements of SU(n), n >= 4) the series may cancel beyond float64, and then nothing here is exact
+                remedy = "auto's sum over paths and its wall limit do not apply at this point either"
+                rows = self.eigen_rows(float(t[sel].min()), _MAX_ROWS)
+                lp, _ = self.eigen(phi[sel], t[sel], rows=rows, remedy=remedy)
                 out = out.masked_scatter(sel, lp)
         return out
 

@@ -13,10 +13,17 @@ from torch import Tensor
 from geodiffusion.heat.base import HeatKernel
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.manifolds.product import MixedProductManifold, ProductManifold
-from geodiffusion.registry import build
+from geodiffusion.registry import build, spec_owner
 from geodiffusion.spec import Spec, component_spec
 
 __all__ = ["ProductHeatKernel", "MixedProductHeatKernel"]
+
+
+def _check_owner(spec: Spec, cls: type, kernel: str, kind: str) -> None:
+    """Accept the spec of ``cls`` or of a user's subclass of it (registered under its own kind)."""
+    owner = spec_owner(type(spec))
+    if owner is None or not issubclass(owner, cls):
+        raise ValueError(f"{kernel} needs a {kind} manifold spec (or a subclass's), got kind {getattr(spec, 'kind', None)!r}")
 
 
 class ProductHeatKernel(HeatKernel, kind="product_heat"):
@@ -31,9 +38,7 @@ class ProductHeatKernel(HeatKernel, kind="product_heat"):
 
         @model_validator(mode="after")
         def _check(self):
-            kind = getattr(self.manifold, "kind", None)
-            if kind != "product":
-                raise ValueError(f"ProductHeatKernel needs a product manifold spec, got kind {kind!r}")
+            _check_owner(self.manifold, ProductManifold, "ProductHeatKernel", "product")
             return self
 
     @classmethod
@@ -94,9 +99,7 @@ class MixedProductHeatKernel(HeatKernel, kind="mixed_product_heat"):
 
         @model_validator(mode="after")
         def _check(self):
-            kind = getattr(self.manifold, "kind", None)
-            if kind != "mixed_product":
-                raise ValueError(f"MixedProductHeatKernel needs a mixed_product manifold spec, got kind {kind!r}")
+            _check_owner(self.manifold, MixedProductManifold, "MixedProductHeatKernel", "mixed_product")
             if self.factor_options is not None and len(self.factor_options) != len(self.manifold.factors):
                 raise ValueError(
                     f"factor_options: expected one dict per factor ({len(self.manifold.factors)}), got {len(self.factor_options)}"
@@ -105,7 +108,10 @@ class MixedProductHeatKernel(HeatKernel, kind="mixed_product_heat"):
 
     @classmethod
     def examples(cls):
-        return [cls.Spec(manifold={"kind": "mixed_product", "factors": [{"kind": "sphere", "dim": 2}, {"kind": "so3"}]})]
+        return [
+            cls.Spec(manifold={"kind": "mixed_product", "factors": [{"kind": "sphere", "dim": 2}, {"kind": "so3"}]}),
+            cls.Spec(manifold={"kind": "mixed_product", "factors": [{"kind": "su", "n": 2}, {"kind": "sphere", "dim": 1}]}),
+        ]
 
     def __init__(self, spec=None, /, **fields) -> None:
         super().__init__(spec, **fields)

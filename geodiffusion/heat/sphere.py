@@ -15,7 +15,8 @@ Estimators (``SphereHeatKernel.Spec.estimator``):
     weights :math:`d_l e^{-\lambda_l t}` in log space, and :math:`P_l' = \tfrac{l(l+n-1)}{n} P^{(n+2)}_{l-1}`.
     Exact for every :math:`t`; the number of terms grows like :math:`t^{-1/2}` and rounding grows with the
     cancellation :math:`\sum_l |w_l P_l| / p_t`, which is large in the far tail at small :math:`t`: where it
-    exceeds :math:`10^{12}` (fewer than three digits left in float64) ``log_prob`` and ``score`` raise a
+    exceeds :math:`10^{10}` (rounding error above about :math:`5 \times 10^{-7}` of :math:`p_t`, see
+    ``heat.base.EIGEN_MAX_CANCELLATION``) ``log_prob`` and ``score`` raise a
     ``ValueError`` naming the point instead of returning a meaningless value.
 ``varadhan``
     :math:`(2\pi t)^{-n/2} e^{-\theta^2/2t}` with the Euclidean normalisation (total mass :math:`1 + O(t)` on
@@ -325,8 +326,6 @@ class _Radial:
     # sum over paths (odd n) ---------------------------------------------------------------------------
 
     def sum_over_paths(self, theta: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        if self.n == 2:
-            return self.hopf(theta, t)
         if self.n % 2 == 0:
             return self.hopf_cauchy(theta, t)
         m = int(self.m)
@@ -363,7 +362,7 @@ class _Radial:
     # even n >= 4: derivatives of the S^2 kernel, itself the Hopf fibre integral of S^3's sum over paths ----------
 
     def hopf_cauchy(self, theta: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        r"""Exact kernel of an even sphere :math:`S^{2m+2}`, :math:`m \ge 1`, in the far tail as well.
+        r"""Exact kernel of an even sphere :math:`S^{2m+2}`, :math:`m \ge 0`, in the far tail as well.
 
         :math:`p^{S^{2m+2}}_t = e^{m(m+1)t/2}(2\pi)^{-m}\partial_u^m p^{S^2}_t` (the dimension recursion), with the
         :math:`m`-th derivative the Taylor coefficient of :math:`p^{S^2}_t(u_0 + h)` by the trapezoid rule on a circle
@@ -373,11 +372,13 @@ class _Radial:
         :math:`c^2 = (1+u)/2` (either root), an entire function of :math:`u`; :math:`p^{S^3}_s` is its closed-form sum
         over paths with images paired (``_log_s3_complex``). The fibre rule takes :math:`\ge 2m + 64` nodes (the
         Taylor coefficients of degree :math:`2m` in :math:`c\cos\alpha`) and spacing :math:`\le \sigma/2`, the
-        real fibre integrand's width (see :meth:`hopf`). Measured against mpmath on :math:`S^4, S^6, S^{16}, S^{128}`
+        real fibre integrand's width (see :meth:`hopf`); for :math:`m = 0` (:math:`S^2`) the circle average is the value
+        itself, exact at :math:`\theta = 0` too, where the real Hopf rule is not. Measured against mpmath on
+        :math:`S^2, S^4, S^6, S^{16}, S^{128}`
         at nine angles from :math:`10^{-3}` to :math:`\pi` and :math:`t \in [10^{-4}, 10]`: relative error of
         :math:`p_t` and of :math:`d\log p/du` at most :math:`4 \times 10^{-12}` (``python scripts/even_sphere_accuracy.py``)."""
-        if self.n % 2 or self.n < 4:
-            raise ValueError(f"hopf_cauchy gives the kernels of S^4, S^6, ..., not S^{self.n}")
+        if self.n % 2:
+            raise ValueError(f"hopf_cauchy gives the kernels of S^2, S^4, ..., not S^{self.n}")
         m = int(self.n // 2 - 1)
         N = 2 * m + self.extra_nodes
         N += N % 2
@@ -388,24 +389,20 @@ class _Radial:
             kappa = torch.where(half < 1e-4, 1 - half**2 / 3, half / torch.tan(half.clamp_min(1e-4)))
             sigma = torch.sqrt(t.detach() / 4 / kappa.clamp_min(1e-300))
             fibre = torch.ceil(4 * math.pi / sigma).clamp(min=2 * m + 64, max=16384)
-        out = [], []
-        # about 2^22 complex numbers per chunk: points x circle nodes x fibre nodes x images
-        order = torch.argsort(fibre)
+        # about 2^22 complex numbers per chunk: points x circle nodes x fibre nodes x images. Points go in decreasing
+        # order of fibre nodes, so a chunk's first point has its largest count and sizes it
+        order = torch.argsort(fibre, descending=True)
         images = _n_images(float(t.detach().max()) / 4)
+        log_p, dlogp = torch.empty_like(theta), torch.empty_like(theta)
         start = 0
         while start < len(order):
             nodes = int(fibre[order[start]])
-            size = max(1, 2**22 // ((N // 2 + 1) * nodes * (2 * images + 1)))
+            size = max(1, 2**22 // ((N // 2) * nodes * (2 * images + 1)))
             idx = order[start : start + size]
-            nodes = int(fibre[idx].max())
             lp, dl = self._hopf_cauchy_chunk(theta[idx], t[idx], log_r[idx], m, N, nodes, images)
-            out[0].append((idx, lp))
-            out[1].append((idx, dl))
-            start += size
-        log_p, dlogp = torch.empty_like(theta), torch.empty_like(theta)
-        for (idx, lp), (_, dl) in zip(*out, strict=True):
             log_p = log_p.index_put((idx,), lp)
             dlogp = dlogp.index_put((idx,), dl)
+            start += size
         return log_p, dlogp
 
     def _hopf_cauchy_chunk(
@@ -520,7 +517,8 @@ class _Radial:
             log_p, dlogp, todo = _fill(log_p, dlogp, todo, rest, lp, dl, good)
         if bool(todo.any()):  # the exact tail method of every n: sum over paths, Hopf, or Hopf then Cauchy
             rest = todo.clone()
-            lp, dl = self.sum_over_paths(theta[rest], t[rest])
+            # S^2: the real Hopf integral, exact here in the tail (not at theta ~ 0, which the eigen series takes)
+            lp, dl = self.hopf(theta[rest], t[rest]) if self.n == 2 else self.sum_over_paths(theta[rest], t[rest])
             log_p, dlogp, todo = _fill(log_p, dlogp, todo, rest, lp, dl, torch.ones_like(lp, dtype=torch.bool))
         return log_p, dlogp
 
@@ -568,7 +566,9 @@ def _log_s3_complex(w: Tensor, s: Tensor, images: int) -> Tensor:
     r""":math:`\log p^{S^3}_s` at complex :math:`w = \cos\varphi`: :math:`e^{s/2}(2\pi s)^{-3/2}\tfrac{\varphi}{\sin\varphi}
     e^{-\varphi^2/2s}[1 + \sum_{k\ge1} e^{-a_k}(2\cosh x_k - 4a_k\tfrac{\sinh x_k}{x_k})]`, :math:`a_k = 2\pi^2k^2/s`,
     :math:`x_k = 2\pi k\varphi/s`: the paths :math:`\pm k` paired as in :func:`_s3_image_ratio`, so every factor is
-    entire in :math:`\varphi` (no 0/0 at :math:`w = \pm 1`); ``images`` as :func:`_n_images` gives for ``s``."""
+    entire in :math:`\varphi` (no 0/0 at :math:`w = 1`; at :math:`w = -1` the pole of :math:`\varphi/\sin\varphi` meets
+    a zero of the bracket, a point the off-axis circle nodes never reach); ``images`` as :func:`_n_images` gives
+    for ``s``."""
     phi = torch.arccos(w)
     small = phi.abs() < 1e-3
     safe = torch.where(small, torch.ones_like(phi), phi)

@@ -190,7 +190,10 @@ class MixedProductManifold(Manifold, kind="mixed_product"):
         for shape in self._shapes:
             ends.append(ends[-1] + math.prod(shape))
         self._slices = list(zip(ends[:-1], ends[1:], strict=True))
-        self._complex = [f.random_point(1, dtype=torch.float64).is_complex() for f in self.factors]
+        # SU(n)'s convention: a complex manifold returns complex points for a real dtype; a private generator keeps
+        # building this manifold from moving the global random stream
+        probe = torch.Generator().manual_seed(0)
+        self._complex = [f.random_point(1, probe, dtype=torch.float64).is_complex() for f in self.factors]
         self.is_complex = any(self._complex)
         self.compact = all(f.compact for f in self.factors)
         self.has_heat_kernel = all(f.has_heat_kernel for f in self.factors)
