@@ -34,9 +34,9 @@ Estimators (``SphereHeatKernel.Spec.estimator``):
     :math:`a_m` of :math:`p^{S^1}_t(u_0 + h)`, taken by the trapezoidal rule on a circle :math:`|h| = r`
     (a Cauchy integral). All :math:`a_j` are positive (each is a higher odd sphere's kernel), so at the
     saddle-point radius there is no cancellation: the result is accurate to a few ulps for every :math:`m`.
-    On :math:`S^2`: the Hopf fibre integral of :math:`S^3`'s sum over paths (:meth:`_Radial.hopf`). On even
-    :math:`n = 2m + 2 \ge 4`: :math:`p^{S^n}_t = e^{m(m+1)t/2}(2\pi)^{-m}\partial_u^m p^{S^2}_t`, the same Cauchy
-    integral, of :math:`p^{S^2}_t` at complex :math:`u` by the Hopf integral (:meth:`_Radial.hopf_cauchy`).
+    On even :math:`n = 2m + 2`: :math:`p^{S^n}_t = e^{m(m+1)t/2}(2\pi)^{-m}\partial_u^m p^{S^2}_t`, the same Cauchy
+    integral, of :math:`p^{S^2}_t` at complex :math:`u` by the Hopf fibre integral of :math:`S^3`'s sum over paths
+    (:meth:`_Radial.hopf_cauchy`; on :math:`S^2`, :math:`m = 0`, the circle average of that integral).
 ``auto``
     Per point: the transport series where the shortest geodesic dominates and the series is well conditioned
     (small :math:`t`, :math:`\theta \le 2.8`), else the eigen expansion where it cancels by less than
@@ -323,7 +323,7 @@ class _Radial:
         log_cancel = torch.where(th**2 < tt, torch.zeros_like(log_cancel), log_cancel)
         return log_cancel > math.log(_MAX_CANCELLATION_WITH_TAIL) + 30
 
-    # sum over paths (odd n) ---------------------------------------------------------------------------
+    # sum over paths (odd n directly, even n through hopf_cauchy) --------------------------------------------
 
     def sum_over_paths(self, theta: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         if self.n % 2 == 0:
@@ -350,16 +350,10 @@ class _Radial:
         log_weight = torch.full_like(phi, math.log(2.0))
         log_weight[0] = log_weight[-1] = 0.0
         log_f = _log_wrapped_gaussian_complex(w0, t, log_r, phi)  # [P, N/2+1]: log p^{S^1}(u0 + r e^{i phi})
-        orders = torch.tensor([m, m + 1], dtype=theta.dtype, device=theta.device)
-        expo = log_f[:, None, :] + log_weight - 1j * orders[None, :, None] * phi  # [P, 2, N/2+1]
-        top = expo.real.amax(-1, keepdim=True).detach()
-        sums = torch.exp(expo - top).real.sum(-1)  # N a_j r^j e^{-top}, positive
-        log_am = top[:, 0, 0] + torch.log(sums[:, 0].clamp_min(1e-300)) - math.log(N) - m * log_r
-        log_p = 0.5 * m * m * t - m * _LOG_2PI + math.lgamma(m + 1) + log_am
-        dlogp = (m + 1) * sums[:, 1] / sums[:, 0].clamp_min(1e-300) * torch.exp(-log_r)
-        return log_p, dlogp
+        log_am, dlogp = _taylor_coefficient(log_f, log_weight, phi, log_r, m, N)
+        return 0.5 * m * m * t - m * _LOG_2PI + math.lgamma(m + 1) + log_am, dlogp
 
-    # even n >= 4: derivatives of the S^2 kernel, itself the Hopf fibre integral of S^3's sum over paths ----------
+    # even n: derivatives of the S^2 kernel, itself the Hopf fibre integral of S^3's sum over paths ---------------
 
     def hopf_cauchy(self, theta: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         r"""Exact kernel of an even sphere :math:`S^{2m+2}`, :math:`m \ge 0`, in the far tail as well.
@@ -385,9 +379,7 @@ class _Radial:
         w0 = 2 * torch.sin(theta / 2) ** 2
         log_r = _saddle_log_radius(w0.detach(), t.detach(), m + 0.5)
         with torch.no_grad():
-            half = theta.detach() / 2
-            kappa = torch.where(half < 1e-4, 1 - half**2 / 3, half / torch.tan(half.clamp_min(1e-4)))
-            sigma = torch.sqrt(t.detach() / 4 / kappa.clamp_min(1e-300))
+            sigma = _fibre_width(theta.detach() / 2, t.detach() / 4)
             fibre = torch.ceil(4 * math.pi / sigma).clamp(min=2 * m + 64, max=16384)
         # about 2^22 complex numbers per chunk: points x circle nodes x fibre nodes x images. Points go in decreasing
         # order of fibre nodes, so a chunk's first point has its largest count and sizes it
@@ -419,14 +411,8 @@ class _Radial:
         log_p3 = _log_s3_complex(c[..., None] * torch.cos(alpha), (t / 4)[:, None, None], images)  # [P, N/2, nodes]
         top3 = log_p3.real.amax(-1, keepdim=True).detach()
         log_f = top3[..., 0] + torch.log(torch.exp(log_p3 - top3).mean(-1)) + math.log(math.pi / 2)  # log p^{S^2}(u)
-        orders = torch.tensor([m, m + 1], dtype=theta.dtype, device=theta.device)
-        expo = log_f[:, None, :] + log_weight - 1j * orders[None, :, None] * phi  # [P, 2, N/2]
-        top = expo.real.amax(-1, keepdim=True).detach()
-        sums = torch.exp(expo - top).real.sum(-1)  # N a_j r^j e^{-top}, positive
-        log_am = top[:, 0, 0] + torch.log(sums[:, 0].clamp_min(1e-300)) - math.log(N) - m * log_r
-        log_p = 0.5 * m * (m + 1) * t - m * _LOG_2PI + math.lgamma(m + 1) + log_am
-        dlogp = (m + 1) * sums[:, 1] / sums[:, 0].clamp_min(1e-300) * torch.exp(-log_r)
-        return log_p, dlogp
+        log_am, dlogp = _taylor_coefficient(log_f, log_weight, phi, log_r, m, N)
+        return 0.5 * m * (m + 1) * t - m * _LOG_2PI + math.lgamma(m + 1) + log_am, dlogp
 
     # Hopf fibration (n = 2) --------------------------------------------------------------------------
 
@@ -455,8 +441,7 @@ class _Radial:
             ratio = torch.cos(phi_a) / cd.clamp_min(1e-300)
             full = (phi_a >= math.pi - hd) | (ratio <= -1)
             big_a = torch.where(full, torch.full_like(hd, math.pi), torch.acos(ratio.clamp(-1.0, 1.0)))
-            kappa = torch.where(hd < 1e-4, 1 - hd**2 / 3, hd / torch.tan(hd.clamp_min(1e-4)))
-            sigma = torch.sqrt(sd / kappa.clamp_min(1e-300))
+            sigma = _fibre_width(hd, sd)
             nodes = int(min(4096, max(16, math.ceil(float((2 * big_a / sigma).max())))))
             frac = torch.linspace(0.0, 1.0, nodes + 1, dtype=theta.dtype, device=theta.device)
             alpha = big_a[:, None] * frac  # [P, N+1]
@@ -562,6 +547,26 @@ def _saddle_log_radius(w0: Tensor, t: Tensor, order: float) -> Tensor:
     return 0.5 * (lo + hi)
 
 
+def _fibre_width(half: Tensor, s: Tensor) -> Tensor:
+    r"""Width :math:`\sigma = \sqrt{s/\kappa}`, :math:`\kappa = \tfrac\theta2\cot\tfrac\theta2`, of the Hopf fibre
+    integrand around :math:`\alpha = 0` at half-angle ``half`` = :math:`\theta/2` and :math:`S^3` time ``s``."""
+    kappa = torch.where(half < 1e-4, 1 - half**2 / 3, half / torch.tan(half.clamp_min(1e-4)))
+    return torch.sqrt(s / kappa.clamp_min(1e-300))
+
+
+def _taylor_coefficient(log_f: Tensor, log_weight: Tensor, phi: Tensor, log_r: Tensor, m: int, N: int) -> tuple[Tensor, Tensor]:
+    r"""``(log a_m, (m+1) a_{m+1} / a_m)``: the Taylor coefficients of :math:`f(u_0 + h) = \sum_j a_j h^j` by the
+    trapezoid rule on :math:`|h| = r` from ``log_f`` at the nodes ``phi`` of one half circle (``log_weight`` counts
+    each node's conjugate), i.e. :math:`\log(\partial_u^m f/m!)` and :math:`d\log \partial_u^m f/du`. For a kernel all
+    :math:`a_j` are positive, so the real parts of the sums do not cancel."""
+    orders = torch.tensor([m, m + 1], dtype=phi.dtype, device=phi.device)
+    expo = log_f[:, None, :] + log_weight - 1j * orders[None, :, None] * phi  # [P, 2, nodes]
+    top = expo.real.amax(-1, keepdim=True).detach()
+    sums = torch.exp(expo - top).real.sum(-1)  # N a_j r^j e^{-top}, positive
+    log_am = top[:, 0, 0] + torch.log(sums[:, 0].clamp_min(1e-300)) - math.log(N) - m * log_r
+    return log_am, (m + 1) * sums[:, 1] / sums[:, 0].clamp_min(1e-300) * torch.exp(-log_r)
+
+
 def _log_s3_complex(w: Tensor, s: Tensor, images: int) -> Tensor:
     r""":math:`\log p^{S^3}_s` at complex :math:`w = \cos\varphi`: :math:`e^{s/2}(2\pi s)^{-3/2}\tfrac{\varphi}{\sin\varphi}
     e^{-\varphi^2/2s}[1 + \sum_{k\ge1} e^{-a_k}(2\cosh x_k - 4a_k\tfrac{\sinh x_k}{x_k})]`, :math:`a_k = 2\pi^2k^2/s`,
@@ -569,20 +574,11 @@ def _log_s3_complex(w: Tensor, s: Tensor, images: int) -> Tensor:
     entire in :math:`\varphi` (no 0/0 at :math:`w = 1`; at :math:`w = -1` the pole of :math:`\varphi/\sin\varphi` meets
     a zero of the bracket, a point the off-axis circle nodes never reach); ``images`` as :func:`_n_images` gives
     for ``s``."""
-    phi = torch.arccos(w)
+    phi = torch.arccos(w)  # Re phi in [0, pi] (principal branch), as _s3_image_pairs needs
     small = phi.abs() < 1e-3
     safe = torch.where(small, torch.ones_like(phi), phi)
     ratio = torch.where(small, 1 + phi**2 / 6 + 7 * phi**4 / 360, safe / torch.sin(safe))
-    bracket = torch.ones_like(phi)
-    for k in range(1, images + 1):
-        a = 2 * math.pi**2 * k * k / s
-        x = 2 * math.pi * k * phi / s
-        # Re phi in [0, pi] (principal arccos): |e^{x - a}| <= 1 and |e^{-x - a}| <= e^{-a}, so nothing overflows
-        up, down = torch.exp(x - a), torch.exp(-x - a)
-        tiny = x.abs() < 1e-3
-        xs = torch.where(tiny, torch.ones_like(x), x)
-        sinhc = torch.where(tiny, torch.exp(-a) * (1 + x**2 / 6), (up - down) / (2 * xs))  # e^{-a} sinh(x) / x
-        bracket = bracket + (up + down) - 4 * a * sinhc
+    bracket = _s3_image_pairs(phi, s, images)
     return 0.5 * s - 1.5 * (_LOG_2PI + torch.log(s)) - phi**2 / (2 * s) + torch.log(ratio) + torch.log(bracket)
 
 
@@ -830,17 +826,26 @@ def _s3_image_ratio(theta: Tensor, s: Tensor, images: int = 3) -> Tensor:
     near = log_bound > -45.0
     if not bool(near.all()):
         if bool(near.any()):
-            out[near] = _s3_image_ratio(theta[near], s[near], images)
+            out[near] = _s3_image_pairs(theta[near], s[near], images)
         return out
+    return _s3_image_pairs(theta, s, images)
+
+
+def _s3_image_pairs(phi: Tensor, s: Tensor, images: int) -> Tensor:
+    r""":math:`1 + \sum_{k=1}^{\text{images}} e^{-a_k}[2\cosh x_k - 4a_k\tfrac{\sinh x_k}{x_k}]`,
+    :math:`a_k = 2\pi^2k^2/s`, :math:`x_k = 2\pi k\varphi/s`: the paths :math:`\pm k` of :math:`S^3` relative to the
+    shortest one, real or complex :math:`\varphi` with :math:`\mathrm{Re}\,\varphi \in [0, \pi]`, where
+    :math:`|e^{x - a}| \le 1` and :math:`|e^{-x - a}| \le e^{-a}`: nothing overflows."""
+    out = torch.ones_like(phi)
     for k in range(1, images + 1):
         a = 2 * math.pi**2 * k * k / s
-        x = 2 * math.pi * k * theta / s
+        x = 2 * math.pi * k * phi / s
         up, down = torch.exp(x - a), torch.exp(-x - a)
-        small = x < 1
-        xs = torch.where(small, x, torch.ones_like(x)).clamp_min(1e-300)  # small branch: sinh(x)/x directly
+        small = x.abs() < 1
+        xs = torch.where(small & (x != 0), x, torch.ones_like(x))  # small branch: sinh(x)/x directly
         xl = torch.where(small, torch.ones_like(x), x)  # large branch: no overflow, no cancellation
         sinhc = torch.where(small, torch.exp(-a) * torch.sinh(xs) / xs, (up - down) / (2 * xl))
-        sinhc = torch.where(x == 0, torch.exp(-a), sinhc)
+        sinhc = torch.where(x == 0, torch.exp(-a).to(sinhc.dtype), sinhc)
         out = out + (up + down) - 4 * a * sinhc
     return out
 

@@ -272,11 +272,6 @@ class MixedProductManifold(Manifold, kind="mixed_product"):
                     inside.append((x[..., a:b].imag.abs() <= atol).all(-1))
         return reduce(torch.logical_and, inside)
 
-    def random_uniform(self, n, generator=None, *, device=None, dtype=None) -> Tensor:
-        if not self.compact:
-            raise ValueError(f"{self._name()} is not compact: it has no uniform distribution")
-        return self.random_point(n, generator, device=device, dtype=dtype)
-
     def laplace_beltrami(self, fn, x: Tensor) -> Tensor:
         r""":math:`\Delta f = \sum_i \Delta_i f`, each factor's operator on :math:`f` with the others held fixed."""
         parts = [p.detach() for p in self.split(x)]
