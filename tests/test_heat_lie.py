@@ -11,6 +11,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 from scipy import integrate, stats
+from torch import Tensor
 
 import geodiffusion as gd
 from geodiffusion.heat.lie import SO3HeatKernel, SUHeatKernel, _flow_start, _su_torus
@@ -294,6 +295,76 @@ def test_su3_auto_matches_mpmath_on_the_cut_locus(t):
     got = float((g[0] * torch.tensor([1.0, 1.0, -2.0], dtype=F64)).sum())
     assert abs(got - float(dref)) <= 1e-5 * max(abs(float(dref)), 1.0), (t, got, float(dref))
     assert float(g[1].abs().max()) < 1e-6 * max(1.0, 1 / t)  # a centre element is a critical point
+
+
+def sun_paths(theta, t, n, dps=100, reach=3):
+    """log p_t of SU(n) by the sum over the coroot lattice (|m_j| <= reach) at ``dps`` digits, theta with sum zero moved
+    by ~1e-25 off the walls (no pairing): an independent reference at and near the centre elements."""
+    with mp.workdps(dps):
+        t = mp.mpf(t)
+        th = [mp.mpf(v) + mp.mpf(10) ** -25 * (j * j + 1) for j, v in enumerate(theta)]
+        mean = sum(th) / n
+        total = mp.mpf(0)
+        for m in itertools.product(range(-reach, reach + 1), repeat=n - 1):
+            h = [th[j] - mean + 2 * mp.pi * mj for j, mj in enumerate([*m, -sum(m)])]
+            f = mp.mpf(1)
+            for j, k in itertools.combinations(range(n), 2):
+                f *= (h[j] - h[k]) / (2 * mp.sin((h[j] - h[k]) / 2))
+            total += f * mp.exp(-sum(v * v for v in h) / (2 * t))
+        return +mp.log((2 * mp.pi * t) ** (-mp.mpf(n * n - 1) / 2) * mp.exp(mp.mpf(n * (n * n - 1)) / 24 * t) * total)
+
+
+def _near_centre(n: int, seed: int) -> list[list[float]]:
+    """Eigenangles (sum zero) at the centre elements e^{2 pi i j/n} I, j >= 1, at 1e-9 to 1e-2 from them along a
+    random direction, and 1e-5 from them along a wall through them (two angles equal)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for j in range(1, n):
+        centre = torch.tensor([2 * math.pi * j / n] * (n - j) + [2 * math.pi * (j / n - 1)] * j, dtype=F64)
+        d = torch.randn(n, generator=gen, dtype=F64)
+        d = d - d.mean()
+        wall = torch.tensor([1.0, 1.0] + [-2.0 / (n - 2)] * (n - 2), dtype=F64)
+        out += [centre.tolist()] + [(centre + e * d / d.norm()).tolist() for e in (1e-9, 1e-6, 1e-4, 1e-2)]
+        out.append((centre + 1e-5 * wall / wall.norm()).tolist())
+    return out
+
+
+def _sun_gradient(theta, t, n) -> Tensor:
+    """d log p / d theta in the plane sum(theta) = 0: five-point differences of ``sun_paths`` with step 1e-7 (error
+    ~h^4 |d^5 log p| < 1e-14 here; mp.diff's default step falls below the 1e-25 offset off the walls)."""
+    basis = (torch.eye(n, dtype=F64) - 1.0 / n).tolist()
+    h = mp.mpf(10) ** -7
+
+    def along(d):
+        f = [sun_paths([a + j * h * b for a, b in zip(theta, d, strict=True)], t, n) for j in (-2, -1, 1, 2)]
+        return (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h)
+
+    g = torch.tensor([float(along(d)) for d in basis], dtype=F64)
+    return g - g.mean()
+
+
+@pytest.mark.parametrize("n", [3, 4])
+@pytest.mark.parametrize("t", [0.01, 0.3, 0.51])
+def test_su_auto_near_centre_elements_matches_mpmath(n, t):
+    """At and near the centre elements the sum over paths divides by every root at once (SU(3): N_0 = 3 roots, SU(4):
+    6). Auto raised in a shell ~1e-7 to 1e-4 around them at t <= 0.3 (the sum over paths cancelled, its limit on the
+    wall applied only within 1e-7, the characters cancel beyond float64), and at SU(4)'s -I at t = 0.51; the Taylor
+    expansion about the wall resolves them (measured: p to 4e-10). The score vanishes at a centre element and, within
+    1e-7 of it, is a difference of image terms of size |theta| / t, so its error is measured against that scale, the
+    score's size at distance |theta| (measured: 3.5e-6 of it at 1e-9 from the centre at t = 0.01, 1e-9 elsewhere).
+    The score is checked on every SU(3) point and one SU(4) point (7^3 images per reference evaluation)."""
+    su = _su_torus(n)
+    theta = torch.tensor(_near_centre(n, seed=n), dtype=F64)
+    tt = torch.full((theta.shape[0],), t, dtype=F64)
+    log_p = su.log_p(theta, tt)
+    grad = su.grad(theta, tt)
+    for i, th in enumerate(theta.tolist()):
+        assert _rel(float(log_p[i]), mp.exp(sun_paths(th, t, n))) <= TARGET_P, (n, t, th, float(log_p[i]))
+        if n == 3 or i == 2:
+            ref = _sun_gradient(th, t, n)
+            err = float((grad[i] - ref).norm())
+            scale = max(float(ref.norm()), float(theta[i].norm()) / t)
+            assert err <= TARGET_SCORE * scale, (n, t, th, err, float(ref.norm()))
 
 
 def test_no_nan_or_inf_at_small_times_and_singular_points():

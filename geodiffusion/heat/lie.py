@@ -24,9 +24,12 @@ SO(3) is :math:`S^3(2\sqrt2)/\{\pm1\}`, so :math:`p_t(\theta) = 2^{-9/2}[P_{t/8}
 (:math:`k \leftrightarrow -k` near :math:`\psi = 0`, :math:`k \leftrightarrow -k-1` near :math:`\psi = \pi`), so
 :math:`\theta = 0` and :math:`\theta = \pi` are regular points of the formula.
 
-``auto``: SO(3)/SU(2) sum over paths for :math:`s \le 2` (S^3 time), eigen beyond; SU(n), n >= 3, sum over paths
-for :math:`t \le 0.5` where it is well conditioned (on walls, where eigenvalues coincide and a term divides 0/0,
-its limit: :meth:`_SUTorus.wall`), eigen elsewhere. Everything in float64 and log space.
+``auto``: SO(3)/SU(2) sum over paths for :math:`s \le 2` (S^3 time), eigen beyond. SU(n), n >= 3: each point takes
+the first exact estimator that resolves it in float64, in the order: for :math:`t \le 0.5`, the sum over paths
+(near a wall, where eigenvalues nearly coincide and its terms divide by vanishing roots, first its Taylor expansion
+about the wall, :meth:`_SUTorus.wall`), then the characters; beyond, the characters, then the sum over paths and its
+expansion (at centre elements of SU(n), n >= 4, just above t = 0.5 the characters cancel beyond float64). A point
+none resolves raises. Everything in float64 and log space.
 
 Sampling SU(n): eigenangles by rejection from Lie-algebra Gaussians :math:`e^X`, :math:`X \sim N(0, tI)`, whose
 density :math:`q_t` has one term per preimage, :math:`(2\pi t)^{-D/2}e^{-|H+\gamma|^2/2t}/J(H+\gamma)`,
@@ -65,7 +68,8 @@ _SU_PATHS_UP_TO = 0.5
 _MAX_PROPOSALS = 64.0
 _ODE_TOL = 1e-9
 _PROPOSAL_BLOCK = 8192  # proposals per block of the acceptance computation
-_WALL = 1e-7  # eigenangles closer than this are treated as coinciding where the sum over paths is singular
+_WALL = 1e-7  # eigenangles closer than this (times tau in the wall expansion) are treated as coinciding
+_MERGE = 1e-6  # near a wall, angles closer than this fraction of their cluster's widest gap are merged
 _MAX_ROWS = 120  # character expansion of SU(n >= 3): largest first row of a partition used by auto
 
 
@@ -206,6 +210,16 @@ def _lattice(n: int, k: int, radius: float) -> Tensor:
     return torch.tensor(pts, dtype=torch.float64).reshape(-1, n)
 
 
+def _images(n: int, k: int, centre: Tensor, t: Tensor) -> Tensor:
+    """Lattice vectors m [T, n] (sum -k) whose images centre + 2 pi m have Gaussian weight e^{-|.|^2/2t} within
+    e^-60 of the largest at one point at least: the others change no float64 digit of the sums over paths."""
+    # |centre + 2 pi m|^2 within 120 t of the smallest: |2 pi m| <= 2 |centre| + 2 pi |k| + sqrt(120 t)
+    reach = 2 * float(centre.detach().norm(dim=-1).max()) + 2 * math.pi * abs(k) + math.sqrt(120 * float(t.detach().max()))
+    box = _lattice(n, k, math.ceil(2 * reach / (2 * math.pi)) / 2).to(centre.device)
+    expo = -((centre.detach()[:, None, :] + 2 * math.pi * box[None]) ** 2).sum(-1) / (2 * t.detach()[:, None])
+    return box[(expo - expo.amax(-1, keepdim=True) > -60).any(0)]
+
+
 class _SUTorus:
     """Heat kernel of SU(n) as a function of the eigenangles (float64)."""
 
@@ -237,9 +251,7 @@ class _SUTorus:
 
     def _paths_k(self, phi: Tensor, t: Tensor, k: int) -> tuple[Tensor, Tensor]:
         n = self.n
-        # images with |phi + 2 pi m|^2 within 92 t of the smallest: |2 pi m| <= 2 |phi| + 2 pi |k| + sqrt(92 t)
-        reach = 2 * float(phi.detach().norm(dim=-1).max()) + 2 * math.pi * abs(k) + math.sqrt(92 * float(t.detach().max()))
-        box = _lattice(n, k, math.ceil(2 * reach / (2 * math.pi)) / 2).to(phi.device)
+        box = _images(n, k, phi, t)
         sign = (-1.0) ** ((n + 1) * k)
         ok = torch.ones(phi.shape[0], box.shape[0], dtype=torch.bool, device=phi.device)
         phim = phi[:, None, :] + 2 * math.pi * box[None]  # [P, T, n]
@@ -281,63 +293,134 @@ class _SUTorus:
         )
         return log_p, valid
 
-    # walls: coinciding eigenvalues -------------------------------------------------------------------
+    # walls: coinciding and nearly coinciding eigenvalues --------------------------------------------------
 
     def wall(self, phi: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        r"""``(log p, ok)`` where eigenvalues coincide (clusters closer than ``_WALL``), by the limit of the sum
-        over paths on the wall.
+        r"""``(log p, ok)`` on and near the walls (eigenvalues coinciding or nearly so), where the sum over paths
+        divides terms by vanishing roots and cancels, by a Taylor expansion of it about the nearest wall point.
 
         With :math:`F(\phi) = \sum_m \Delta(\phi_m)e^{-|\phi_m|^2/2t}` (:math:`\Delta(x) = \prod_{j<k}(x_j - x_k)`,
         :math:`\phi_m = \phi + 2\pi m`) and :math:`D(\phi) = \prod_{j<k} 2\sin((\phi_j - \phi_k)/2)`,
-        :math:`p_t = (2\pi t)^{-D/2}e^{|\rho|^2t/2}(\pm F/D)`; at a point :math:`\bar\phi` of a wall with :math:`N_0`
-        vanishing roots both vanish to order :math:`N_0` along any line :math:`\bar\phi + sv`, so
-        :math:`F/D = [s^{N_0}]F / [s^{N_0}]D`, Taylor coefficients taken exactly (products of linear factors
-        times the series of :math:`e^{as + bs^2}`): no division by a vanishing root. A point within ``_WALL`` of the
-        wall is replaced by its projection :math:`\bar\phi` (cluster means): :math:`\nabla p(\bar\phi)` is
-        invariant under the reflections fixing :math:`\bar\phi`, so orthogonal to the displacement :math:`\epsilon`,
-        and the error is :math:`O(|\epsilon|^2 \|\nabla^2 p\|) \lesssim \tfrac12|\epsilon|^2(|\phi|^2/t^2 + D/t)\,p`."""
+        :math:`p_t = (2\pi t)^{-D/2}e^{|\rho|^2t/2}(\pm F/D)`. Clusters of gaps below :math:`\tau \sim t/|\phi|`
+        have means :math:`\bar\phi`, a wall point with :math:`N_0` vanishing roots; within one, angles closer than
+        ``_MERGE`` times its widest gap are merged into their mean, :math:`\phi'` (the value moves at second order,
+        the score by that fraction of itself near a centre element), and :math:`\epsilon = \phi' - \bar\phi`.
+        :math:`F` is anti-invariant under the reflections fixing :math:`\bar\phi`, so :math:`F(\bar\phi + s\epsilon
+        + uv)` (:math:`v` the centred ranks, no root vanishing on it) is :math:`u^{N_1}s^{N_0 - N_1}` times an entire
+        function, :math:`N_1` the roots vanishing at :math:`\phi'`; hence :math:`F/D(\phi') = \sum_{k \ge N_0 -
+        N_1}[s^k u^{N_1}]F / [u^{N_1}]D(\phi' + uv)`, Taylor coefficients taken exactly (products of linear factors
+        times the series of a Gaussian's exponential)
+        with no division by a vanishing root, and summed at :math:`s = 1` where the series has converged."""
         return self._by_class(self._wall_k, phi, t)
 
-    def _wall_k(self, phi: Tensor, t: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        n, P = self.n, phi.shape[0]
-        dev = phi.device
-        # clusters: runs of the sorted (centred) angles closer than _WALL; their means, bar, lie on the wall
-        srt, order = phi.detach().sort(-1)
-        start = torch.cat([torch.ones(P, 1, dtype=torch.bool, device=dev), (srt[:, 1:] - srt[:, :-1]) >= _WALL], -1)
-        cid = torch.empty_like(order).scatter_(-1, order, start.long().cumsum(-1) - 1)
-        member = (cid[:, :, None] == torch.arange(n, device=dev)[None, None, :]).to(phi.dtype)  # [P, n, cluster]
+    @staticmethod
+    def _tau(phi: Tensor, t: Tensor) -> Tensor:
+        """Gap [P, 1] below which ``wall`` expands about the wall: it keeps |x . eps| / t, the rate of its Taylor
+        series, of order one on the images that matter."""
+        return (2 * t.detach() / (phi.detach().norm(dim=-1) + 1)).clamp(_WALL, 0.5)[:, None]
+
+    def _near_wall(self, phi: Tensor, t: Tensor) -> Tensor:
+        """Points with two eigenvalues closer than ``_tau``: ``wall`` resolves them better than the plain sum over
+        paths, whose terms there are ratios of nearly vanishing sines."""
+        centred, _ = _centred(phi.detach())
+        return (centred.sort(-1).values.diff(dim=-1) < self._tau(centred, t)).any(-1)
+
+    @staticmethod
+    def _clusters(order: Tensor, split: Tensor) -> Tensor:
+        """Cluster id of each angle (input order) from ``split`` [P, n-1], whether a gap of the sorted angles parts
+        two clusters."""
+        start = torch.cat([torch.ones_like(split[:, :1]), split], -1)
+        return torch.empty_like(order).scatter_(-1, order, start.long().cumsum(-1) - 1)
+
+    @staticmethod
+    def _cluster_mean(phi: Tensor, cid: Tensor) -> Tensor:
+        member = (cid[:, :, None] == torch.arange(phi.shape[-1], device=phi.device)[None, None, :]).to(phi.dtype)
         mean = (phi[:, :, None] * member).sum(1) / member.sum(1).clamp_min(1.0)
-        bar = (member * mean[:, None, :]).sum(-1)
-        # a direction with distinct entries, so no root vanishes on it: the centred ranks
+        return (member * mean[:, None, :]).sum(-1)
+
+    def _wall_k(self, phi: Tensor, t: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        n = self.n
+        srt, order = phi.detach().sort(-1)
+        tau = self._tau(phi, t)
+        gaps = srt[:, 1:] - srt[:, :-1]
+        inner = gaps < tau
+        cid1 = self._clusters(order, ~inner)
+        # within a cluster, angles are merged where nearly coinciding (gap < 1e-6 of the cluster's widest): the
+        # series in s would cancel there like (width / gap)^roots, and the merge moves the score by ~ gap |Hessian|,
+        # against a score ~ width |Hessian| near a centre element; a whole cluster narrower than _WALL tau (~ the
+        # round-off of the angles, where d log F and d log D ~ 1 / width cancel) too, which moves the score by
+        # ~ width |x|^2 / t^2 <~ 1e-7 |x| / t, its scale
+        cl = (torch.cat([torch.ones_like(inner[:, :1]), ~inner], -1).long().cumsum(-1) - 1)[:, 1:]  # cluster of gap
+        width = torch.zeros_like(srt).scatter_reduce(-1, cl, torch.where(inner, gaps, torch.zeros_like(gaps)), "amax")
+        merge = inner & (gaps <= torch.gather(torch.maximum(_MERGE * width, (width <= _WALL * tau) * width), -1, cl))
+        cid0 = self._clusters(order, ~merge)
+        bar = self._cluster_mean(phi, cid1)
+        eps = self._cluster_mean(phi, cid0) - bar
         v = order.argsort(-1).to(phi.dtype) - 0.5 * (n - 1)
         jj, kk = _pairs(n)
-        on = cid[:, jj] == cid[:, kk]  # [P, A]: roots vanishing on the wall
-        order0 = on.sum(-1)
-        top = int(order0.max())
-        reach = 2 * float(bar.detach().norm(dim=-1).max()) + 2 * math.pi * abs(k) + math.sqrt(92 * float(t.detach().max()))
-        box = _lattice(n, k, math.ceil(2 * reach / (2 * math.pi)) / 2).to(dev)
+        on0 = cid1[:, jj] == cid1[:, kk]  # [P, A]: roots vanishing at bar
+        on1 = cid0[:, jj] == cid0[:, kk]  # roots vanishing at phi' (a subset)
+        n0, n1 = on0.sum(-1), on1.sum(-1)
+        J = int(n1.max())
+        box = _images(n, k, bar, t)
         x = bar[:, None, :] + 2 * math.pi * box[None]  # [P, T, n]
-        expo = -(x**2).sum(-1) / (2 * t[:, None])
+        tt = t[:, None]
+        expo = -(x**2).sum(-1) / (2 * tt)
         shift = expo.detach().amax(-1, keepdim=True)
+        # exp(-|x + s eps + u v|^2 / 2t) = exp(expo) exp(a s + b u + c s^2 + e s u + f u^2)
+        a = -(x * eps[:, None, :]).sum(-1) / tt
+        b = -(x * v[:, None, :]).sum(-1) / tt
+        c = (-(eps**2).sum(-1) / (2 * t))[:, None]
+        e = (-(eps * v).sum(-1) / t)[:, None]
+        f = (-(v**2).sum(-1) / (2 * t))[:, None]
+        live = (expo - shift).detach() > -60
+        rate = torch.where(live, a.detach().abs(), torch.zeros_like(a)).amax() + c.detach().abs().sqrt().amax()
+        rate = rate + e.detach().abs().amax()
+        K = int(min(2 * math.e * float(rate) + 40, 200))  # terms beyond are below e^-40 of the largest
+        A = len(jj)
+        Ks = min(K, A)
+        # [s^i u^j] Delta(x + s eps + u v) = prod_a (d_a + c_a s + w_a u), i <= Ks, j <= J
         d = x[..., jj] - x[..., kk]  # [P, T, A]
-        c = (v[:, jj] - v[:, kk])[:, None, :].expand_as(d)
-        # [s^i] Delta(x + s v) = [s^i] prod_a (d_a + c_a s), i <= top
-        poly = [torch.ones_like(expo)] + [torch.zeros_like(expo)] * top
-        for a in range(len(jj)):
-            poly = [d[..., a] * poly[0]] + [d[..., a] * poly[i] + c[..., a] * poly[i - 1] for i in range(1, top + 1)]
-        # [s^i] exp(alpha s + beta s^2) = e_i, from e' = (alpha + 2 beta s) e
-        alpha = -(x * v[:, None, :]).sum(-1) / t[:, None]
-        beta = (-(v**2).sum(-1) / (2 * t))[:, None].expand_as(alpha)
-        ser = [torch.ones_like(alpha)]
-        for i in range(1, top + 1):
-            ser.append((alpha * ser[i - 1] + (2 * beta * ser[i - 2] if i >= 2 else 0.0)) / i)
-        coef = torch.stack([sum(poly[j] * ser[i - j] for j in range(i + 1)) for i in range(top + 1)], -1)  # [P, T, top+1]
-        lead = torch.gather(coef, -1, order0[:, None, None].expand(-1, coef.shape[1], 1))[..., 0]
+        ca = (eps[:, jj] - eps[:, kk])[:, None, :].expand_as(d)
+        wa = (v[:, jj] - v[:, kk])[:, None, :].expand_as(d)
+        poly = torch.zeros(*d.shape[:2], Ks + 1, J + 1, dtype=phi.dtype, device=phi.device)
+        poly[..., 0, 0] = 1.0
+        for r in range(A):
+            ps = torch.nn.functional.pad(poly, (0, 0, 1, 0))[..., :-1, :]
+            pu = torch.nn.functional.pad(poly, (1, 0))[..., :-1]
+            poly = d[..., r, None, None] * poly + ca[..., r, None, None] * ps + wa[..., r, None, None] * pu
+        # [s^i u^j] of the exponential's series: d/du gives column 0, d/ds the rows
+        ser = [[torch.ones_like(a)]]
+        for j in range(J):
+            prev = ser[0][j - 1] if j >= 1 else 0.0
+            ser[0].append((b * ser[0][j] + 2 * f * prev) / (j + 1))
+        for i in range(K):
+            row = []
+            for j in range(J + 1):
+                acc = a * ser[i][j] + (2 * c * ser[i - 1][j] if i >= 1 else 0.0) + (e * ser[i][j - 1] if j >= 1 else 0.0)
+                row.append(acc / (i + 1))
+            ser.append(row)
+        E = torch.stack([torch.stack(row, -1) for row in ser], -2)  # [P, T, K+1, J+1]
+        # tails S[q] = sum_{q' >= q} E[q'] (summed from the small end), so sum_{k >= N0 - N1} [s^k u^N1] is
+        # sum_{i, l} poly[i, l] S[max(N0 - N1 - i, 0), N1 - l]: the orders below N0 - N1, zero in exact
+        # arithmetic but not image by image, are never formed
+        S = E.flip(-2).cumsum(-2).flip(-2)
+        kmin = (n0 - n1)[:, None, None]  # [P, 1, 1]
+        ii = torch.arange(Ks + 1, device=phi.device)[None, :, None]
+        ll = torch.arange(J + 1, device=phi.device)[None, None, :]
+        qi = (kmin - ii).clamp_min(0).expand(-1, -1, J + 1)  # [P, Ks+1, J+1]
+        lj = (n1[:, None, None] - ll).expand(-1, Ks + 1, -1)
+        use = (lj >= 0).to(phi.dtype)
+        flat = (qi * (J + 1) + lj.clamp_min(0)).reshape(qi.shape[0], 1, -1).expand(-1, S.shape[1], -1)
+        picked = torch.gather(S.flatten(-2), -1, flat).reshape(poly.shape)
+        lead = (poly * picked * use[:, None]).sum((-2, -1))  # [P, T]
         terms = lead * torch.exp(expo - shift)
         total = terms.sum(-1)
-        # [s^N0] D(bar + s v) = prod_{on} alpha(v) prod_{off} 2 sin(alpha(bar)/2)
-        dbar = bar[:, jj] - bar[:, kk]
-        den = torch.where(on, v[:, jj] - v[:, kk], 2 * torch.sin(0.5 * dbar)).prod(-1)
+        # [u^N1] D(phi' + u v) = prod_{on1} alpha(v) prod_{not on1} 2 sin(alpha(phi')/2)
+        # roots vanishing at bar take alpha(eps): alpha(bar + eps) loses the ~1e-16 |bar| / |eps| of it that d log D
+        # ~ 1 / alpha turns into score noise, while the numerator sees alpha(eps) itself
+        alpha = torch.where(on0, eps[:, jj] - eps[:, kk], (bar + eps)[:, jj] - (bar + eps)[:, kk])
+        den = torch.where(on1, v[:, jj] - v[:, kk], 2 * torch.sin(0.5 * alpha)).prod(-1)
         ratio = (-1.0) ** ((n + 1) * k) * total / den
         cancel = terms.detach().abs().sum(-1) / total.detach().abs().clamp_min(1e-300)
         ok = (ratio.detach() > 0) & (cancel < 1e6)
@@ -416,20 +499,24 @@ class _SUTorus:
 
     # characters ---------------------------------------------------------------------------------------
 
+    def _converged(self, L: int, t_min: float) -> bool:
+        """Whether partitions with first row <= ``L`` hold every weight above e^-42 of the largest at ``t_min``."""
+        shell = [lam for lam in su_partitions(self.n, L) if lam[0] == L]
+        worst = max(2 * math.log(su_dimension(lam)) - 0.5 * su_casimir(lam) * t_min for lam in shell)
+        return worst < -_CUT - 5 and su_casimir((L,) + (0,) * (self.n - 1)) * t_min > 2 * self.n
+
     def eigen_rows(self, t_min: float, cap: int | None = None) -> int:
+        """The first row at which the character series converges at ``t_min``, or ``cap`` if it is reached first."""
         L = 2
-        while cap is None or L < cap:
-            shell = [lam for lam in su_partitions(self.n, L) if lam[0] == L]
-            worst = max(2 * math.log(su_dimension(lam)) - 0.5 * su_casimir(lam) * t_min for lam in shell)
-            if worst < -_CUT - 5 and su_casimir((L,) + (0,) * (self.n - 1)) * t_min > 2 * self.n:
-                return L
+        while (cap is None or L < cap) and not self._converged(L, t_min):
             L += 1
-        return cap
+        return L
 
     def eigen(
-        self, phi: Tensor, t: Tensor, rows: int | None = None, remedy: str = "use estimator='auto', which is exact there"
+        self, phi: Tensor, t: Tensor, rows: int | None = None, remedy: str | None = "use estimator='auto', which is exact there"
     ) -> tuple[Tensor, Tensor]:
-        """``(log p, cancellation)`` by the character expansion; raises where it cancels beyond float64."""
+        """``(log p, resolved)`` by the character expansion; where it cancels beyond float64 it raises with ``remedy``,
+        or with ``remedy=None`` reports the point as not resolved (its log p is then a placeholder)."""
         n = self.n
         L = rows or self.eigen_rows(float(t.detach().min()))
         lams = su_partitions(n, L)
@@ -465,9 +552,11 @@ class _SUTorus:
             chi = sgn * torch.linalg.det(d)  # [P, r]
             total = total + (w[:, sl] * chi.real).sum(-1)
             absum = absum + (w[:, sl] * chi.detach().abs()).sum(-1)
-        _check_resolved(f"the character series of SU({n})", absum, total, phi.abs().amax(-1), t, remedy)
-        log_p = shift[:, 0] + torch.log(total) - self.log_volume
-        return log_p, absum / total.detach()
+        if remedy is not None:
+            _check_resolved(f"the character series of SU({n})", absum, total, phi.abs().amax(-1), t, remedy)
+        resolved = (total.detach() > 0) & (absum <= EIGEN_MAX_CANCELLATION * total.detach())
+        log_p = shift[:, 0] + torch.log(torch.where(resolved, total, torch.ones_like(total))) - self.log_volume
+        return log_p, resolved
 
     def varadhan(self, phi: Tensor, t: Tensor) -> Tensor:
         from geodiffusion.manifolds.lie import su_angles
@@ -498,35 +587,57 @@ class _SUTorus:
             return self.varadhan(phi, t)
         if estimator == "schwinger_dewitt":
             return self.schwinger_dewitt(phi, t)
-        out = torch.zeros_like(t)
+        # exact estimators, in the order they are cheapest and best conditioned at each t: every point takes the first
+        # that resolves it (the sum over paths and its wall limit cancel little at small t, the characters at large
+        # t; at a centre element of SU(n), n >= 4, just above _SU_PATHS_UP_TO the characters cancel beyond float64
+        # and the wall limit still resolves it)
         small = t <= _SU_PATHS_UP_TO
+        near = self._near_wall(phi, t)
+        stages = [
+            (small & near, self.wall),
+            (small, self.paths),
+            (small & ~near, self.wall),
+            (None, self._eigen_auto),
+            (~small, self.paths),
+            (~small, self.wall),
+        ]
+        out = torch.zeros_like(t)
         done = torch.zeros_like(small)
-        if bool(small.any()):
-            lp, valid = self.paths(phi[small], t[small])
-            idx = small.nonzero()[:, 0][valid]
-            out = out.index_put((idx,), lp[valid])
-            done = done.index_put((idx,), torch.ones_like(idx, dtype=torch.bool))
-        # where the sum over paths is singular (coinciding eigenvalues with a non-negligible image across the wall:
-        # the cut locus, e.g. diag(-1, -1, 1), or a centre element), its limit on the wall
-        stuck = small & ~done
-        if bool(stuck.any()):
-            lp, ok = self.wall(phi[stuck], t[stuck])
-            idx = stuck.nonzero()[:, 0][ok]
-            out = out.index_put((idx,), lp[ok])
-            done = done.index_put((idx,), torch.ones_like(idx, dtype=torch.bool))
-        rest = ~done
-        if bool(rest.any()):
-            # one character expansion per octave of t: the rows needed fall like t^{-1/2}, and the cost like their square
-            octave = torch.floor(torch.log2(t.detach() / t.detach()[rest].min())).clamp_max(4)
-            for b in torch.unique(octave[rest]).tolist():
-                sel = rest & (octave == b)
-                # the last resort of auto: where the sum over paths and its wall limit fail at small t (centre
-                # elements of SU(n), n >= 4) the series may cancel beyond float64, and then nothing here is exact
-                remedy = "auto's sum over paths and its wall limit do not apply at this point either"
-                rows = self.eigen_rows(float(t[sel].min()), _MAX_ROWS)
-                lp, _ = self.eigen(phi[sel], t[sel], rows=rows, remedy=remedy)
-                out = out.masked_scatter(sel, lp)
+        for where, fn in stages:
+            sel = ~done if where is None else where & ~done
+            if bool(sel.any()):
+                lp, ok = fn(phi[sel], t[sel])
+                idx = sel.nonzero()[:, 0][ok]
+                out = out.index_put((idx,), lp[ok])
+                done = done.index_put((idx,), torch.ones_like(idx, dtype=torch.bool))
+        raise_unresolved(
+            f"auto on SU({self.n})",
+            ~done,
+            phi.detach().abs().amax(-1),
+            t,
+            "the sum over paths, its limit on the walls and the character series (to first row "
+            f"{_MAX_ROWS}) all cancel beyond float64 there or do not converge",
+            "no exact estimator of this package applies",
+        )
         return out
+
+    def _eigen_auto(self, phi: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The character series for auto, one per octave of t (the rows needed fall like t^{-1/2}, the cost like
+        their square), up to first row ``_MAX_ROWS``: ``(log p, resolved)``, a series cut there before it
+        converges resolving nothing."""
+        out = torch.zeros_like(t)
+        ok = torch.zeros_like(t, dtype=torch.bool)
+        octave = torch.floor(torch.log2(t.detach() / t.detach().min())).clamp_max(4)
+        for b in torch.unique(octave).tolist():
+            sel = octave == b
+            t_min = float(t[sel].min())
+            rows = self.eigen_rows(t_min, _MAX_ROWS)
+            if not self._converged(rows, t_min):
+                continue
+            lp, good = self.eigen(phi[sel], t[sel], rows=rows, remedy=None)
+            out = out.masked_scatter(sel, lp)
+            ok = ok.masked_scatter(sel, good)
+        return out, ok
 
     def grad(self, phi: Tensor, t: Tensor, estimator: str = "auto") -> Tensor:
         """Gradient of log p_t in the eigenangles, projected onto sum zero (the torus of SU(n))."""
