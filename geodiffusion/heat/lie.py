@@ -73,6 +73,9 @@ _ODE_TOL = 1e-9
 _PROPOSAL_BLOCK = 8192  # proposals per block of the acceptance computation
 _WALL = 1e-7  # eigenangles closer than this (times tau in the wall expansion) are treated as coinciding
 _MERGE = 1e-6  # near a wall, angles closer than this fraction of their cluster's widest gap are merged
+# the determinant characters of SU(n) round more than S^3's series: on 2048 Haar-random SU(3) pairs at t = 0.3 their
+# log p was up to 7.7e-7 off where they cancel by <= 1e10 (EIGEN_MAX_CANCELLATION), 1.3e-7 where by <= 1e9
+_SU_EIGEN_MAX_CANCELLATION = EIGEN_MAX_CANCELLATION / 10
 _MAX_ROWS = 120  # character expansion of SU(n >= 3): largest first row of a partition used by auto
 
 
@@ -152,11 +155,13 @@ def _s3_eigen(
     return torch.log(total) + shift - math.log(2 * math.pi**2)
 
 
-def _check_resolved(series: str, absum: Tensor, total: Tensor, angle: Tensor, t: Tensor, remedy: str) -> None:
-    """Raise where the series' terms cancel by more than EIGEN_MAX_CANCELLATION (or its sum is not positive)."""
+def _check_resolved(
+    series: str, absum: Tensor, total: Tensor, angle: Tensor, t: Tensor, remedy: str, bound: float = EIGEN_MAX_CANCELLATION
+) -> None:
+    """Raise where the series' terms cancel by more than ``bound`` (or its sum is not positive)."""
     total = total.detach()
-    unresolved = (total <= 0) | (absum > EIGEN_MAX_CANCELLATION * total)
-    why = f"its terms cancel by more than {EIGEN_MAX_CANCELLATION:.0e} there"
+    unresolved = (total <= 0) | (absum > bound * total)
+    why = f"its terms cancel by more than {bound:.0e} there"
     raise_unresolved(series, unresolved, angle, t, why, remedy)
 
 
@@ -562,8 +567,9 @@ class _SUTorus:
             total = total + (w[:, sl] * chi.real).sum(-1)
             absum = absum + (w[:, sl] * chi.detach().abs()).sum(-1)
         if remedy is not None:
-            _check_resolved(f"the character series of SU({n})", absum, total, phi.abs().amax(-1), t, remedy)
-        resolved = (total.detach() > 0) & (absum <= EIGEN_MAX_CANCELLATION * total.detach())
+            bound = _SU_EIGEN_MAX_CANCELLATION
+            _check_resolved(f"the character series of SU({n})", absum, total, phi.abs().amax(-1), t, remedy, bound)
+        resolved = (total.detach() > 0) & (absum <= _SU_EIGEN_MAX_CANCELLATION * total.detach())
         log_p = shift[:, 0] + torch.log(torch.where(resolved, total, torch.ones_like(total))) - self.log_volume
         return log_p, resolved
 
