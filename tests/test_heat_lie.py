@@ -350,9 +350,9 @@ def test_su_auto_near_centre_elements_matches_mpmath(n, t):
     """At and near the centre elements the sum over paths divides by every root at once (SU(3): N_0 = 3 roots, SU(4):
     6). Auto raised in a shell ~1e-7 to 1e-4 around them at t <= 0.3 (the sum over paths cancelled, its limit on the
     wall applied only within 1e-7, the characters cancel beyond float64), and at SU(4)'s -I at t = 0.51; the Taylor
-    expansion about the wall resolves them (measured: p to 4e-10). The score vanishes at a centre element and, within
+    expansion about the wall resolves them (measured: p to 2e-12). The score vanishes at a centre element and, within
     1e-7 of it, is a difference of image terms of size |theta| / t, so its error is measured against that scale, the
-    score's size at distance |theta| (measured: 3.5e-6 of it at 1e-9 from the centre at t = 0.01, 1e-9 elsewhere).
+    score's size at distance |theta| (measured: at most 3.5e-6 of it, 1e-9 from a centre at t = 0.01).
     The score is checked on every SU(3) point and one SU(4) point (7^3 images per reference evaluation)."""
     su = _su_torus(n)
     theta = torch.tensor(_near_centre(n, seed=n), dtype=F64)
