@@ -163,7 +163,8 @@ class SU3LatticeExperiment(Experiment, kind="su3-lattice"):
     a density on :math:`SU(3)^{2L(L-1)}` known with its normaliser (:mod:`geodiffusion.data.lattice`). Data are
     drawn by Metropolis (checked against the exact mean plaquette).
 
-    Metrics: ``nll_true``, ``nll_model``, ``nll_gap`` (nats per configuration, w.r.t. the Riemannian volume),
+    Metrics: ``nll_true``, ``nll_model``, ``nll_gap``, ``nll_uniform`` (the Haar density; nats per configuration, w.r.t.
+    the Riemannian volume),
     ``mean_plaquette_<exact|mcmc|model>``, ``energy_model`` / ``energy_mcmc`` (energy distance of the plaquette
     vectors of model samples / of a second MCMC set to held-out MCMC data), ``acceptance``, ``max_off_manifold``,
     ``mcmc_seconds``, ``train_seconds``, ``nll_seconds``.
@@ -249,6 +250,7 @@ class SU3LatticeExperiment(Experiment, kind="su3-lattice"):
         metrics["nll_model"] = float(-log_p.mean())
         metrics["nll_true"] = float(-wilson_log_density(test, s.size, s.beta, factor.log_volume).mean())
         metrics["nll_gap"] = metrics["nll_model"] - metrics["nll_true"]
+        metrics["nll_uniform"] = process.manifold.power * factor.log_volume
         samples = _sample(self, score, process, (s.n_test,) + tuple(process.manifold.point_shape), device, dtype, progress)
         eye = torch.eye(3, dtype=cdtype, device=device)
         metrics["max_off_manifold"] = float((samples.mH @ samples - eye).abs().amax())
