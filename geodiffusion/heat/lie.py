@@ -331,7 +331,7 @@ class _SUTorus:
     def _tau(phi: Tensor, t: Tensor) -> Tensor:
         """Gap [P, 1] below which ``wall`` expands about the wall: it keeps |x . eps| / t, the rate of its Taylor
         series, of order one on the images that matter."""
-        return (2 * t.detach() / (phi.detach().norm(dim=-1) + 1)).clamp(_WALL, 0.5)[:, None]
+        return (2 * t.detach() / (phi.detach().norm(dim=-1) + 1)).clamp_max(0.5)[:, None]
 
     def _near_wall(self, phi: Tensor, t: Tensor) -> Tensor:
         """Points with two eigenvalues closer than ``_tau``: ``wall`` resolves them better than the plain sum over
@@ -388,9 +388,10 @@ class _SUTorus:
         e = (-(eps * v).sum(-1) / t)[:, None]
         f = (-(v**2).sum(-1) / (2 * t))[:, None]
         live = (expo - shift).detach() > -60
-        rate = torch.where(live, a.detach().abs(), torch.zeros_like(a)).amax() + c.detach().abs().sqrt().amax()
-        rate = rate + e.detach().abs().amax()
-        K = int(min(2 * math.e * float(rate) + 40, 200))  # terms beyond are below e^-40 of the largest
+        rate = torch.where(live, a.detach().abs(), torch.zeros_like(a)).amax(-1) + c.detach().abs().sqrt()[:, 0]
+        need = 2 * math.e * (rate + e.detach().abs()[:, 0]) + 40  # [P]: terms beyond are below e^-40 of the largest
+        # at least A orders, so no product term of the roots is cut; a point needing more than 200 is not resolved
+        K = max(math.ceil(min(float(need.max()), 200)), len(jj))
         A = len(jj)
         Ks = min(K, A)
         # [s^i u^j] Delta(x + s eps + u v) = prod_a (d_a + c_a s + w_a u), i <= Ks, j <= J
@@ -437,7 +438,7 @@ class _SUTorus:
         den = torch.where(on1, v[:, jj] - v[:, kk], 2 * torch.sin(0.5 * alpha)).prod(-1)
         ratio = (-1.0) ** ((n + 1) * k) * total / den
         cancel = terms.detach().abs().sum(-1) / total.detach().abs().clamp_min(1e-300)
-        ok = (ratio.detach() > 0) & (cancel < 1e6)
+        ok = (ratio.detach() > 0) & (cancel < 1e6) & (need <= K)
         log_p = (
             -0.5 * self.dim * (_LOG_2PI + torch.log(t))
             + 0.5 * self.rho2 * t
@@ -515,7 +516,7 @@ class _SUTorus:
 
     def _converged(self, L: int, t_min: float) -> bool:
         """Whether partitions with first row <= ``L`` hold every weight above e^-42 of the largest at ``t_min``."""
-        shell = [lam for lam in su_partitions(self.n, L) if lam[0] == L]
+        shell = [(L, *rest, 0) for rest in itertools.combinations_with_replacement(range(L, -1, -1), self.n - 2)]
         worst = max(2 * math.log(su_dimension(lam)) - 0.5 * su_casimir(lam) * t_min for lam in shell)
         return worst < -_CUT - 5 and su_casimir((L,) + (0,) * (self.n - 1)) * t_min > 2 * self.n
 
@@ -646,9 +647,9 @@ class _SUTorus:
         for b in torch.unique(octave).tolist():
             sel = octave == b
             t_min = float(t[sel].min())
-            rows = self.eigen_rows(t_min, _MAX_ROWS)
-            if not self._converged(rows, t_min):
+            if not self._converged(_MAX_ROWS, t_min):  # the weights fall with the first row beyond their peak
                 continue
+            rows = self.eigen_rows(t_min, _MAX_ROWS)
             lp, good = self.eigen(phi[sel], t[sel], rows=rows, remedy=None)
             out = out.masked_scatter(sel, lp)
             ok = ok.masked_scatter(sel, good)
