@@ -432,8 +432,8 @@ class _SUTorus:
         terms = lead * torch.exp(expo - shift)
         total = terms.sum(-1)
         # [u^N1] D(phi' + u v) = prod_{on1} alpha(v) prod_{not on1} 2 sin(alpha(phi')/2)
-        # roots vanishing at bar take alpha(eps): alpha(bar + eps) loses the ~1e-16 |bar| / |eps| of it that d log D
-        # ~ 1 / alpha turns into score noise, while the numerator sees alpha(eps) itself
+        # roots vanishing at bar take alpha(eps), equal to alpha(bar + eps) there (bar's entries coincide) and the same
+        # floating-point number the numerator's factors use, which alpha(bar + eps) rounds differently
         alpha = torch.where(on0, eps[:, jj] - eps[:, kk], (bar + eps)[:, jj] - (bar + eps)[:, kk])
         den = torch.where(on1, v[:, jj] - v[:, kk], 2 * torch.sin(0.5 * alpha)).prod(-1)
         ratio = (-1.0) ** ((n + 1) * k) * total / den
