@@ -317,13 +317,18 @@ def sun_paths(theta, t, n, dps=100, reach=3):
         return +mp.log((2 * mp.pi * t) ** (-mp.mpf(n * n - 1) / 2) * mp.exp(mp.mpf(n * (n * n - 1)) / 24 * t) * total)
 
 
+def _centre(n: int, j: int) -> Tensor:
+    """Eigenangles of the centre element e^{2 pi i j/n} I with sum zero: 2 pi j/n, less 2 pi on the last j."""
+    return torch.tensor([2 * math.pi * j / n] * (n - j) + [2 * math.pi * (j / n - 1)] * j, dtype=F64)
+
+
 def _near_centre(n: int, seed: int) -> list[list[float]]:
     """Eigenangles (sum zero) at the centre elements e^{2 pi i j/n} I, j >= 1, at 1e-9 to 1e-2 from them along a
     random direction, and 1e-5 from them along a wall through them (two angles equal)."""
     gen = torch.Generator().manual_seed(seed)
     out = []
     for j in range(1, n):
-        centre = torch.tensor([2 * math.pi * j / n] * (n - j) + [2 * math.pi * (j / n - 1)] * j, dtype=F64)
+        centre = _centre(n, j)
         d = torch.randn(n, generator=gen, dtype=F64)
         d = d - d.mean()
         wall = torch.tensor([1.0, 1.0] + [-2.0 / (n - 2)] * (n - 2), dtype=F64)
@@ -396,7 +401,7 @@ def test_su_auto_at_centre_elements_just_above_the_paths_range(n, rows):
     about the wall. Rows: the series' last rows change log p by < 1e-14 there (22 against 26 for SU(5))."""
     su, t = _su_torus(n), 0.51
     js = range(1, n) if n == 5 else [n // 2]
-    theta = torch.tensor([[2 * math.pi * j / n] * (n - j) + [2 * math.pi * (j / n - 1)] * j for j in js], dtype=F64)
+    theta = torch.stack([_centre(n, j) for j in js])
     tt = torch.full((theta.shape[0],), t, dtype=F64)
     with pytest.raises(ValueError, match="character series"):
         su.eigen(theta, tt)
@@ -424,7 +429,7 @@ def test_su_auto_near_centre_elements_at_tiny_times(n):
     """At t = 1e-9 the wall expansion's clusters had a floor of 1e-7 in width, far wider than sqrt(t) / |theta|: its
     Taylor series stopped at order 200 before converging and log p came out 10 to 133 nats off, marked resolved."""
     su, t = _su_torus(n), 1e-9
-    centre = torch.tensor([2 * math.pi / n] * (n - 1) + [2 * math.pi * (1 / n - 1)], dtype=F64)
+    centre = _centre(n, 1)
     gen = torch.Generator().manual_seed(2)
     d = torch.randn(4, n, generator=gen, dtype=F64)
     d = d - d.mean(-1, keepdim=True)

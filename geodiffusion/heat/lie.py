@@ -155,14 +155,18 @@ def _s3_eigen(
     return torch.log(total) + shift - math.log(2 * math.pi**2)
 
 
+def _resolved(absum: Tensor, total: Tensor, bound: float = EIGEN_MAX_CANCELLATION) -> Tensor:
+    """Where a series' sum is positive and its terms cancel by at most ``bound``."""
+    total = total.detach()
+    return (total > 0) & (absum <= bound * total)
+
+
 def _check_resolved(
     series: str, absum: Tensor, total: Tensor, angle: Tensor, t: Tensor, remedy: str, bound: float = EIGEN_MAX_CANCELLATION
 ) -> None:
     """Raise where the series' terms cancel by more than ``bound`` (or its sum is not positive)."""
-    total = total.detach()
-    unresolved = (total <= 0) | (absum > bound * total)
     why = f"its terms cancel by more than {bound:.0e} there"
-    raise_unresolved(series, unresolved, angle, t, why, remedy)
+    raise_unresolved(series, ~_resolved(absum, total, bound), angle, t, why, remedy)
 
 
 def s3_log_kernel(psi: Tensor, s: Tensor, estimator: str = "auto") -> Tensor:
@@ -340,11 +344,15 @@ class _SUTorus:
         return (centred.sort(-1).values.diff(dim=-1) < self._tau(centred, t)).any(-1)
 
     @staticmethod
-    def _clusters(order: Tensor, split: Tensor) -> Tensor:
-        """Cluster id of each angle (input order) from ``split`` [P, n-1], whether a gap of the sorted angles parts
+    def _runs(split: Tensor) -> Tensor:
+        """Cluster id [P, n] of each sorted angle from ``split`` [P, n-1], whether a gap of the sorted angles parts
         two clusters."""
-        start = torch.cat([torch.ones_like(split[:, :1]), split], -1)
-        return torch.empty_like(order).scatter_(-1, order, start.long().cumsum(-1) - 1)
+        return torch.cat([torch.ones_like(split[:, :1]), split], -1).long().cumsum(-1) - 1
+
+    @classmethod
+    def _clusters(cls, order: Tensor, split: Tensor) -> Tensor:
+        """The cluster ids of ``_runs`` in the input order of the angles (``order`` sorts them)."""
+        return torch.empty_like(order).scatter_(-1, order, cls._runs(split))
 
     @staticmethod
     def _cluster_mean(phi: Tensor, cid: Tensor) -> Tensor:
@@ -364,7 +372,7 @@ class _SUTorus:
         # against a score ~ width |Hessian| near a centre element; a whole cluster narrower than _WALL tau (~ the
         # round-off of the angles, where d log F and d log D ~ 1 / width cancel) too, which moves the score by
         # ~ width |x|^2 / t^2 <~ 1e-7 |x| / t, its scale
-        cl = (torch.cat([torch.ones_like(inner[:, :1]), ~inner], -1).long().cumsum(-1) - 1)[:, 1:]  # cluster of gap
+        cl = self._runs(~inner)[:, 1:]  # the cluster of each gap (of the angle above it)
         width = torch.zeros_like(srt).scatter_reduce(-1, cl, torch.where(inner, gaps, torch.zeros_like(gaps)), "amax")
         merge = inner & (gaps <= torch.gather(torch.maximum(_MERGE * width, (width <= _WALL * tau) * width), -1, cl))
         cid0 = self._clusters(order, ~merge)
@@ -391,8 +399,8 @@ class _SUTorus:
         rate = torch.where(live, a.detach().abs(), torch.zeros_like(a)).amax(-1) + c.detach().abs().sqrt()[:, 0]
         need = 2 * math.e * (rate + e.detach().abs()[:, 0]) + 40  # [P]: terms beyond are below e^-40 of the largest
         # at least A orders, so no product term of the roots is cut; a point needing more than 200 is not resolved
-        K = max(math.ceil(min(float(need.max()), 200)), len(jj))
         A = len(jj)
+        K = max(math.ceil(min(float(need.max()), 200)), A)
         Ks = min(K, A)
         # [s^i u^j] Delta(x + s eps + u v) = prod_a (d_a + c_a s + w_a u), i <= Ks, j <= J
         d = x[..., jj] - x[..., kk]  # [P, T, A]
@@ -567,10 +575,10 @@ class _SUTorus:
             chi = sgn * torch.linalg.det(d)  # [P, r]
             total = total + (w[:, sl] * chi.real).sum(-1)
             absum = absum + (w[:, sl] * chi.detach().abs()).sum(-1)
+        bound = _SU_EIGEN_MAX_CANCELLATION
         if remedy is not None:
-            bound = _SU_EIGEN_MAX_CANCELLATION
             _check_resolved(f"the character series of SU({n})", absum, total, phi.abs().amax(-1), t, remedy, bound)
-        resolved = (total.detach() > 0) & (absum <= _SU_EIGEN_MAX_CANCELLATION * total.detach())
+        resolved = _resolved(absum, total, bound)
         log_p = shift[:, 0] + torch.log(torch.where(resolved, total, torch.ones_like(total))) - self.log_volume
         return log_p, resolved
 
