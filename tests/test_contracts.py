@@ -115,6 +115,11 @@ def test_process_marginal_at_T_matches_prior(spec):
     check_process(gd.build(spec), seed=0, dtype=torch.float64, n_mc=20000)
 
 
+def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype``'s precision; complex inputs (links of SU(n)^k) stay complex."""
+    return x.to(dtype.to_complex() if x.is_complex() else dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("spec", registered_examples(gd.ScoreModel))
 def test_score_model_is_equivariant_under_its_claimed_group(spec, dtype):
@@ -122,7 +127,7 @@ def test_score_model_is_equivariant_under_its_claimed_group(spec, dtype):
     model = gd.build(spec).to(dtype)
     if model.group is None:
         pytest.skip(f"{type(model).__name__} claims no symmetry")
-    x = model.example_input(5, torch.Generator().manual_seed(1)).to(dtype)
+    x = _cast(model.example_input(5, torch.Generator().manual_seed(1)), dtype)
     t = torch.full((5,), 0.3, dtype=dtype)
     check_equivariant(lambda z: model(t, z), model.group, x, output="vector")
 
@@ -131,7 +136,7 @@ def test_score_model_is_equivariant_under_its_claimed_group(spec, dtype):
 def test_score_model_batched_call_equals_stacked_single_calls(spec):
     torch.manual_seed(0)
     model = gd.build(spec).double()
-    x = model.example_input(4, torch.Generator().manual_seed(2)).double()
+    x = _cast(model.example_input(4, torch.Generator().manual_seed(2)), torch.float64)
     t = torch.linspace(0.1, 0.9, 4, dtype=torch.float64)
     out = model(t, x)
     assert out.shape == x.shape and out.dtype == x.dtype

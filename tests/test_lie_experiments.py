@@ -71,6 +71,11 @@ def test_specs_are_registered_and_reject_mismatched_manifolds():
         assert type(gd.build(spec.model_dump_json(), Experiment)) is cls
     with pytest.raises(ValidationError, match="SU\\(3\\)\\^12"):
         SU3LatticeExperiment.resolve_spec({"size": 3, "process": {"manifold": {"power": 4}}})
+    # any network on SU(3)^k is accepted in place of the default gauge potential, on the right power only
+    tangent = {"kind": "tangent_mlp", "manifold": {"kind": "product", "factor": {"kind": "su", "n": 3}, "power": 4}}
+    assert SU3LatticeExperiment.resolve_spec({"model": tangent}, quick=True).model.kind == "tangent_mlp"
+    with pytest.raises(ValidationError, match="SU\\(3\\)\\^12"):
+        SU3LatticeExperiment.resolve_spec({"model": tangent})
     with pytest.raises(ValidationError, match="SO\\(3\\)"):
         SO3MixtureExperiment.resolve_spec({"process": {"manifold": {"kind": "sphere", "dim": 2}}})
     # both inherit the shared manifold-experiment fields and their batch-size check

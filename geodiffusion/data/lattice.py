@@ -18,7 +18,16 @@ from torch import Tensor
 
 from geodiffusion._random import rand, randn
 
-__all__ = ["n_links", "plaquettes", "wilson_log_density", "log_z_plaquette", "mean_plaquette_exact", "metropolis_su3"]
+__all__ = [
+    "n_links",
+    "link_sites",
+    "plaquettes",
+    "wilson_loops",
+    "wilson_log_density",
+    "log_z_plaquette",
+    "mean_plaquette_exact",
+    "metropolis_su3",
+]
 
 
 def n_links(size: int) -> int:
@@ -28,23 +37,71 @@ def n_links(size: int) -> int:
     return 2 * size * (size - 1)
 
 
+def link_sites(size: int) -> tuple[Tensor, Tensor]:
+    """Sites ``x L + y`` where each link starts and ends, ``[2L(L-1)]`` each, in the links' order: horizontal links
+    (x, y) -> (x+1, y) indexed ``x L + y``, then vertical links (x, y) -> (x, y+1) indexed ``x (L-1) + y``."""
+    n_links(size)  # validates size
+    x, y = torch.meshgrid(torch.arange(size - 1), torch.arange(size), indexing="ij")
+    horizontal = (x * size + y).flatten()
+    x, y = torch.meshgrid(torch.arange(size), torch.arange(size - 1), indexing="ij")
+    vertical = (x * size + y).flatten()
+    start = torch.cat([horizontal, vertical])
+    end = torch.cat([horizontal + size, vertical + 1])
+    return start, end
+
+
 def _link_grids(links: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """Horizontal links ``[..., L-1, L]`` (site (x, y) to (x+1, y)) and vertical ``[..., L, L-1]``."""
-    if links.shape[-3:] != (n_links(size), 3, 3):
-        raise ValueError(f"links: expected shape [..., {n_links(size)}, 3, 3] for L = {size}, got {list(links.shape)}")
+    """Horizontal links ``[..., L-1, L, n, n]`` (site (x, y) to (x+1, y)) and vertical ``[..., L, L-1, n, n]``."""
+    n = links.shape[-1] if links.dim() >= 3 else 0
+    if links.dim() < 3 or links.shape[-3:] != (n_links(size), n, n) or n < 2:
+        raise ValueError(f"links: expected shape [..., {n_links(size)}, n, n] for L = {size}, got {list(links.shape)}")
     half = size * (size - 1)
     lead = links.shape[:-3]
-    horizontal = links[..., :half, :, :].reshape(*lead, size - 1, size, 3, 3)
-    vertical = links[..., half:, :, :].reshape(*lead, size, size - 1, 3, 3)
+    horizontal = links[..., :half, :, :].reshape(*lead, size - 1, size, n, n)
+    vertical = links[..., half:, :, :].reshape(*lead, size, size - 1, n, n)
     return horizontal, vertical
 
 
 def plaquettes(links: Tensor, size: int) -> Tensor:
-    r""":math:`\tfrac13\mathrm{Re\,tr}\,U_p` of every plaquette, ``[..., (L-1)^2]`` real."""
+    r""":math:`\tfrac1n\mathrm{Re\,tr}\,U_p` of every plaquette, ``[..., (L-1)^2]`` real (links of :math:`SU(n)`)."""
     h, v = _link_grids(links, size)
     # U_p at lower-left site (x, y): h(x, y) v(x+1, y) h(x, y+1)^H v(x, y)^H
     u = h[..., :, :-1, :, :] @ v[..., 1:, :, :, :] @ h[..., :, 1:, :, :].mH @ v[..., :-1, :, :, :].mH
-    return torch.diagonal(u, dim1=-2, dim2=-1).sum(-1).real.flatten(-2) / 3
+    return torch.diagonal(u, dim1=-2, dim2=-1).sum(-1).real.flatten(-2) / links.shape[-1]
+
+
+def _line_products(links: Tensor, length: int, axis: int) -> Tensor:
+    """Ordered products of ``length`` consecutive links along grid axis ``axis`` (-4: x, -3: y)."""
+    out = links
+    for step in range(1, length):
+        head = out.narrow(axis, 0, out.shape[axis] - 1)
+        out = head @ links.narrow(axis, step, head.shape[axis])
+    return out
+
+
+def wilson_loops(links: Tensor, size: int, max_extent: int | None = None) -> Tensor:
+    r""":math:`	frac1n\mathrm{tr}\,W_C` of every rectangular loop :math:`C` of the lattice with sides
+    :math:`w, h \le` ``max_extent`` (all of them by default), ``[..., n_loops]`` complex, ordered by ``(w, h)`` then
+    lower-left site. :math:`W_C = A\,B\,C^H D^H` runs along the bottom (:math:`A`), up the right side (:math:`B`),
+    back along the top and down the left side; the 1 x 1 loops are the plaquettes. Gauge invariant: a gauge
+    transformation conjugates :math:`W_C` by the element at its corner."""
+    extent = size - 1 if max_extent is None else max_extent
+    if not 1 <= extent <= size - 1:
+        raise ValueError(f"max_extent: expected a loop side between 1 and L - 1 = {size - 1}, got {max_extent}")
+    h, v = _link_grids(links, size)
+    rows = [_line_products(h, w, -4) for w in range(1, extent + 1)]  # [..., L-w, L, n, n]
+    columns = [_line_products(v, k, -3) for k in range(1, extent + 1)]  # [..., L, L-k, n, n]
+    traces = []
+    for w, row in enumerate(rows, start=1):
+        for k, column in enumerate(columns, start=1):
+            loop = (
+                row[..., :, : size - k, :, :]
+                @ column[..., w:, :, :, :]
+                @ row[..., :, k:, :, :].mH
+                @ column[..., : size - w, :, :, :].mH
+            )
+            traces.append(torch.diagonal(loop, dim1=-2, dim2=-1).sum(-1).flatten(-2))
+    return torch.cat(traces, -1) / links.shape[-1]
 
 
 def _weyl_moments(beta: float, grid: int = 256) -> tuple[float, float]:

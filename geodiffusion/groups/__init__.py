@@ -1,6 +1,7 @@
 """Symmetry groups and their actions."""
 
 from geodiffusion.groups.base import FiniteGroup, Group
+from geodiffusion.groups.gauge import LatticeGauge
 from geodiffusion.groups.matrix import (
     EuclideanGroup,
     Orthogonal,
@@ -23,5 +24,6 @@ __all__ = [
     "EuclideanGroup",
     "Translations",
     "Permutations",
+    "LatticeGauge",
     "haar_orthogonal",
 ]

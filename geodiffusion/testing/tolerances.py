@@ -23,7 +23,8 @@ TOLERANCES: dict[torch.dtype, dict[str, float]] = {
 
 
 def tolerance(dtype: torch.dtype, kind: str) -> float:
-    """The tolerance of ``kind`` for ``dtype``."""
+    """The tolerance of ``kind`` for ``dtype`` (a complex dtype takes its real precision's)."""
+    dtype = dtype.to_real() if dtype.is_complex else dtype
     if dtype not in TOLERANCES:
         raise ValueError(f"no tolerances for dtype {dtype}; expected one of {list(TOLERANCES)}")
     return TOLERANCES[dtype][kind]
