@@ -124,5 +124,6 @@ def test_tiny_su3_lattice_run(tmp_path):
     metrics = SU3LatticeExperiment(spec).execute(tmp_path, progress=False)
     assert metrics["mean_plaquette_exact"] == pytest.approx(lattice.mean_plaquette_exact(3.0))
     assert metrics["nll_gap"] == pytest.approx(metrics["nll_model"] - metrics["nll_true"])
+    assert 0 < metrics["nll_gap_se"] < math.inf
     assert metrics["nll_uniform"] == pytest.approx(4 * SU(n=3).log_volume)  # L = 2: four links
     assert metrics["max_off_manifold"] <= 1e-6 and (tmp_path / "plaquettes.png").is_file()

@@ -42,6 +42,17 @@ def _sample(experiment, score, process: Process, shape, device, dtype, progress)
         )
 
 
+def _nll_metrics(log_p_model: Tensor, log_p_true: Tensor) -> dict[str, float]:
+    """Test NLLs of the model and the truth, their gap and the gap's standard error (paired over test points)."""
+    gap = log_p_true.to(torch.float64).cpu() - log_p_model.to(torch.float64).cpu()
+    return {
+        "nll_model": float(-log_p_model.to(torch.float64).mean()),
+        "nll_true": float(-log_p_true.to(torch.float64).mean()),
+        "nll_gap": float(gap.mean()),
+        "nll_gap_se": float(gap.std() / math.sqrt(len(gap))),
+    }
+
+
 _SO3 = {"kind": "so3"}
 _SO3_PROCESS = {"kind": "brownian", "manifold": _SO3, "beta_min": 1e-3, "beta_max": 10.0}
 
@@ -51,7 +62,8 @@ class SO3MixtureExperiment(Experiment, kind="so3-mixture"):
     :math:`p(x) = \frac1K\sum_k p_{s}(\mu_k, x)` with Haar-random centres (exact density by the heat kernel).
 
     Metrics (nats per point, w.r.t. the Riemannian volume of :math:`SO(3)` with the metric of
-    :class:`~geodiffusion.manifolds.SO3`): ``nll_true``, ``nll_model``, ``nll_gap``, ``nll_uniform``,
+    :class:`~geodiffusion.manifolds.SO3`): ``nll_true``, ``nll_model``, ``nll_gap`` (with its standard error over test
+    points, ``nll_gap_se``), ``nll_uniform``,
     ``energy_model`` / ``energy_true`` (energy distance of model samples / fresh exact samples to held-out data, on
     the flattened matrices), ``max_off_manifold``, ``train_seconds``, ``nll_seconds``.
     """
@@ -123,9 +135,7 @@ class SO3MixtureExperiment(Experiment, kind="so3-mixture"):
         start = time.perf_counter()
         log_p = riemannian_log_likelihood(score, process, test.to(dtype=dtype, device=device), options=s.likelihood)
         metrics["nll_seconds"] = time.perf_counter() - start
-        metrics["nll_model"] = float(-log_p.mean())
-        metrics["nll_true"] = float(-log_prob(test).mean())
-        metrics["nll_gap"] = metrics["nll_model"] - metrics["nll_true"]
+        metrics.update(_nll_metrics(log_p, log_prob(test)))
         samples = _sample(self, score, process, (s.n_samples, 3, 3), device, dtype, progress)
         metrics["max_off_manifold"] = float((samples.mT @ samples - torch.eye(3, dtype=dtype, device=device)).abs().amax())
         held_out = test.to(dtype=dtype, device=device).flatten(1)
@@ -165,8 +175,8 @@ class SU3LatticeExperiment(Experiment, kind="su3-lattice"):
     :class:`~geodiffusion.models.GaugePotential`, gauge-equivariant by construction; at β = 3 the
     4×512 ``tangent_mlp`` did worse than the Haar density (docs/results.rst).
 
-    Metrics: ``nll_true``, ``nll_model``, ``nll_gap``, ``nll_uniform`` (the Haar density; nats per configuration, w.r.t.
-    the Riemannian volume),
+    Metrics: ``nll_true``, ``nll_model``, ``nll_gap`` and its standard error ``nll_gap_se``, ``nll_uniform`` (the Haar
+    density; nats per configuration, w.r.t. the Riemannian volume),
     ``mean_plaquette_<exact|mcmc|model>``, ``energy_model`` / ``energy_mcmc`` (energy distance of the plaquette
     vectors of model samples / of a second MCMC set to held-out MCMC data), ``acceptance``, ``max_off_manifold``,
     ``mcmc_seconds``, ``train_seconds``, ``nll_seconds``.
@@ -251,9 +261,7 @@ class SU3LatticeExperiment(Experiment, kind="su3-lattice"):
         start = time.perf_counter()
         log_p = riemannian_log_likelihood(score, process, test.to(dtype=cdtype, device=device), options=s.likelihood)
         metrics["nll_seconds"] = time.perf_counter() - start
-        metrics["nll_model"] = float(-log_p.mean())
-        metrics["nll_true"] = float(-wilson_log_density(test, s.size, s.beta, factor.log_volume).mean())
-        metrics["nll_gap"] = metrics["nll_model"] - metrics["nll_true"]
+        metrics.update(_nll_metrics(log_p, wilson_log_density(test, s.size, s.beta, factor.log_volume)))
         metrics["nll_uniform"] = process.manifold.power * factor.log_volume
         samples = _sample(self, score, process, (s.n_test,) + tuple(process.manifold.point_shape), device, dtype, progress)
         eye = torch.eye(3, dtype=cdtype, device=device)
