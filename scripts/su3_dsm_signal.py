@@ -24,15 +24,9 @@ import geodiffusion as gd
 from geodiffusion.data.lattice import metropolis_su3, plaquettes
 from geodiffusion.experiments.lie import _SU3_PROCESS
 from geodiffusion.manifolds.lie import su_casimir
+from geodiffusion.training import load_ema_model
 
 BANDS = (1e-3, 0.03, 0.1, 0.2, 0.4, 0.7, 1.0)
-
-
-def _ema_model(path: Path) -> torch.nn.Module:
-    state = torch.load(path, weights_only=False, map_location="cpu")
-    model = gd.build(state["model_spec"], gd.ScoreModel)
-    model.load_state_dict(state["ema"]["model"])
-    return model.double().eval()
 
 
 def main() -> None:
@@ -65,7 +59,7 @@ def main() -> None:
     decay = torch.exp(-2 * su_casimir((1, 0, 0)) * tau)
     scores = {"first-order": decay[:, None, None, None] * manifold.proj(x_t, grad)}
     for path in args.checkpoint:
-        model = _ema_model(path)
+        model = load_ema_model(path).double()
         scores[str(path)] = torch.cat([model(t[i : i + 256], x_t[i : i + 256]).detach() for i in range(0, len(t), 256)])
     zero = loss(torch.zeros_like(target))
     print(f"beta = {args.beta}, {len(t)} draws, Metropolis acceptance {acceptance:.3f}")

@@ -21,6 +21,7 @@ import geodiffusion as gd
 from geodiffusion.data.lattice import metropolis_su3, wilson_log_density
 from geodiffusion.experiments.lie import _nll_metrics
 from geodiffusion.samplers.riemannian import riemannian_log_likelihood
+from geodiffusion.training import load_ema_model
 from geodiffusion.training.trainer import derive_seed
 
 
@@ -34,10 +35,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(derive_seed(spec.seed, "mcmc"))
     links, _ = metropolis_su3(spec.size, spec.beta, spec.n_train + 2 * spec.n_test, spec.n_sweeps, spec.mcmc_step, gen)
     test = links[spec.n_train : spec.n_train + spec.n_test]
-    state = torch.load(args.run / "model" / "checkpoints" / "last.pt", weights_only=False, map_location="cpu")
-    model = gd.build(state["model_spec"], gd.ScoreModel)
-    # keep only the weights the current class has (an early gauge_potential had an output bias, which moves no score)
-    model.load_state_dict({k: v for k, v in state["ema"]["model"].items() if k in model.state_dict()})
+    model = load_ema_model(args.run / "model" / "checkpoints" / "last.pt").to(getattr(torch, spec.dtype))
     process = gd.build(spec.process, gd.Process)
     cdtype = torch.complex64 if spec.dtype == "float32" else torch.complex128
     with torch.no_grad():

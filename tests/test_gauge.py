@@ -10,6 +10,7 @@ from pydantic import ValidationError
 import geodiffusion as gd
 from geodiffusion.data import lattice
 from geodiffusion.experiments import SU3LatticeExperiment
+from geodiffusion.samplers.riemannian import riemannian_divergence
 from geodiffusion.training.riemannian import riemannian_dsm_loss
 
 
@@ -53,12 +54,17 @@ def test_wilson_loops_match_walking_each_rectangle(size, n):
         torch.testing.assert_close(loops[b], _walked_loop_traces(links[b], size), rtol=0, atol=1e-12)
     # 1 x 1 loops are the plaquettes; max_extent keeps the w, h <= max_extent block
     torch.testing.assert_close(loops[:, : (size - 1) ** 2].real, lattice.plaquettes(links, size), rtol=0, atol=1e-12)
-    if size > 2:
-        assert lattice.wilson_loops(links, size, max_extent=1).shape[-1] == (size - 1) ** 2
+    if size > 2:  # max_extent = 1 keeps exactly the plaquettes
+        torch.testing.assert_close(lattice.wilson_loops(links, size, max_extent=1), loops[:, : (size - 1) ** 2])
     with pytest.raises(ValueError, match="max_extent"):
         lattice.wilson_loops(links, size, max_extent=size)
     with pytest.raises(ValueError, match="links: expected shape"):
         lattice.wilson_loops(links[:, 1:], size)
+    with pytest.raises(ValueError, match="lattice side"):
+        lattice.wilson_loops(links, 1)
+    if n != 3:
+        with pytest.raises(ValueError, match="SU\\(3\\)'s"):
+            lattice.wilson_log_density(links, size, 1.0, 0.0)
 
 
 def test_gauge_action_matches_the_grid_construction_and_fixes_every_loop():
@@ -79,6 +85,8 @@ def test_gauge_action_matches_the_grid_construction_and_fixes_every_loop():
     assert group.sample(2).dtype == torch.complex64 and group.identity((2,), dtype=torch.float64).dtype == torch.complex128
     with pytest.raises(ValueError, match="LatticeGauge: expected links"):
         group.act(g, links[1:])
+    with pytest.raises(ValueError, match="LatticeGauge: expected elements"):
+        group.act(gd.LatticeGauge(size=2, n=3).sample(1)[0], links)
 
 
 def test_gauge_potential_score_is_the_riemannian_gradient_of_its_potential():
@@ -96,6 +104,19 @@ def test_gauge_potential_score_is_the_riemannian_gradient_of_its_potential():
     with torch.no_grad():
         forward, backward = (model.potential(t, manifold.exp(x, s * h * v)) for s in (1.0, -1.0))
     torch.testing.assert_close(manifold.inner(x, score, v), (forward - backward) / (2 * h), rtol=1e-7, atol=1e-9)
+
+
+def test_gauge_potential_divergence_is_the_laplacian_of_its_potential():
+    # the NLL integrates div s_theta; for s = grad f it is the Laplace-Beltrami operator of f, here computed
+    # independently in exponential coordinates (a graph cut between x and the score would change it)
+    torch.manual_seed(0)
+    model = gd.GaugePotential(size=2, n=3, hidden=16, depth=2).double()
+    x = _links(2, 3, seed=6)
+    t = torch.full((3,), 0.4, dtype=torch.float64)
+    y = x.clone().requires_grad_()
+    divergence = riemannian_divergence(model.manifold, model(t, y), y)
+    laplacian = model.manifold.laplace_beltrami(lambda z: model.potential(t, z), x)
+    torch.testing.assert_close(divergence, laplacian, rtol=1e-9, atol=1e-10)
 
 
 def test_gauge_potential_trains_and_its_divergence_is_defined():
@@ -122,5 +143,9 @@ def test_gauge_potential_rejects_bad_input():
         model(torch.tensor(0.5), _links(2, 2).real.float())
     with pytest.raises(ValueError, match="complex links of shape"):
         model(torch.tensor(0.5), _links(3, 2).to(torch.complex64))
+    with pytest.raises(RuntimeError, match="inference_mode"), torch.inference_mode():
+        model(torch.tensor(0.5), _links(2, 2).to(torch.complex64))
+    with pytest.raises(ValidationError, match="n"):
+        gd.LatticeGauge(size=2, n=17)
     with pytest.raises(ValidationError, match="gauge potential on the L = 3 lattice"):
         SU3LatticeExperiment.resolve_spec({"model": {"kind": "gauge_potential", "size": 2}})

@@ -65,6 +65,17 @@ def test_wilson_density_is_normalised_on_a_single_plaquette():
     assert float(weights.mean()) == pytest.approx(1.0, abs=5 * float(weights.std()) / math.sqrt(20000))
 
 
+def test_nll_metrics_pair_the_model_and_the_truth_per_point():
+    from geodiffusion.experiments.lie import _nll_metrics
+
+    model, truth = torch.tensor([-1.0, -2.0, -4.0]), torch.tensor([-1.5, -1.5, -3.0], dtype=torch.float64)
+    metrics = _nll_metrics(model, truth)
+    gaps = torch.tensor([-0.5, 0.5, 1.0], dtype=torch.float64)  # log p_true - log p_model per point
+    assert metrics["nll_model"] == pytest.approx(7 / 3) and metrics["nll_true"] == pytest.approx(2.0)
+    assert metrics["nll_gap"] == pytest.approx(1 / 3)
+    assert metrics["nll_gap_se"] == pytest.approx(float(gaps.std()) / math.sqrt(3))
+
+
 def test_specs_are_registered_and_reject_mismatched_manifolds():
     for cls in (SO3MixtureExperiment, SU3LatticeExperiment):
         spec = cls.resolve_spec(quick=True)

@@ -80,11 +80,12 @@ def _line_products(links: Tensor, length: int, axis: int) -> Tensor:
 
 
 def wilson_loops(links: Tensor, size: int, max_extent: int | None = None) -> Tensor:
-    r""":math:`	frac1n\mathrm{tr}\,W_C` of every rectangular loop :math:`C` of the lattice with sides
+    r""":math:`\tfrac1n\mathrm{tr}\,W_C` of every rectangular loop :math:`C` of the lattice with sides
     :math:`w, h \le` ``max_extent`` (all of them by default), ``[..., n_loops]`` complex, ordered by ``(w, h)`` then
     lower-left site. :math:`W_C = A\,B\,C^H D^H` runs along the bottom (:math:`A`), up the right side (:math:`B`),
     back along the top and down the left side; the 1 x 1 loops are the plaquettes. Gauge invariant: a gauge
     transformation conjugates :math:`W_C` by the element at its corner."""
+    n_links(size)  # validates size
     extent = size - 1 if max_extent is None else max_extent
     if not 1 <= extent <= size - 1:
         raise ValueError(f"max_extent: expected a loop side between 1 and L - 1 = {size - 1}, got {max_extent}")
@@ -134,6 +135,8 @@ def mean_plaquette_exact(beta: float) -> float:
 def wilson_log_density(links: Tensor, size: int, beta: float, log_volume: float) -> Tensor:
     r"""Normalised :math:`\log p(U) = \beta\sum_p\tfrac13\mathrm{Re\,tr}\,U_p - (L-1)^2\log z(\beta) - k\log|SU(3)|`
     w.r.t. the Riemannian volume of :math:`SU(3)^k` (``log_volume`` = :math:`\log|SU(3)|` in its metric)."""
+    if links.dim() < 3 or links.shape[-2:] != (3, 3):
+        raise ValueError(f"links: the Wilson density here is SU(3)'s; expected [..., k, 3, 3], got {list(links.shape)}")
     return beta * plaquettes(links, size).sum(-1) - (size - 1) ** 2 * log_z_plaquette(beta) - n_links(size) * log_volume
 
 

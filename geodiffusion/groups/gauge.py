@@ -27,7 +27,7 @@ class LatticeGauge(Group, kind="lattice_gauge"):
         """Site-wise SU(n) gauge transformations of a two-dimensional lattice."""
 
         size: int = Field(3, ge=2, le=8, description="lattice side L")
-        n: int = Field(3, ge=2, description="gauge group SU(n)")
+        n: int = Field(3, ge=2, le=16, description="gauge group SU(n)")
 
     @classmethod
     def examples(cls):
@@ -65,6 +65,10 @@ class LatticeGauge(Group, kind="lattice_gauge"):
         k, n = n_links(self.spec.size), self.spec.n
         if x.dim() < 3 or tuple(x.shape[-3:]) != (k, n, n):
             raise ValueError(f"LatticeGauge: expected links of shape [..., {k}, {n}, {n}], got {list(x.shape)}")
+        if g.dim() < 3 or tuple(g.shape[-3:]) != self.element_shape:
+            raise ValueError(
+                f"LatticeGauge: expected elements of shape [..., {self.spec.size**2}, {n}, {n}], got {list(g.shape)}"
+            )
         start, end = self._start.to(g.device), self._end.to(g.device)
         return g[..., start, :, :].to(x.dtype) @ x @ g[..., end, :, :].mH.to(x.dtype)
 

@@ -27,8 +27,9 @@ class GaugePotential(ScoreModel, kind="gauge_potential"):
     gauge-equivariant by construction (Structure Preserving Diffusion, Thm. 1: an invariant density has an equivariant
     score) and is a gradient field, as :math:`\nabla\log p_t` is. A gauge-invariant function of the open lattice is
     a function of the plaquettes parallel-transported to one site, up to a common conjugation, so rectangular loops
-    span the plaquette classes (:math:`\mathrm{tr}\,U` fixes the class of :math:`U \in SU(3)`) and the simplest
-    couplings between them, not every invariant. No :math:`1/\sigma_t` factor: a smooth density of full support
+    give the plaquette classes and the simplest couplings between them, not every invariant. For :math:`n \le 3`,
+    :math:`\mathrm{tr}\,U` fixes the class of :math:`U \in SU(n)`; for :math:`n \ge 4` it does not, and
+    :math:`\mathrm{tr}\,U^k` would be needed too. No :math:`1/\sigma_t` factor: a smooth density of full support
     (the Wilson action) has a score bounded uniformly in :math:`t`.
 
     Shapes: ``t [B]`` or ``[]``, ``x [B, 2L(L-1), n, n]`` complex -> same.
@@ -38,7 +39,7 @@ class GaugePotential(ScoreModel, kind="gauge_potential"):
         """Riemannian gradient of an MLP on Wilson-loop traces (gauge-equivariant)."""
 
         size: int = Field(3, ge=2, le=8, description="lattice side L")
-        n: int = Field(3, ge=2, description="gauge group SU(n)")
+        n: int = Field(3, ge=2, le=16, description="gauge group SU(n)")
         max_extent: int | None = Field(
             None, ge=1, description="longest side of the Wilson loops fed to the potential (None: every rectangle)"
         )
@@ -91,6 +92,8 @@ class GaugePotential(ScoreModel, kind="gauge_potential"):
     def forward(self, t: Tensor, x: Tensor, **context: Any) -> Tensor:
         # keep the graph of the gradient whenever the caller differentiates (training: w.r.t. theta; the NLL's
         # divergence: w.r.t. x), and drop it under no_grad (sampling)
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("GaugePotential differentiates its potential: call it under torch.no_grad, not inference_mode")
         keep = torch.is_grad_enabled()
         with torch.enable_grad():
             z = x if x.requires_grad else x.detach().requires_grad_()

@@ -1,7 +1,7 @@
 """Training: denoising score matching, EMA, atomic checkpoints and one resumable, data-parallel training loop."""
 
 from geodiffusion.training.bridges import BridgeTrainer
-from geodiffusion.training.checkpoint import load_checkpoint, save_checkpoint
+from geodiffusion.training.checkpoint import load_checkpoint, load_ema_model, save_checkpoint
 from geodiffusion.training.distributed import DistributedContext, batch_bounds, is_main_process, setup_distributed
 from geodiffusion.training.ema import EMA
 from geodiffusion.training.functions import (
@@ -23,6 +23,7 @@ __all__ = [
     "EMA",
     "save_checkpoint",
     "load_checkpoint",
+    "load_ema_model",
     "Trainer",
     "LRScheduleSpec",
     "TrainingSpec",

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_ema_model"]
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -43,3 +43,17 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a checkpoint dict, got {type(state).__name__}")
     return state
+
+
+def load_ema_model(path: str | os.PathLike, *, map_location: str | torch.device | None = "cpu") -> torch.nn.Module:
+    """The EMA network of a :class:`~geodiffusion.training.Trainer` checkpoint, built from its ``model_spec`` and
+    loaded strictly (every weight present, none extra), in eval mode."""
+    from geodiffusion.models.base import ScoreModel
+    from geodiffusion.registry import build
+
+    state = load_checkpoint(path, map_location=map_location)
+    if "model_spec" not in state or "ema" not in state:
+        raise ValueError(f"{path}: expected a Trainer checkpoint with 'model_spec' and 'ema', got keys {sorted(state)}")
+    model = build(state["model_spec"], ScoreModel)
+    model.load_state_dict(state["ema"]["model"])
+    return model.eval()
