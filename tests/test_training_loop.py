@@ -19,7 +19,15 @@ from geodiffusion.data.functions import sample_functions
 from geodiffusion.models import BiDimensionalAttention
 from geodiffusion.models.edge import EdgeScoreModel
 from geodiffusion.processes.distance import DistanceVEProcess
-from geodiffusion.training import FunctionTrainer, GraphTrainer, Trainer, TrainerBase, TrainingSpec, load_checkpoint
+from geodiffusion.training import (
+    FunctionTrainer,
+    GraphTrainer,
+    Trainer,
+    TrainerBase,
+    TrainingSpec,
+    load_checkpoint,
+    load_ema_model,
+)
 from geodiffusion.training import functions as functions_module
 from geodiffusion.training import graph as graph_module
 from geodiffusion.training.distributed import batch_bounds
@@ -212,6 +220,25 @@ def test_checkpoints_of_another_trainer_or_layout_are_refused(tmp_path):
     del state["trainer"]  # a Trainer checkpoint from before: the layout is unchanged, so it resumes
     legacy.load_state_dict(state)
     assert legacy.step == 1
+
+
+def test_load_ema_model_rebuilds_the_trainers_ema_network(tmp_path):
+    trainer = Trainer(
+        gd.TimeMLP(dim=2, hidden=8, depth=1),
+        gd.VPProcess(),
+        torch.randn(8, 2),
+        {"steps": 3, "batch_size": 4},
+        tmp_path,
+        progress=False,
+    )
+    trainer.fit()
+    model = load_ema_model(trainer.checkpoint_path)
+    assert not model.training
+    t, x = torch.full((5,), 0.3), torch.randn(5, 2)
+    torch.testing.assert_close(model(t, x), trainer.ema_model(t, x), rtol=0, atol=0)
+    gd.training.save_checkpoint(tmp_path / "other.pt", {"step": 1})
+    with pytest.raises(ValueError, match="'model_spec' and 'ema'"):
+        load_ema_model(tmp_path / "other.pt")
 
 
 def test_graph_and_function_trainers_reject_bad_settings_before_training():
