@@ -223,13 +223,12 @@ class SU3LatticeExperiment(Experiment, kind="su3-lattice"):
         @model_validator(mode="after")
         def _consistent(self):
             want = _su3_power(n_links(self.size))
-            if self.model.kind == "gauge_potential":
-                if (self.model.size, self.model.n) != (self.size, 3):
-                    raise ValueError(
-                        f"model: expected a gauge potential on the L = {self.size} lattice of SU(3), got {self.model!r}"
-                    )
             for name, spec in (("process", self.process), ("model", self.model)):
-                if name == "model" and spec.kind == "gauge_potential":
+                if name == "model" and spec.kind == "gauge_potential":  # defined by its lattice, not a manifold
+                    if (spec.size, spec.n) != (self.size, 3):
+                        raise ValueError(
+                            f"model: expected a gauge potential on the L = {self.size} lattice of SU(3), got {spec!r}"
+                        )
                     continue
                 manifold = getattr(spec, "manifold", None)
                 got = manifold.model_dump(mode="json") if manifold is not None else None
