@@ -24,8 +24,8 @@ class GaugePotential(ScoreModel, kind="gauge_potential"):
     loops :math:`C` of the lattice (:func:`~geodiffusion.data.lattice.wilson_loops`) and :math:`f_\theta` an MLP.
 
     Gauge transformations are isometries of :math:`SU(n)^k` that fix every :math:`\phi`, so the score is
-    gauge-equivariant by construction (Structure Preserving Diffusion, Thm. 1: an invariant density has an equivariant
-    score) and is a gradient field, as :math:`\nabla\log p_t` is. A gauge-invariant function of the open lattice is
+    gauge-equivariant by construction, as the score of a density invariant under isometries is (Structure Preserving
+    Diffusion), and is a gradient field, as :math:`\nabla\log p_t` is. A gauge-invariant function of the open lattice is
     a function of the plaquettes parallel-transported to one site, up to a common conjugation, so rectangular loops
     give the plaquette classes and the simplest couplings between them, not every invariant. For :math:`n \le 3`,
     :math:`\mathrm{tr}\,U` fixes the class of :math:`U \in SU(n)`; for :math:`n \ge 4` it does not, and
