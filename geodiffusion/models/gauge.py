@@ -6,13 +6,13 @@ from typing import Any
 
 import torch
 from pydantic import Field, model_validator
-from torch import Tensor, nn
+from torch import Tensor
 
-from geodiffusion.data.lattice import n_links, wilson_loops
+from geodiffusion.data.lattice import n_links, n_wilson_loops, wilson_loops
 from geodiffusion.groups.gauge import LatticeGauge
 from geodiffusion.manifolds.product import ProductManifold
 from geodiffusion.models.base import ScoreModel
-from geodiffusion.models.layers import Activation, SinusoidalTimeEmbedding, activation
+from geodiffusion.models.layers import Activation, SinusoidalTimeEmbedding, mlp
 from geodiffusion.spec import Spec
 
 __all__ = ["GaugePotential"]
@@ -62,16 +62,10 @@ class GaugePotential(ScoreModel, kind="gauge_potential"):
         super().__init__(spec, **fields)
         s = self.spec
         self.manifold = ProductManifold(factor={"kind": "su", "n": s.n}, power=n_links(s.size))
-        extent = s.size - 1 if s.max_extent is None else s.max_extent
-        n_loops = sum((s.size - w) * (s.size - h) for w in range(1, extent + 1) for h in range(1, extent + 1))
         self.time_embedding = SinusoidalTimeEmbedding(s.time_embedding_dim)
-        width = 2 * n_loops + s.time_embedding_dim
-        layers: list[nn.Module] = []
-        for _ in range(s.depth):
-            layers += [nn.Linear(width, s.hidden), activation(s.activation)]
-            width = s.hidden
-        layers.append(nn.Linear(width, 1, bias=False))  # a constant shift of f leaves the score unchanged
-        self.net = nn.Sequential(*layers)
+        width = 2 * n_wilson_loops(s.size, s.max_extent) + s.time_embedding_dim
+        # no output bias: a constant shift of f leaves the score unchanged
+        self.net = mlp(width, s.hidden, s.depth, 1, s.activation, out_bias=False)
 
     @property
     def group(self) -> LatticeGauge:

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SinusoidalTimeEmbedding", "activation", "Activation"]
+__all__ = ["SinusoidalTimeEmbedding", "activation", "Activation", "mlp"]
 
 Activation = Literal["silu", "gelu", "relu", "tanh", "sin"]
 
@@ -22,6 +22,16 @@ class Sin(nn.Module):
 
 def activation(name: Activation) -> nn.Module:
     return {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "sin": Sin}[name]()
+
+
+def mlp(width: int, hidden: int, depth: int, out: int, act: Activation, *, out_bias: bool = True) -> nn.Sequential:
+    """``depth`` hidden layers ``Linear(., hidden)`` + ``act``, then ``Linear(hidden, out)``."""
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), activation(act)]
+        width = hidden
+    layers.append(nn.Linear(width, out, bias=out_bias))
+    return nn.Sequential(*layers)
 
 
 class SinusoidalTimeEmbedding(nn.Module):

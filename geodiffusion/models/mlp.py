@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from geodiffusion._random import randn
 from geodiffusion.models.base import ScoreModel
-from geodiffusion.models.layers import Activation, SinusoidalTimeEmbedding, activation
+from geodiffusion.models.layers import Activation, SinusoidalTimeEmbedding, mlp
 from geodiffusion.spec import Spec
 
 __all__ = ["TimeMLP"]
@@ -37,13 +37,7 @@ class TimeMLP(ScoreModel, kind="mlp"):
         super().__init__(spec, **fields)
         s = self.spec
         self.time_embedding = SinusoidalTimeEmbedding(s.time_embedding_dim)
-        layers: list[nn.Module] = []
-        width = s.dim + s.time_embedding_dim
-        for _ in range(s.depth):
-            layers += [nn.Linear(width, s.hidden), activation(s.activation)]
-            width = s.hidden
-        layers.append(nn.Linear(width, s.dim))
-        self.net = nn.Sequential(*layers)
+        self.net = mlp(s.dim + s.time_embedding_dim, s.hidden, s.depth, s.dim, s.activation)
 
     def forward(self, t: Tensor, x: Tensor, **context) -> Tensor:
         if x.dim() != 2 or x.shape[-1] != self.spec.dim:

@@ -25,7 +25,7 @@ from geodiffusion.groups.base import Group
 from geodiffusion.groups.permutation import Permutations
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.models.base import ScoreModel
-from geodiffusion.models.layers import Activation, SinusoidalTimeEmbedding, activation
+from geodiffusion.models.layers import Activation, SinusoidalTimeEmbedding, mlp
 from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
 from geodiffusion.spec import Spec, component_spec
@@ -285,12 +285,7 @@ class FunctionMLP(FunctionScoreModel, kind="function_mlp"):
         s = self.spec
         self.time_embedding = SinusoidalTimeEmbedding(s.time_embedding_dim)
         width = s.max_points * (s.input_dim + s.output_dim + 1) + s.time_embedding_dim
-        layers: list[nn.Module] = []
-        for _ in range(s.depth):
-            layers += [nn.Linear(width, s.hidden), activation(s.activation)]
-            width = s.hidden
-        layers.append(nn.Linear(width, s.max_points * s.output_dim))
-        self.net = nn.Sequential(*layers)
+        self.net = mlp(width, s.hidden, s.depth, s.max_points * s.output_dim, s.activation)
 
     def score(self, t: Tensor, inputs: Tensor, values: Tensor) -> Tensor:
         s = self.spec

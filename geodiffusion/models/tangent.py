@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
-from torch import Tensor, nn
+from torch import Tensor
 
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.models.base import ScoreModel
-from geodiffusion.models.layers import Activation, SinusoidalTimeEmbedding, activation
+from geodiffusion.models.layers import Activation, SinusoidalTimeEmbedding, mlp
 from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
 from geodiffusion.spec import Spec, component_spec
@@ -77,12 +77,7 @@ class TangentMLP(ScoreModel, kind="tangent_mlp"):
         n_ambient = math.prod(self.manifold.point_shape) * (2 if self._complex else 1)
         width = (2 * n_ambient if s.features == "angles" else n_ambient) + s.time_embedding_dim
         self.time_embedding = SinusoidalTimeEmbedding(s.time_embedding_dim)
-        layers: list[nn.Module] = []
-        for _ in range(s.depth):
-            layers += [nn.Linear(width, s.hidden), activation(s.activation)]
-            width = s.hidden
-        layers.append(nn.Linear(width, n_ambient))
-        self.net = nn.Sequential(*layers)
+        self.net = mlp(width, s.hidden, s.depth, n_ambient, s.activation)
 
     def forward(self, t: Tensor, x: Tensor, **context: Any) -> Tensor:
         shape = tuple(self.manifold.point_shape)
