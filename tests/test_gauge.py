@@ -49,7 +49,8 @@ def _walked_loop_traces(links: torch.Tensor, size: int) -> torch.Tensor:
 def test_wilson_loops_match_walking_each_rectangle(size, n):
     links = _links(size, 2, n)
     loops = lattice.wilson_loops(links, size)
-    assert loops.shape == (2, (size * (size - 1) // 2) ** 2)
+    assert loops.shape == (2, (size * (size - 1) // 2) ** 2) and loops.shape[-1] == lattice.n_wilson_loops(size)
+    assert lattice.n_wilson_loops(size, max_extent=1) == (size - 1) ** 2
     for b in range(2):
         torch.testing.assert_close(loops[b], _walked_loop_traces(links[b], size), rtol=0, atol=1e-12)
     # 1 x 1 loops are the plaquettes; max_extent keeps the w, h <= max_extent block

@@ -23,6 +23,7 @@ __all__ = [
     "link_sites",
     "plaquettes",
     "wilson_loops",
+    "n_wilson_loops",
     "wilson_log_density",
     "log_z_plaquette",
     "mean_plaquette_exact",
@@ -64,10 +65,9 @@ def _link_grids(links: Tensor, size: int) -> tuple[Tensor, Tensor]:
 
 def plaquettes(links: Tensor, size: int) -> Tensor:
     r""":math:`\tfrac1n\mathrm{Re\,tr}\,U_p` of every plaquette, ``[..., (L-1)^2]`` real (links of :math:`SU(n)`)."""
-    h, v = _link_grids(links, size)
-    # U_p at lower-left site (x, y): h(x, y) v(x+1, y) h(x, y+1)^H v(x, y)^H
-    u = h[..., :, :-1, :, :] @ v[..., 1:, :, :, :] @ h[..., :, 1:, :, :].mH @ v[..., :-1, :, :, :].mH
-    return torch.diagonal(u, dim1=-2, dim2=-1).sum(-1).real.flatten(-2) / links.shape[-1]
+    # U_p at lower-left site (x, y): h(x, y) v(x+1, y) h(x, y+1)^H v(x, y)^H, the 1 x 1 Wilson loop; the real part
+    # before the division by n, so that the Metropolis chains' rounding (and their seeded draws) stay as they were
+    return _loop_traces(links, size, 1).real / links.shape[-1]
 
 
 def _line_products(links: Tensor, length: int, axis: int) -> Tensor:
@@ -79,17 +79,33 @@ def _line_products(links: Tensor, length: int, axis: int) -> Tensor:
     return out
 
 
+def _extent(size: int, max_extent: int | None) -> int:
+    """The longest loop side: ``max_extent``, or L - 1 for None."""
+    extent = size - 1 if max_extent is None else max_extent
+    if not 1 <= extent <= size - 1:
+        raise ValueError(f"max_extent: expected a loop side between 1 and L - 1 = {size - 1}, got {max_extent}")
+    return extent
+
+
+def n_wilson_loops(size: int, max_extent: int | None = None) -> int:
+    r"""How many loops :func:`wilson_loops` returns: :math:`(\sum_{w \le e} (L - w))^2`, ``e`` the longest side."""
+    n_links(size)  # validates size
+    return sum(size - w for w in range(1, _extent(size, max_extent) + 1)) ** 2
+
+
 def wilson_loops(links: Tensor, size: int, max_extent: int | None = None) -> Tensor:
     r""":math:`\tfrac1n\mathrm{tr}\,W_C` of every rectangular loop :math:`C` of the lattice with sides
     :math:`w, h \le` ``max_extent`` (all of them by default), ``[..., n_loops]`` complex, ordered by ``(w, h)`` then
     lower-left site. :math:`W_C = A\,B\,C^H D^H` runs along the bottom (:math:`A`), up the right side (:math:`B`),
     back along the top and down the left side; the 1 x 1 loops are the plaquettes. Gauge invariant: a gauge
     transformation conjugates :math:`W_C` by the element at its corner."""
-    n_links(size)  # validates size
-    extent = size - 1 if max_extent is None else max_extent
-    if not 1 <= extent <= size - 1:
-        raise ValueError(f"max_extent: expected a loop side between 1 and L - 1 = {size - 1}, got {max_extent}")
+    return _loop_traces(links, size, max_extent) / links.shape[-1]
+
+
+def _loop_traces(links: Tensor, size: int, max_extent: int | None) -> Tensor:
+    r""":math:`\mathrm{tr}\,W_C` (not divided by n) in :func:`wilson_loops`' order."""
     h, v = _link_grids(links, size)
+    extent = _extent(size, max_extent)
     rows = [_line_products(h, w, -4) for w in range(1, extent + 1)]  # [..., L-w, L, n, n]
     columns = [_line_products(v, k, -3) for k in range(1, extent + 1)]  # [..., L, L-k, n, n]
     traces = []
@@ -102,7 +118,7 @@ def wilson_loops(links: Tensor, size: int, max_extent: int | None = None) -> Ten
                 @ column[..., : size - w, :, :, :].mH
             )
             traces.append(torch.diagonal(loop, dim1=-2, dim2=-1).sum(-1).flatten(-2))
-    return torch.cat(traces, -1) / links.shape[-1]
+    return torch.cat(traces, -1)
 
 
 def _weyl_moments(beta: float, grid: int = 256) -> tuple[float, float]:

@@ -44,10 +44,11 @@ def _sample(experiment, score, process: Process, shape, device, dtype, progress)
 
 def _nll_metrics(log_p_model: Tensor, log_p_true: Tensor) -> dict[str, float]:
     """Test NLLs of the model and the truth, their gap and the gap's standard error (paired over test points)."""
-    gap = log_p_true.to(torch.float64).cpu() - log_p_model.to(torch.float64).cpu()
+    model, true = log_p_model.detach().to(torch.float64).cpu(), log_p_true.detach().to(torch.float64).cpu()
+    gap = true - model
     return {
-        "nll_model": float(-log_p_model.to(torch.float64).mean()),
-        "nll_true": float(-log_p_true.to(torch.float64).mean()),
+        "nll_model": float(-model.mean()),
+        "nll_true": float(-true.mean()),
         "nll_gap": float(gap.mean()),
         "nll_gap_se": float(gap.std() / math.sqrt(len(gap))),
     }
