@@ -150,3 +150,17 @@ def test_gauge_potential_rejects_bad_input():
         gd.LatticeGauge(size=2, n=17)
     with pytest.raises(ValidationError, match="gauge potential on the L = 3 lattice"):
         SU3LatticeExperiment.resolve_spec({"model": {"kind": "gauge_potential", "size": 2}})
+
+
+def test_the_gauge_equivariance_check_catches_a_network_that_ignores_the_gauge():
+    # the registry-wide contract passes GaugePotential through check_equivariant under LatticeGauge; the same check
+    # must fail an ambient tangent network on the same links, which has no reason to be gauge-equivariant
+    from geodiffusion.testing import CheckError, check_equivariant
+
+    torch.manual_seed(0)
+    manifold = {"kind": "product", "factor": {"kind": "su", "n": 3}, "power": lattice.n_links(2)}
+    model = gd.TangentMLP(manifold=manifold, hidden=16, depth=1).double()
+    x = _links(2, 3, seed=7)
+    t = torch.full((3,), 0.3, dtype=torch.float64)
+    with pytest.raises(CheckError, match="equivariance"):
+        check_equivariant(lambda z: model(t, z), gd.LatticeGauge(size=2, n=3), x)
