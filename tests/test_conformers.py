@@ -213,9 +213,10 @@ def _model(dtype, **fields):
     return EdgeScoreModel(hidden=16, layers=2, rbf=8, **fields).to(dtype)
 
 
+@pytest.mark.parametrize("edge_update", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_edge_scores_are_se3_invariant(ethanol, dtype):
-    model = _model(dtype)
+def test_edge_scores_are_se3_invariant(ethanol, dtype, edge_update):
+    model = _model(dtype, edge_update=edge_update)
     pos = ethanol.pos.to(dtype) + 0.1 * torch.randn((3,) + ethanol.pos.shape, generator=torch.Generator().manual_seed(0)).to(
         dtype
     )
@@ -227,9 +228,10 @@ def test_edge_scores_are_se3_invariant(ethanol, dtype):
     check_equivariant(scores, SpecialEuclidean(), pos, output="invariant", n=4)
 
 
-def test_edge_scores_permute_with_the_atoms():
+@pytest.mark.parametrize("edge_update", [False, True])
+def test_edge_scores_permute_with_the_atoms(edge_update):
     mol = embedded("CC(=O)N")
-    model = _model(torch.float64)
+    model = _model(torch.float64, edge_update=edge_update)
     group = Permutations(n=mol.GetNumAtoms())
     g = mol_to_graph(mol)
     for perm in group.sample(3, torch.Generator().manual_seed(0)):
@@ -242,10 +244,11 @@ def test_edge_scores_permute_with_the_atoms():
         )
 
 
-def test_edge_scores_of_a_batch_equal_per_molecule_scores():
+@pytest.mark.parametrize("edge_update", [False, True])
+def test_edge_scores_of_a_batch_equal_per_molecule_scores(edge_update):
     graphs = [mol_to_graph(embedded(s)) for s in ("CCO", "CN")]
     batch = Batch.from_data_list(graphs)
-    model = _model(torch.float64, process={"kind": "distance_ve"})
+    model = _model(torch.float64, process={"kind": "distance_ve"}, edge_update=edge_update)
     t = torch.tensor([0.3, 0.7], dtype=torch.float64)
     out = model(t, edge_vectors(batch.pos.double(), batch.edge_index)[1], graph=batch)
     single = torch.cat([model(t[k], edge_vectors(g.pos.double(), g.edge_index)[1], graph=g) for k, g in enumerate(graphs)])
@@ -279,6 +282,27 @@ def test_edge_conv_computes_the_documented_messages():
 
 
 # --- projection-free sampler -------------------------------------------------
+
+
+def test_edge_update_is_symmetric_and_reads_both_atoms():
+    """e_ij + psi(LN e_ij, h_i + h_j, h_i * h_j): the same read either way along an edge, and it moves with h_j."""
+    from geodiffusion.models.edge import EdgeUpdate
+
+    torch.manual_seed(0)
+    update = EdgeUpdate(hidden=5, act="silu").double()
+    gen = torch.Generator().manual_seed(1)
+    h = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+    e = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    edge_index = torch.tensor([[0, 1, 2], [1, 3, 3]])
+    out = update(h, edge_index, e)
+    hi, hj = h[edge_index[0]], h[edge_index[1]]
+    reference = e + update.psi(torch.cat([update.norm(e), hi + hj, hi * hj], -1))
+    torch.testing.assert_close(out, reference, atol=1e-14, rtol=0)
+    torch.testing.assert_close(update(h, edge_index.flip(0), e), out, atol=1e-14, rtol=0)
+    moved = h.clone()
+    moved[3] += 1.0  # atom 3 ends edges 1 and 2 only
+    changed = (update(moved, edge_index, e) - out).abs().amax(-1) > 1e-6
+    assert changed.tolist() == [False, True, True]
 
 
 def test_pseudo_inverse_solves_least_squares_orthogonally_to_rigid_motions(ethanol):

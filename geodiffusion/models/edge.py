@@ -19,7 +19,7 @@ from geodiffusion.processes.distance import DistanceVEProcess
 from geodiffusion.registry import build
 from geodiffusion.spec import Spec, component_spec
 
-__all__ = ["EdgeScoreModel", "EdgeConv"]
+__all__ = ["EdgeScoreModel", "EdgeConv", "EdgeUpdate"]
 
 
 class EdgeConv(MessagePassing):
@@ -50,12 +50,28 @@ class EdgeConv(MessagePassing):
         return self.phi[1:](a_i + b_j + c)
 
 
+class EdgeUpdate(nn.Module):
+    r""":math:`e_{ij} \leftarrow e_{ij} + \psi(\bar e_{ij}, h_i + h_j, h_i \odot h_j)`: symmetric in :math:`i, j`, so a
+    canonical edge keeps one feature whichever way it is read (:math:`\bar e` = LayerNorm of :math:`e`)."""
+
+    def __init__(self, hidden: int, act: Activation) -> None:
+        super().__init__()
+        self.psi = nn.Sequential(nn.Linear(3 * hidden, hidden), activation(act), nn.Linear(hidden, hidden))
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, h: Tensor, edge_index: Tensor, e: Tensor) -> Tensor:
+        hi, hj = h[edge_index[0]], h[edge_index[1]]
+        return e + self.psi(torch.cat([self.norm(e), hi + hj, hi * hj], -1))
+
+
 class EdgeScoreModel(ScoreModel, kind="edge_score"):
     r"""Distance score :math:`s_\theta(t, d)_{ij} \approx \partial_{d_{ij}} \log p_t(d)` on the edges of an extended graph.
 
     Inputs are invariant: distances :math:`d_{ij}` (Gaussian radial features), atom and edge-type features, time;
     so the scores are SE(3)-invariant, and relabelling the atoms permutes them with their edges. The edge head
-    reads :math:`(h_i + h_j, h_i \odot h_j)`, symmetric in :math:`i, j`. With a :class:`DistanceVEProcess` as
+    reads :math:`(h_i + h_j, h_i \odot h_j, e_{ij})`, symmetric in :math:`i, j`. With ``edge_update`` the edge
+    features are also updated after every layer (:class:`EdgeUpdate`), so an edge's score can depend on what its
+    end atoms gathered at every depth, not only on their final states. With a :class:`DistanceVEProcess` as
     ``process`` the output is preconditioned, :math:`s = \mathrm{net}/s_t`.
 
     Shapes (``E`` canonical edges of ``graph``, see :mod:`geodiffusion.conformers.graph`):
@@ -75,12 +91,14 @@ class EdgeScoreModel(ScoreModel, kind="edge_score"):
         activation: Activation = "silu"
         process: component_spec(Process) | None = Field(None, description="distance_ve process for 1/s_t preconditioning")
         n_points: int = Field(5, ge=2, description="points of the complete-graph example input")
+        edge_update: bool = Field(False, description="update the edge features after every message-passing layer")
 
     @classmethod
     def examples(cls):
         return [
             cls.Spec(hidden=16, layers=2, rbf=8, n_points=4),
             cls.Spec(hidden=8, layers=1, rbf=4, n_points=5, process={"kind": "distance_ve"}),
+            cls.Spec(hidden=8, layers=2, rbf=4, n_points=4, edge_update=True),
         ]
 
     def __init__(self, spec=None, /, **fields) -> None:
@@ -98,6 +116,9 @@ class EdgeScoreModel(ScoreModel, kind="edge_score"):
             nn.Linear(s.hidden, s.hidden),
         )
         self.convs = nn.ModuleList(EdgeConv(s.hidden, s.activation) for _ in range(s.layers))
+        self.edge_updates = (
+            nn.ModuleList(EdgeUpdate(s.hidden, s.activation) for _ in range(s.layers)) if s.edge_update else None
+        )
         self.head = nn.Sequential(nn.Linear(3 * s.hidden, s.hidden), activation(s.activation), nn.Linear(s.hidden, 1))
 
     def _flatten(self, t: Tensor, x: Tensor, graph: Data | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -163,8 +184,10 @@ class EdgeScoreModel(ScoreModel, kind="edge_score"):
             torch.cat([edge_attr, rbf, (d / self.spec.rbf_max).unsqueeze(-1), self.time_embedding(t_edge).to(d.dtype)], -1)
         )
         h = self.node_in(torch.cat([node_x, self.time_embedding(t_node).to(d.dtype)], -1))
-        for conv in self.convs:
+        for k, conv in enumerate(self.convs):
             h = conv(h, edge_index, e, both_ways=True)  # messages flow both ways along each canonical edge
+            if self.edge_updates is not None:
+                e = self.edge_updates[k](h, edge_index, e)
         hi, hj = h[edge_index[0]], h[edge_index[1]]
         out = self.head(torch.cat([hi + hj, hi * hj, e], -1)).squeeze(-1)
         if self.process is not None:
