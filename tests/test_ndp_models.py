@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import geodiffusion as gd
 from geodiffusion.groups import EuclideanGroup, Permutations
@@ -127,6 +128,37 @@ def test_translation_invariant_bidim_attention_ignores_shifts_of_the_inputs_and_
     torch.testing.assert_close(invariant(t, y, inputs=x), plain(t, y, inputs=x - x.mean(1, keepdim=True)), atol=1e-12, rtol=0)
     with pytest.raises(CheckError, match="equivariance"):
         check_equivariant(lambda v: plain(t, v), invariant.group, z, output="vector")
+
+
+def test_relative_bias_enters_each_head_of_the_attention_across_points():
+    """The pair bias beta_{lh}(x_ik - x_jk) is added to head h's logits of layer l, for sequence (b, k): checked
+    against attention written out by hand, per batch item, input dimension and head."""
+    torch.manual_seed(0)
+    model = BiDimensionalAttention(input_dim=2, output_dim=1, hidden=8, heads=2, layers=2, n_points=4, relative_bias=6)
+    model = model.double()
+    x, y = _pairs(3, 4, 2, 1, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    block, heads, dh = model.blocks[0], 2, 4
+    z = model.embed(torch.cat([x.unsqueeze(-1), y.unsqueeze(2).expand(3, 4, 2, 1)], -1))
+    z = z + block.time(model.time_embedding(t))[:, None, None, :]
+    diff = x.unsqueeze(2) - x.unsqueeze(1)  # [b, i, j, k]
+    beta = model.pair_bias(diff.unsqueeze(-1))[..., :heads]  # layer 0's heads
+    att = block.across_points
+    q, k, v = (nn.functional.linear(z, w, bb) for w, bb in zip(att.in_proj_weight.chunk(3), att.in_proj_bias.chunk(3)))
+    out = torch.zeros_like(z)
+    for h in range(heads):
+        sl = slice(h * dh, (h + 1) * dh)
+        logits = torch.einsum("bikc,bjkc->bkij", q[..., sl], k[..., sl]) / dh**0.5 + beta[..., h].permute(0, 3, 1, 2)
+        out[..., sl] = torch.einsum("bkij,bjkc->bikc", logits.softmax(-1), v[..., sl])
+    expected = att.out_proj(out)
+    got = []
+    handle = att.register_forward_hook(lambda mod, args, res: got.append(res[0]) and None)  # None: keep the output
+    model(t, y, inputs=x)
+    handle.remove()
+    torch.testing.assert_close(got[0].reshape(3, 2, 4, 8).transpose(1, 2), expected, atol=1e-12, rtol=0)
+    # permutations of the points and of the input dimensions keep their symmetries
+    check_equivariant(lambda w: model(t, w), Permutations(n=4), torch.cat([x, y], -1), output="vector")
+    torch.testing.assert_close(model(t, y, inputs=x[..., [1, 0]]), model(t, y, inputs=x), atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("parametrisation", ["kernel_preconditioned", "plain", "st_preconditioned"])

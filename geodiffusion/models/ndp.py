@@ -173,7 +173,8 @@ class FunctionScoreModel(ScoreModel):
 class _BiDimensionalBlock(nn.Module):
     r"""One NDP block (Dutordoir et al., 2023): :math:`h = s + W_t \gamma(t)`, multi-head attention across the
     input dimensions (for each point) plus attention across the points (for each dimension), split into a
-    residual and a skip stream, :math:`s \leftarrow (s + \mathrm{gelu}(r))/\sqrt2`."""
+    residual and a skip stream, :math:`s \leftarrow (s + \mathrm{gelu}(r))/\sqrt2`. ``bias [B d heads, N, N]``, if
+    given, is added to the logits of the attention across points."""
 
     def __init__(self, hidden: int, heads: int) -> None:
         super().__init__()
@@ -182,13 +183,14 @@ class _BiDimensionalBlock(nn.Module):
         self.across_points = nn.MultiheadAttention(hidden, heads, batch_first=True)
         self.out = nn.Linear(hidden, 2 * hidden)
 
-    def forward(self, s: Tensor, t_emb: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, s: Tensor, t_emb: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
         b, n, d, h = s.shape
         z = s + self.time(t_emb)[:, None, None, :]
         rows = z.reshape(b * n, d, h)  # sequences over the input dimensions
         att_d = self.across_dims(rows, rows, rows, need_weights=False)[0].reshape(b, n, d, h)
         cols = z.transpose(1, 2).reshape(b * d, n, h)  # sequences over the points
-        att_n = self.across_points(cols, cols, cols, need_weights=False)[0].reshape(b, d, n, h).transpose(1, 2)
+        att_n = self.across_points(cols, cols, cols, attn_mask=bias, need_weights=False)[0]
+        att_n = att_n.reshape(b, d, n, h).transpose(1, 2)
         residual, skip = self.out(att_d + att_n).chunk(2, -1)
         return (s + nn.functional.gelu(residual)) / math.sqrt(2.0), nn.functional.gelu(skip)
 
@@ -205,6 +207,10 @@ class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
     the inputs are centred first, :math:`x_i \mapsto x_i - \bar x`, so that also
     :math:`s_\theta(t, x + b, y) = s_\theta(t, x, y)`: the symmetry of the score of a stationary GP's marginals
     (the claimed group is then the translations of the inputs, :class:`~geodiffusion.models.FieldGraphGroup`).
+    With ``relative_bias`` every block's attention across points adds :math:`\beta_{\ell h}(x_{ik} - x_{jk})`, a
+    learned function of the input differences per layer :math:`\ell` and head :math:`h`, to its logits: weights
+    that can follow a stationary kernel's shape, as the score of a stationary GP's marginals needs
+    (:math:`K \Sigma_t^{-1}` is a stationary smoother on the inputs).
     """
 
     class Spec(_FunctionSpec):
@@ -215,6 +221,9 @@ class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
         layers: int = Field(4, ge=1, description="bi-dimensional attention blocks")
         time_embedding_dim: int = Field(32, ge=2, multiple_of=2, description="size of the time features")
         translation_invariant: bool = Field(False, description="centre the inputs of each function: s(t, x + b, y) = s(t, x, y)")
+        relative_bias: int = Field(
+            0, ge=0, description="width of the MLP of x_i - x_j whose output biases the attention across points (0: none)"
+        )
 
     @classmethod
     def examples(cls):
@@ -222,6 +231,8 @@ class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
             cls.Spec(hidden=8, heads=2, layers=2, n_points=4),
             cls.Spec(input_dim=2, output_dim=2, hidden=8, heads=2, layers=1),
             cls.Spec(hidden=8, heads=2, layers=1, n_points=4, translation_invariant=True),
+            cls.Spec(hidden=8, heads=2, layers=2, n_points=4, relative_bias=8),
+            cls.Spec(hidden=8, heads=2, layers=1, n_points=4, translation_invariant=True, relative_bias=4),
         ]
 
     def __init__(self, spec=None, /, **fields) -> None:
@@ -235,6 +246,7 @@ class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
         )
         self.blocks = nn.ModuleList(_BiDimensionalBlock(s.hidden, s.heads) for _ in range(s.layers))
         self.head = nn.Sequential(nn.Linear(s.hidden, s.hidden), nn.GELU(), nn.Linear(s.hidden, s.output_dim))
+        self.pair_bias = mlp(1, s.relative_bias, 2, s.layers * s.heads, "gelu") if s.relative_bias else None
         if s.translation_invariant:
             translations = {"kind": "translation", "dim": s.input_dim, "action": "point_cloud"}
             self._group: Group = FieldGraphGroup(group=translations, output="invariant", output_dim=s.output_dim)
@@ -252,9 +264,17 @@ class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
         tokens = torch.cat([inputs.unsqueeze(-1), values.unsqueeze(2).expand(b, n, d, values.shape[-1])], -1)
         s = self.embed(tokens)
         t_emb = self.time_embedding(t)
+        biases = [None] * len(self.blocks)
+        if self.pair_bias is not None:
+            heads = self.spec.heads
+            diff = (inputs.unsqueeze(2) - inputs.unsqueeze(1)).permute(0, 3, 1, 2)  # [b, d, n, n]: x_ik - x_jk
+            bias = self.pair_bias(diff.unsqueeze(-1))  # [b, d, n, n, layers * heads]
+            # attention's float mask is [batch * heads, n, n], batch-major over the (b, d) sequences
+            bias = bias.reshape(b, d, n, n, len(self.blocks), heads).permute(4, 0, 1, 5, 2, 3)
+            biases = list(bias.reshape(len(self.blocks), b * d * heads, n, n))
         skips = torch.zeros_like(s)
-        for block in self.blocks:
-            s, skip = block(s, t_emb)
+        for block, bias in zip(self.blocks, biases, strict=True):
+            s, skip = block(s, t_emb, bias)
             skips = skips + skip
         # the mean over input dimensions makes the output invariant to their order
         return self.head(skips.mean(2) / math.sqrt(len(self.blocks)))
