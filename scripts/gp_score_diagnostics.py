@@ -11,8 +11,12 @@
    loss's floor: how visible the error is to training.
 4. With ``--likelihood``, the EMA network's conditional log-likelihood on the interpolation split with the run's
    likelihood settings: what the experiment reports, for a run stopped after training.
+5. With ``--split-at TAU ...``, the same likelihood from two hybrid scores per tau: the exact score below tau and
+   the network above it, and the reverse. The flow integrates the score over all of [eps, T], so the two hybrids
+   say which times the network's likelihood gap comes from.
 
     python scripts/gp_score_diagnostics.py --run runs/gp-1d-se-long --dataset se
+    python scripts/gp_score_diagnostics.py --run runs/gp-1d-se-long --dataset se --no-flow --split-at 0.01 0.1 0.3
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draws", type=int, default=4, help="time and noise draws per band")
     parser.add_argument("--no-flow", action="store_true", help="skip part 1 (the flow with the exact score)")
     parser.add_argument("--likelihood", action="store_true", help="also the network's interpolation log-likelihood")
+    parser.add_argument(
+        "--split-at", type=float, nargs="*", default=(), help="likelihoods of exact-below/network-above hybrids at these t"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     spec = GP1DExperiment.Spec.model_validate(GP1DExperiment.Spec.with_defaults(json.loads((args.run / "spec.json").read_text())))
@@ -107,6 +114,25 @@ def main(argv: list[str] | None = None) -> None:
             f"interpolation log-likelihood of the EMA network: {ll['ll']:.4f} (exact GP {exact / spec.n_target:.4f}); "
             f"{ll['diverged']} of {spec.n_test} flows diverged and are left out of the mean"
         )
+    if args.split_at:
+        xc, yc, xt, yt = tx[:, :n_c].float(), ty[:, :n_c].float(), tx[:, n_c:].float(), ty[:, n_c:].float()
+        print(f"interpolation log-likelihood of hybrid scores (exact GP {exact / spec.n_target:.4f}):")
+        for tau in args.split_at:
+            for below, above in (("exact", "network"), ("network", "exact")):
+                hybrid = _hybrid(*((oracle, model) if below == "exact" else (model, oracle)), tau)
+                ll = experiment._conditional_ll(hybrid, process, xc, yc, xt, yt, args.dataset, "interpolation")
+                print(f"  {below} for t < {tau:g}, {above} above: {ll['ll']:.4f} ({ll['diverged']} diverged)", flush=True)
+
+
+def _hybrid(below, above, tau: float):
+    """The score ``below(t, ...)`` where ``t < tau`` and ``above(t, ...)`` elsewhere, per function."""
+
+    def score(t, y, inputs=None, **context):
+        t = torch.as_tensor(t, dtype=y.dtype, device=y.device).expand(y.shape[0])
+        low, high = below(t, y, inputs=inputs).to(y.dtype), above(t, y, inputs=inputs).to(y.dtype)
+        return torch.where((t < tau)[:, None, None], low, high)
+
+    return score
 
 
 if __name__ == "__main__":

@@ -230,6 +230,18 @@ def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path
     printed = capsys.readouterr().out
     assert f"interpolation log-likelihood of the EMA network: {metrics['se/interpolation/model_ll']:.4f}" in printed
     assert "0 of 2 flows diverged" in printed
+    # hybrids split at t = 0: "exact below 0" is the network everywhere, and the reverse the exact score everywhere
+    diagnostics["main"](["--run", str(tmp_path), "--functions", "4", "--draws", "1", "--split-at", "0"])
+    torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert f"exact for t < 0, network above: {metrics['se/interpolation/model_ll']:.4f}" in printed
+    experiment = cls(spec)
+    process = gd.build(spec.process, gd.Process)
+    x, y = experiment.test_functions("se", "interpolation")
+    n_c = spec.n_context
+    oracle = GPScore(process, kernel=data_kernel("se", spec.noise))
+    exact = experiment._conditional_ll(oracle, process, x[:, :n_c], y[:, :n_c], x[:, n_c:], y[:, n_c:], "se", "interpolation")
+    assert f"network for t < 0, exact above: {exact['ll']:.4f}" in printed
     # ... and the posterior plot is redrawn with another sampler beside the run's own
     replot = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "gp_posterior_plot.py"))
     assert replot["main"](["--run", str(tmp_path), "--dataset", "step", "--sampler", '{"steps": 3}']).is_file()
