@@ -144,7 +144,9 @@ def test_relative_bias_enters_each_head_of_the_attention_across_points():
     diff = x.unsqueeze(2) - x.unsqueeze(1)  # [b, i, j, k]
     beta = model.pair_bias(diff.unsqueeze(-1))[..., :heads]  # layer 0's heads
     att = block.across_points
-    q, k, v = (nn.functional.linear(z, w, bb) for w, bb in zip(att.in_proj_weight.chunk(3), att.in_proj_bias.chunk(3)))
+    q, k, v = (
+        nn.functional.linear(z, w, bb) for w, bb in zip(att.in_proj_weight.chunk(3), att.in_proj_bias.chunk(3), strict=True)
+    )
     out = torch.zeros_like(z)
     for h in range(heads):
         sl = slice(h * dh, (h + 1) * dh)

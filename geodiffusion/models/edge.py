@@ -116,9 +116,7 @@ class EdgeScoreModel(ScoreModel, kind="edge_score"):
             nn.Linear(s.hidden, s.hidden),
         )
         self.convs = nn.ModuleList(EdgeConv(s.hidden, s.activation) for _ in range(s.layers))
-        self.edge_updates = (
-            nn.ModuleList(EdgeUpdate(s.hidden, s.activation) for _ in range(s.layers)) if s.edge_update else None
-        )
+        self.edge_updates = nn.ModuleList(EdgeUpdate(s.hidden, s.activation) for _ in range(s.layers)) if s.edge_update else None
         self.head = nn.Sequential(nn.Linear(3 * s.hidden, s.hidden), activation(s.activation), nn.Linear(s.hidden, 1))
 
     def _flatten(self, t: Tensor, x: Tensor, graph: Data | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
