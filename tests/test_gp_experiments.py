@@ -103,6 +103,48 @@ def test_antithetic_dsm_pairs_xi_with_minus_xi_and_cuts_the_small_time_gradient_
     assert spread[True] < 0.2 * spread[False], spread
 
 
+@pytest.mark.parametrize("antithetic", [False, True])
+@pytest.mark.parametrize("parametrisation", ["plain", "kernel_preconditioned", "st_preconditioned"])
+def test_kernel_metric_dsm_measures_the_score_error_in_the_k_norm(parametrisation, antithetic):
+    """metric="kernel": lambda(t) d^T M d / (Nd) with d = o_theta - target and M = K^-1 (K-preconditioned), K (plain)
+    or I (st-preconditioned): the score error's K-norm, whatever the output stands for; per-function inputs."""
+    process = _process(parametrisation)
+    oracle = GPScore(process, kernel=gd.build({"kind": "matern52", "lengthscale": 0.4}))
+    gen = torch.Generator().manual_seed(0)
+    batch, n = 3, 5
+    x = torch.rand(batch, n, 1, generator=gen, dtype=torch.float64) * 3 - 1.5
+    y0 = torch.randn(batch, n, 1, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.2, 0.7], dtype=torch.float64)
+    bump = torch.randn(batch, n, 1, generator=gen, dtype=torch.float64)
+    model = lambda t, y, inputs: oracle(t, y, inputs=inputs) + bump.repeat(y.shape[0] // batch, 1, 1)  # noqa: E731
+    kwargs = {"t": t, "reduce": False, "antithetic": antithetic}
+    got = function_dsm_loss(model, process, x, y0, generator=torch.Generator().manual_seed(1), metric="kernel", **kwargs)
+    y_t, target = process.denoising_pair(y0, t, inputs=x, generator=torch.Generator().manual_seed(1))
+    gram = process.factor(x).gram
+    metric = {
+        "plain": gram,
+        "kernel_preconditioned": torch.linalg.inv(gram),
+        "st_preconditioned": torch.eye(n, dtype=torch.float64).expand(batch, n, n),
+    }[parametrisation]
+    weight = 1.0 if parametrisation == "st_preconditioned" else process.std(t) ** 2
+
+    def quadratic(y, tgt):
+        d = model(t, y, inputs=x) - tgt
+        return weight * (d.mT @ metric @ d).reshape(batch) / n
+
+    expected = quadratic(y_t, target)
+    if antithetic:
+        expected = 0.5 * (expected + quadratic(2 * process.marginal(y0, t, inputs=x).mean - y_t, -target))
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
+    euclidean = function_dsm_loss(model, process, x, y0, generator=torch.Generator().manual_seed(1), **kwargs)
+    if parametrisation == "st_preconditioned":
+        torch.testing.assert_close(got, euclidean, atol=1e-12, rtol=0)
+    else:
+        assert (got - euclidean).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="metric: expected 'euclidean' or 'kernel'"):
+        function_dsm_loss(model, process, x, y0, metric="k", **kwargs)
+
+
 def test_dsm_loss_takes_one_shared_time_and_rejects_a_wrong_number_of_times():
     process = _process("kernel_preconditioned")
     oracle = GPScore(process, kernel=gd.build({"kind": "matern52", "lengthscale": 0.4}))

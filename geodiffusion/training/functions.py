@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 FunctionWeighting = Literal["sigma2", "none"]
+FunctionMetric = Literal["euclidean", "kernel"]
 # the experiments' name for derive_seed (the same streams: it always was the same function)
 derive_function_seed = derive_seed
 
@@ -63,6 +64,7 @@ def function_dsm_loss(
     generator: torch.Generator | None = None,
     reduce: bool = True,
     antithetic: bool = False,
+    metric: FunctionMetric = "euclidean",
 ) -> Tensor:
     r"""DSM loss :math:`\lambda(t) \| o_\theta(t, x, y_t) - T \|^2 / (Nd)` of ``values [B, N, d]`` at
     ``inputs [B, N, m]``, averaged over the batch (``reduce``) or per function ``[B]``; times
@@ -72,7 +74,16 @@ def function_dsm_loss(
     ``antithetic``: each function's term is the mean over :math:`\pm\xi` at one :math:`t`
     (:math:`y_t^\pm = \mu_t \pm \sigma_t L\xi`, targets :math:`\pm T(\xi)`, :math:`T` linear): the same
     expectation, but the gradient's :math:`O(1/\sigma_t)` noise term, odd in :math:`\xi` and dominant at small
-    :math:`t`, cancels. Two network evaluations per function."""
+    :math:`t`, cancels. Two network evaluations per function.
+
+    ``metric="kernel"`` measures the error of the score :math:`\delta s` that the output stands for in the norm
+    :math:`\delta s^\top K \delta s` of the likelihood bound (:math:`\tfrac12\int\beta\,\mathbb{E}\,\delta s^\top K
+    \delta s\,dt`) instead of the output's own Euclidean norm: :math:`\|L^{-1}\delta o\|^2` for K-preconditioned
+    outputs, :math:`\|L^\top \delta o\|^2` for plain ones, and unchanged for ``st_preconditioned`` (already
+    whitened). The minimiser is the same score; what changes is which errors cost most. With a white-noise term
+    in :math:`K`, K-preconditioned errors along rough functions cost :math:`1/\text{(its variance)}` times more."""
+    if metric not in ("euclidean", "kernel"):
+        raise ValueError(f"metric: expected 'euclidean' or 'kernel', got {metric!r}")
     if not isinstance(process, OUGaussianProcess):
         raise ValueError(f"process: expected an OUGaussianProcess, got {type(process).__name__}")
     check_finite("values", values)
@@ -101,7 +112,14 @@ def function_dsm_loss(
         y_t, target = torch.cat([y_t, 2 * mean - y_t]), torch.cat([target, -target])
         t, inputs = torch.cat([t, t]), torch.cat([inputs, inputs])
     out = model(t, y_t, inputs=inputs)
-    losses = function_dsm_weight(process, t, weighting) * ((out - target) ** 2).flatten(1).mean(-1)
+    error = out - target
+    kind = process.spec.parametrisation
+    if metric == "kernel" and kind != "st_preconditioned":
+        whiten = factor.sqrt_solve if kind == "kernel_preconditioned" else factor.sqrt_t_matvec
+        # an antithetic pair's halves share the factor: [2, B, N, d] broadcasts against its [B, Nd, Nd]
+        pairs = error.reshape((2 if antithetic else 1, batch) + error.shape[1:])
+        error = whiten(pairs).reshape(error.shape).to(out.dtype)
+    losses = function_dsm_weight(process, t, weighting) * (error**2).flatten(1).mean(-1)
     if antithetic:
         losses = 0.5 * (losses[:batch] + losses[batch:])
     return losses.mean() if reduce else losses
@@ -164,6 +182,9 @@ class FunctionTrainingSpec(LRScheduleSpec):
     weighting: FunctionWeighting = Field("sigma2", description="lambda(t): sigma_t^2 or 1")
     antithetic: bool = Field(
         False, description="OU-GP DSM: average each function's loss over +xi and -xi (cancels the O(1/sigma_t) gradient noise)"
+    )
+    metric: FunctionMetric = Field(
+        "euclidean", description="OU-GP DSM: norm of the error, the output's own or the likelihood bound's K-norm of the score"
     )
     eps: float = Field(1e-3, ge=0, description="times are drawn from U[eps, T]")
     min_points: int | None = Field(
@@ -260,6 +281,7 @@ class FunctionTrainer(TrainerBase):
             weighting=s.weighting,
             generator=self.noise_generator,
             antithetic=s.antithetic,
+            metric=s.metric,
         )
 
     def _distributed_model(self, ddp: nn.Module) -> RankSlicedScore:
