@@ -518,13 +518,14 @@ def test_sphere_tracks_slerp_baseline_is_exact_on_great_circles_and_frechet_mean
     assert float(sphere.log(m.expand(4, 3), cloud).mean(0).norm()) < 1e-10
 
 
-def test_gp_1d_plots_jump_data_with_their_own_langevin_step_and_validates_it():
+def test_gp_1d_plots_with_a_langevin_step_per_dataset_and_validates_it():
     cls = gd.registry(Experiment)["gp-1d"]
     experiment = cls(cls.resolve_spec({}))
     assert experiment.plot_sampler("step").psi == 1.0 and experiment.plot_sampler("sawtooth").psi == 1.0
-    assert experiment.plot_sampler("se").psi == 10.0 == experiment.spec.sampler.psi
+    assert experiment.plot_sampler("se").psi == 1.0 and experiment.spec.sampler.psi == 10.0
     custom = cls(cls.resolve_spec({"langevin_psi": {"se": 2.0, "step": 10.0}}))  # merged over the defaults
     assert custom.plot_sampler("se").psi == 2.0 and custom.plot_sampler("step").psi == 10.0
+    assert custom.plot_sampler("matern52").psi == 1.0
     assert custom.plot_sampler("sawtooth").psi == 1.0
     # a sampler without a Langevin step is used as it is
     replacement = cls(cls.resolve_spec({}, quick=True))
