@@ -107,15 +107,15 @@ def main(argv: list[str] | None = None) -> None:
             f"  t = {t0:g}: |o_theta - o|^2 / |o|^2 = {float(error.mean() / norm.mean()):.3f}, "
             f"its DSM loss share {share:.2e} against the floor {float(floor):.4f}"
         )
+    # the split as the experiment evaluates it (float32), for parts 4 and 5
+    xc, yc, xt, yt = tx[:, :n_c].float(), ty[:, :n_c].float(), tx[:, n_c:].float(), ty[:, n_c:].float()
     if args.likelihood:
-        xc, yc, xt, yt = tx[:, :n_c].float(), ty[:, :n_c].float(), tx[:, n_c:].float(), ty[:, n_c:].float()
         ll = experiment._conditional_ll(model, process, xc, yc, xt, yt, args.dataset, "interpolation")
         print(
             f"interpolation log-likelihood of the EMA network: {ll['ll']:.4f} (exact GP {exact / spec.n_target:.4f}); "
             f"{ll['diverged']} of {spec.n_test} flows diverged and are left out of the mean"
         )
     if args.split_at:
-        xc, yc, xt, yt = tx[:, :n_c].float(), ty[:, :n_c].float(), tx[:, n_c:].float(), ty[:, n_c:].float()
         print(f"interpolation log-likelihood of hybrid scores (exact GP {exact / spec.n_target:.4f}):")
         for tau in args.split_at:
             for below, above in (("exact", "network"), ("network", "exact")):

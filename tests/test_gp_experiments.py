@@ -290,7 +290,6 @@ def test_tiny_gp_1d_run_reports_model_baseline_and_exact_gp_likelihoods(tmp_path
     capsys.readouterr()
     with pytest.raises(ValueError, match="dataset: expected one of the run's datasets"):
         replot["main"](["--run", str(tmp_path), "--dataset", "matern52"])
-    experiment = cls(spec)
     with pytest.raises(ValueError, match="split: expected one of"):
         experiment.test_functions("se", "extrapolation")
     with pytest.raises(ValueError, match="which: expected 'model' or 'baseline'"):
@@ -457,6 +456,8 @@ def test_riemannian_function_dsm_of_the_exact_score_of_a_point_mass_is_zero_and_
     assert sum(history[-10:]) < sum(history[:10])
     with pytest.raises(ValueError, match="antithetic"):
         FunctionTrainer(model, process, x, y, {"steps": 4, "batch_size": 8, "antithetic": True})
+    with pytest.raises(ValueError, match="metric: 'kernel'"):
+        FunctionTrainer(model, process, x, y, {"steps": 4, "batch_size": 8, "metric": "kernel"})
 
 
 def test_tiny_sphere_tracks_run_samples_on_the_sphere(tmp_path):

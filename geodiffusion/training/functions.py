@@ -237,6 +237,8 @@ class FunctionTrainer(TrainerBase):
             )
         if spec.antithetic and self._manifold is not None:
             raise ValueError("antithetic: pairs +xi and -xi of the OU-GP transition; Brownian motion on a manifold has none")
+        if spec.metric == "kernel" and self._manifold is not None:
+            raise ValueError("metric: 'kernel' is the OU-GP limit's K-norm; Brownian motion on a manifold has no K")
         if spec.min_points is not None and spec.min_points > values.shape[1]:
             raise ValueError(f"min_points ({spec.min_points}) exceeds the {values.shape[1]} points per function")
         dtype = self._trainable_parameters(model)[0].dtype
