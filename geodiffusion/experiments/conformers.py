@@ -140,8 +140,9 @@ class _GraphDiffusionSpec(ExperimentSpec):
             "corrector_steps": 1,
             "cg_iterations": 10,
         },
-        description="projection-free sampler (100 steps: the paper's setting). 10 CGLS iterations: truncated CG regularises "
-        "J^+ (measured with an exact per-edge score: mean edge error 0.057 A at 10 iterations vs 1.66 A at 100 in float32)",
+        description="projection-free sampler (100 steps: the paper's setting). 10 CGLS iterations: with an exact per-edge "
+        "score as many samples land within 0.5 A as with 100 (75.8%, 48 molecules x 8 seeds) at 1/7 of the time "
+        "(scripts/oracle_recovery.py --molecules 48 --rows default,cg100)",
     )
     dtype: Literal["float32", "float64"] = Field("float32", description="dtype of model and sampling")
     sample_chunk: int = Field(2000, ge=1, description="graphs sampled together in one batch")
