@@ -102,10 +102,13 @@ def test_max_hops_joins_every_pair_within_that_many_bonds():
     base, _ = extend_graph(9, chain)
     five, types = extend_graph(9, chain, max_hops=5)
     assert set(map(tuple, five.T.tolist())) == {(i, j) for i in range(9) for j in range(i + 1, 9) if j - i <= 5}
-    assert bool((types[hop(five) > 3] == EDGE_TYPES.index("radius")).all())
+    far_type = {4: EDGE_TYPES.index("hop4"), 5: EDGE_TYPES.index("hop5")}
+    assert [far_type.get(h, t) for h, t in zip(hop(five).tolist(), types.tolist(), strict=True)] == types.tolist()
+    assert int((types == EDGE_TYPES.index("hop5")).sum()) == 4
     assert set(map(tuple, base.T.tolist())) <= set(map(tuple, five.T.tolist())) and int(hop(base).max()) == 4
-    full, _ = extend_graph(9, chain, max_hops=None)
+    full, full_types = extend_graph(9, chain, max_hops=None)
     assert torch.equal(full, complete_graph(9))
+    assert bool((full_types[hop(full) >= 6] == EDGE_TYPES.index("hop6+")).all())
     # relabelling the atoms relabels the graph
     perm = torch.randperm(9, generator=torch.Generator().manual_seed(0))
     inverse = torch.argsort(perm)

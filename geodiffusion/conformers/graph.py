@@ -10,7 +10,8 @@ Layout of a graph (:class:`torch_geometric.data.Data`; :class:`~torch_geometric.
 
 - ``edge_index [2, E]``: each undirected edge **once, canonical** ``i < j`` (distances, distance scores and
   the diffusion state live on these ``E`` edges; message passing adds the reverse direction itself);
-- ``edge_type [E]``: index into :data:`EDGE_TYPES` (bond type / 2-hop / 3-hop / radius), ``edge_attr [E, 7]`` its one-hot;
+- ``edge_type [E]``: index into :data:`EDGE_TYPES` (bond type / 2-hop / 3-hop / radius / 4-, 5-, 6+-hop),
+  ``edge_attr [E, 10]`` its one-hot;
 - ``x [N, F]`` node features (:data:`ATOM_TYPES` one-hot, aromatic flag, formal charge -1/0/+1 one-hot),
   ``atom_type [N]``; ``pos [N, 3]`` when coordinates are known.
 """
@@ -37,12 +38,13 @@ __all__ = [
     "edge_vectors",
 ]
 
-EDGE_TYPES: tuple[str, ...] = ("single", "double", "triple", "aromatic", "hop2", "hop3", "radius")
-"""Edge type names; ``edge_type`` indexes this tuple."""
+EDGE_TYPES: tuple[str, ...] = ("single", "double", "triple", "aromatic", "hop2", "hop3", "radius", "hop4", "hop5", "hop6+")
+"""Edge type names; ``edge_type`` indexes this tuple. ``hop4`` to ``hop6+`` type the pairs ``max_hops`` > 3 adds."""
 ATOM_TYPES: tuple[int, ...] = (1, 6, 7, 8, 9, 15, 16, 17, 35, 53)
 """Atomic numbers with their own one-hot slot; any other element shares one extra slot."""
 NODE_FEATURES = len(ATOM_TYPES) + 1 + 1 + 3
-HOP2, HOP3, RADIUS = 4, 5, 6
+HOP2, HOP3, RADIUS, HOP4 = 4, 5, 6, 7
+_FAR_TYPES = 3  # hop4, hop5, hop6+
 Completion = Literal["hops", "radius"]
 
 
@@ -77,8 +79,8 @@ def extend_graph(
     edges (6) until each node has degree :math:`\ge \min(\text{min\_degree}, N - 1)`. ``completion="hops"``
     measures the radius in bonds and needs a connected bond graph; ``"radius"`` measures it in space and needs ``pos``.
     ``max_hops`` > 3 also joins every pair at most that many bonds apart (``None``: every connected pair), typed
-    radius (long range): denser graphs leave the per-edge reverse dynamics fewer wrong local optima
-    (``scripts/oracle_recovery.py``).
+    by bond-path length (7: 4 bonds, 8: 5, 9: 6 or more), whose distance laws differ: denser graphs leave the
+    per-edge reverse dynamics fewer wrong local optima (``scripts/oracle_recovery.py``).
     """
     if num_nodes < 2:
         raise ValueError(f"a distance graph needs at least 2 nodes, got {num_nodes}")
@@ -123,7 +125,7 @@ def extend_graph(
         limit = float("inf") if max_hops is None else float(max_hops)
         far = torch.triu((hops > 3) & (hops <= limit), diagonal=1).nonzero().T
         pairs.append(far)
-        types.append(torch.full_like(far[0], RADIUS))
+        types.append(HOP4 + (hops[far[0], far[1]].long() - 4).clamp_max(_FAR_TYPES - 1))
     edge_index, edge_type = _merge(pairs, types, num_nodes)
 
     # radius completion: every deficient node joins all non-neighbours within its k-th smallest radius
