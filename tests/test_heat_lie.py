@@ -78,23 +78,7 @@ def _off_walls(theta):
 
 def su3_paths(theta, t):
     """Sum over the coroot lattice of SU(3) at high precision, eigenangles theta (sum zero), no pairing."""
-    with mp.workdps(100):
-        return +_su3_paths(theta, t)
-
-
-def _su3_paths(theta, t):
-    t = mp.mpf(t)
-    th = _off_walls(theta)
-    total = mp.mpf(0)
-    M = 4
-    for m1, m2 in itertools.product(range(-M, M + 1), repeat=2):
-        h = [th[0] + 2 * mp.pi * m1, th[1] + 2 * mp.pi * m2, th[2] - 2 * mp.pi * (m1 + m2)]
-        f = mp.mpf(1)
-        for j, k in itertools.combinations(range(3), 2):
-            a = h[j] - h[k]
-            f *= a / (2 * mp.sin(a / 2))
-        total += f * mp.exp(-(h[0] ** 2 + h[1] ** 2 + h[2] ** 2) / (2 * t))
-    return (2 * mp.pi * t) ** -4 * mp.exp(mp.mpf(2) * t / 2) * total  # |rho|^2 = 2, dim 8
+    return mp.exp(sun_paths(theta, t, 3, reach=4))
 
 
 def su3_chars(theta, t, rows=60):

@@ -131,3 +131,20 @@ def test_sin_activation_builds_every_kind_of_mlp_with_it():
     out = model(torch.full((5,), 0.3), x0)
     # a tangent vector field: orthogonal to the point
     assert float((out * x0).sum(-1).abs().max()) < 1e-5
+
+
+def test_building_a_tangent_mlp_draws_only_its_weights_from_the_global_rng(monkeypatch):
+    """The complex-or-real probe of the manifold uses its own generator: a model built under torch.manual_seed(s)
+    has the weights any other user of that seed would expect, whatever the manifold's sampler draws."""
+    from geodiffusion.manifolds.sphere import Sphere
+
+    calls = []
+    original = Sphere.random_point
+
+    def spy(self, n, generator=None, **kwargs):
+        calls.append(generator)
+        return original(self, n, generator, **kwargs)
+
+    monkeypatch.setattr(Sphere, "random_point", spy)
+    gd.build({"kind": "tangent_mlp", "manifold": {"kind": "sphere", "dim": 2}}, gd.ScoreModel)
+    assert calls and all(g is not None for g in calls)

@@ -73,7 +73,8 @@ class TangentMLP(ScoreModel, kind="tangent_mlp"):
         if self.process is not None and not callable(getattr(self.process, "sigma", None)):
             raise ValueError(f"process: {type(self.process).__name__} has no sigma(t) to precondition by")
         # complex points (SU(n)) enter and leave the network as real and imaginary parts
-        self._complex = self.manifold.random_point(1).is_complex()
+        # (a private generator: building a model must not move the global RNG that seeds its weights)
+        self._complex = self.manifold.random_point(1, torch.Generator().manual_seed(0)).is_complex()
         n_ambient = math.prod(self.manifold.point_shape) * (2 if self._complex else 1)
         width = (2 * n_ambient if s.features == "angles" else n_ambient) + s.time_embedding_dim
         self.time_embedding = SinusoidalTimeEmbedding(s.time_embedding_dim)
