@@ -344,7 +344,9 @@ class GP1DExperiment(_FunctionExperiment, kind="gp-1d"):
         from matplotlib.figure import Figure
 
         s = self.spec
-        grid = torch.linspace(-2.5, 2.5, 60, dtype=dtype, device=device).unsqueeze(-1)
+        # context plus grid make a set of n_points, the largest the network trained on
+        n_grid = max(s.n_points - xc.shape[0], s.n_target)
+        grid = torch.linspace(-2.5, 2.5, n_grid, dtype=dtype, device=device).unsqueeze(-1)
         gen = torch.Generator().manual_seed(derive_function_seed(s.seed, "plot", name))
         samples = self._conditional_samples(model, process, grid, xc, yc, gen, self.plot_sampler(name))
         g = grid[:, 0].cpu().double()
