@@ -188,6 +188,33 @@ def test_langevin_conditional_reproduces_exact_gp_posterior_and_replacement_does
     assert z_mean_replacement > 10, z_mean_replacement
 
 
+def test_conditional_preconditioner_samples_a_rougher_data_gp_between_close_context_points():
+    """gp-1d's setting: SE data of lengthscale 0.25 and noise variance 0.0025, noised towards SE 0.5 plus white
+    noise 0.05, targets beside two context points 0.25 apart. Preconditioned by K(x*, x*), a Langevin step along
+    the smooth directions those points pin down is far stiffer than gamma allows: psi = 10 overflows (and psi = 1
+    does not mix, z ~ 10). Preconditioned by K(x*, x* | x_c) the default psi = 10 lands on the exact posterior."""
+    process = OUGaussianProcess(kernel=NOISY_SE)
+    rough = [{"kind": "squared_exponential", "lengthscale": 0.25}, {"kind": "white_noise", "variance": 0.0025}]
+    data = gd.build({"kind": "kernel_sum", "kernels": rough}, gd.Kernel)
+    oracle = GPScore(process, kernel=data)
+    x_context = torch.tensor([[-1.15], [-0.9], [0.75]], dtype=F64)
+    y_context = torch.tensor([[0.75], [1.2], [-0.3]], dtype=F64)
+    x_target = torch.tensor([[-1.05], [-0.8], [0.0]], dtype=F64)
+    mean, cov = oracle.posterior(x_context, y_context, x_target)
+    kwargs = dict(context_inputs=x_context, context_values=y_context, n_samples=2000)
+
+    def z_scores(preconditioner: str) -> tuple[float, float]:
+        sampler = LangevinConditional(preconditioner=preconditioner)
+        try:
+            samples = sampler.sample(oracle, process, x_target, generator=torch.Generator().manual_seed(0), **kwargs)
+        except FloatingPointError:
+            return math.inf, math.inf
+        return moment_z_scores(samples, mean, cov)
+
+    assert max(z_scores("conditional")) < 4.5
+    assert min(z_scores("kernel")) > 100
+
+
 def test_moment_z_scores_pass_exact_gaussian_draws_flag_a_shift_and_reject_bad_shapes():
     gen = torch.Generator().manual_seed(0)
     cov = torch.tensor([[1.0, 0.6], [0.6, 2.0]], dtype=F64)

@@ -523,10 +523,11 @@ def test_gp_1d_plots_with_a_langevin_step_per_dataset_and_validates_it():
     cls = gd.registry(Experiment)["gp-1d"]
     experiment = cls(cls.resolve_spec({}))
     assert experiment.plot_sampler("step").psi == 1.0 and experiment.plot_sampler("sawtooth").psi == 1.0
-    assert experiment.plot_sampler("se").psi == 1.0 and experiment.spec.sampler.psi == 10.0
+    assert experiment.plot_sampler("se").psi == 10.0 and experiment.spec.sampler.psi == 10.0
+    assert experiment.plot_sampler("se").preconditioner == "conditional"
     custom = cls(cls.resolve_spec({"langevin_psi": {"se": 2.0, "step": 10.0}}))  # merged over the defaults
     assert custom.plot_sampler("se").psi == 2.0 and custom.plot_sampler("step").psi == 10.0
-    assert custom.plot_sampler("matern52").psi == 1.0
+    assert custom.plot_sampler("matern52").psi == 10.0
     assert custom.plot_sampler("sawtooth").psi == 1.0
     # a sampler without a Langevin step is used as it is
     replacement = cls(cls.resolve_spec({}, quick=True))

@@ -227,10 +227,9 @@ class GP1DExperiment(_FunctionExperiment, kind="gp-1d"):
             {"kind": "langevin_conditional"}, description="conditional sampler of the posterior plots"
         )
         langevin_psi: dict[ScalarFunction, Annotated[float, Field(gt=0)]] = Field(
-            {name: 1.0 for name in SCALAR_FUNCTIONS},
-            description="Langevin step psi of the plots per dataset, where the sampler is langevin_conditional: the "
-            "sharp small-t scores of jump data, and those of K-norm-trained networks on SE data, diverge at the "
-            "sampler's default psi = 10 (docs/results.rst)",
+            {"sawtooth": 1.0, "step": 1.0},
+            description="Langevin step psi of the plots per dataset, where the sampler is langevin_conditional (others: "
+            "the sampler's psi): the sharp small-t scores of jump data diverge at the default psi = 10 (docs/results.rst)",
         )
         training: FunctionTrainingSpec = Field(
             FunctionTrainingSpec(steps=4000, batch_size=32, lr=1e-3, ema_decay=0.995, min_points=5, metric="kernel"),
