@@ -203,8 +203,8 @@ def test_conditional_preconditioner_samples_a_rougher_data_gp_between_close_cont
     mean, cov = oracle.posterior(x_context, y_context, x_target)
     kwargs = dict(context_inputs=x_context, context_values=y_context, n_samples=2000)
 
-    def z_scores(preconditioner: str) -> tuple[float, float]:
-        sampler = LangevinConditional(preconditioner=preconditioner)
+    def z_scores(preconditioner: str, psi: float = 10.0) -> tuple[float, float]:
+        sampler = LangevinConditional(preconditioner=preconditioner, psi=psi)
         try:
             samples = sampler.sample(oracle, process, x_target, generator=torch.Generator().manual_seed(0), **kwargs)
         except FloatingPointError:
@@ -213,6 +213,7 @@ def test_conditional_preconditioner_samples_a_rougher_data_gp_between_close_cont
 
     assert max(z_scores("conditional")) < 4.5
     assert min(z_scores("kernel")) > 100
+    assert z_scores("kernel", psi=1.0)[0] > 6
 
 
 def test_moment_z_scores_pass_exact_gaussian_draws_flag_a_shift_and_reject_bad_shapes():
