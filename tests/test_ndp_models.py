@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 import geodiffusion as gd
@@ -130,11 +131,15 @@ def test_translation_invariant_bidim_attention_ignores_shifts_of_the_inputs_and_
         check_equivariant(lambda v: plain(t, v), invariant.group, z, output="vector")
 
 
-def test_relative_bias_enters_each_head_of_the_attention_across_points():
+@pytest.mark.parametrize("frequencies", [0, 3])
+def test_relative_bias_enters_each_head_of_the_attention_across_points(frequencies):
     """The pair bias beta_{lh}(x_ik - x_jk) is added to head h's logits of layer l, for sequence (b, k): checked
-    against attention written out by hand, per batch item, input dimension and head."""
+    against attention written out by hand, per batch item, input dimension and head; with Fourier features the
+    MLP reads [D, cos(w D), sin(w D)]."""
     torch.manual_seed(0)
-    model = BiDimensionalAttention(input_dim=2, output_dim=1, hidden=8, heads=2, layers=2, n_points=4, relative_bias=6)
+    model = BiDimensionalAttention(
+        input_dim=2, output_dim=1, hidden=8, heads=2, layers=2, n_points=4, relative_bias=6, relative_bias_frequencies=frequencies
+    )
     model = model.double()
     x, y = _pairs(3, 4, 2, 1, dtype=torch.float64)
     t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
@@ -142,7 +147,12 @@ def test_relative_bias_enters_each_head_of_the_attention_across_points():
     z = model.embed(torch.cat([x.unsqueeze(-1), y.unsqueeze(2).expand(3, 4, 2, 1)], -1))
     z = z + block.time(model.time_embedding(t))[:, None, None, :]
     diff = x.unsqueeze(2) - x.unsqueeze(1)  # [b, i, j, k]
-    beta = model.pair_bias(diff.unsqueeze(-1))[..., :heads]  # layer 0's heads
+    features = [diff.unsqueeze(-1)]
+    if frequencies:
+        w = model.pair_frequencies
+        assert w.requires_grad and w.shape == (frequencies,)
+        features += [torch.cos(diff.unsqueeze(-1) * w), torch.sin(diff.unsqueeze(-1) * w)]
+    beta = model.pair_bias(torch.cat(features, -1))[..., :heads]  # layer 0's heads
     att = block.across_points
     q, k, v = (
         nn.functional.linear(z, w, bb) for w, bb in zip(att.in_proj_weight.chunk(3), att.in_proj_bias.chunk(3), strict=True)
@@ -161,6 +171,8 @@ def test_relative_bias_enters_each_head_of_the_attention_across_points():
     # permutations of the points and of the input dimensions keep their symmetries
     check_equivariant(lambda w: model(t, w), Permutations(n=4), torch.cat([x, y], -1), output="vector")
     torch.testing.assert_close(model(t, y, inputs=x[..., [1, 0]]), model(t, y, inputs=x), atol=1e-12, rtol=0)
+    with pytest.raises(ValidationError, match="relative_bias_frequencies"):
+        BiDimensionalAttention(relative_bias_frequencies=2)
 
 
 @pytest.mark.parametrize("parametrisation", ["kernel_preconditioned", "plain", "st_preconditioned"])

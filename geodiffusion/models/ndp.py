@@ -17,7 +17,7 @@ from abc import abstractmethod
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from geodiffusion._random import randn
@@ -210,7 +210,10 @@ class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
     With ``relative_bias`` every block's attention across points adds :math:`\beta_{\ell h}(x_{ik} - x_{jk})`, a
     learned function of the input differences per layer :math:`\ell` and head :math:`h`, to its logits: weights
     that can follow a stationary kernel's shape, as the score of a stationary GP's marginals needs
-    (:math:`K \Sigma_t^{-1}` is a stationary smoother on the inputs).
+    (:math:`K \Sigma_t^{-1}` is a stationary smoother on the inputs). With ``relative_bias_frequencies`` = K its MLP
+    reads :math:`[\Delta, \cos \omega_k \Delta, \sin \omega_k \Delta]_{k \le K}` of :math:`\Delta = x_{ik} - x_{jk}`, with learned
+    :math:`\omega_k` (initially log-spaced in [1, 64]): a periodic kernel's weights repeat over many periods, which
+    a small MLP of :math:`\Delta` alone does not draw.
     """
 
     class Spec(_FunctionSpec):
@@ -224,6 +227,15 @@ class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
         relative_bias: int = Field(
             0, ge=0, description="width of the MLP of x_i - x_j whose output biases the attention across points (0: none)"
         )
+        relative_bias_frequencies: int = Field(
+            0, ge=0, description="learned frequencies of the relative bias's Fourier features of x_i - x_j (0: none)"
+        )
+
+        @model_validator(mode="after")
+        def _frequencies_need_a_bias(self):
+            if self.relative_bias_frequencies and not self.relative_bias:
+                raise ValueError("relative_bias_frequencies: needs relative_bias > 0 (the MLP that reads the features)")
+            return self
 
     @classmethod
     def examples(cls):
@@ -233,6 +245,9 @@ class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
             cls.Spec(hidden=8, heads=2, layers=1, n_points=4, translation_invariant=True),
             cls.Spec(hidden=8, heads=2, layers=2, n_points=4, relative_bias=8),
             cls.Spec(hidden=8, heads=2, layers=1, n_points=4, translation_invariant=True, relative_bias=4),
+            cls.Spec(
+                hidden=8, heads=2, layers=1, n_points=4, translation_invariant=True, relative_bias=4, relative_bias_frequencies=3
+            ),
         ]
 
     def __init__(self, spec=None, /, **fields) -> None:
@@ -246,7 +261,9 @@ class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
         )
         self.blocks = nn.ModuleList(_BiDimensionalBlock(s.hidden, s.heads) for _ in range(s.layers))
         self.head = nn.Sequential(nn.Linear(s.hidden, s.hidden), nn.GELU(), nn.Linear(s.hidden, s.output_dim))
-        self.pair_bias = mlp(1, s.relative_bias, 2, s.layers * s.heads, "gelu") if s.relative_bias else None
+        k = s.relative_bias_frequencies
+        self.pair_bias = mlp(1 + 2 * k, s.relative_bias, 2, s.layers * s.heads, "gelu") if s.relative_bias else None
+        self.pair_frequencies = nn.Parameter(torch.exp(torch.linspace(0.0, math.log(64.0), k))) if k else None
         if s.translation_invariant:
             translations = {"kind": "translation", "dim": s.input_dim, "action": "point_cloud"}
             self._group: Group = FieldGraphGroup(group=translations, output="invariant", output_dim=s.output_dim)
@@ -268,7 +285,11 @@ class BiDimensionalAttention(FunctionScoreModel, kind="bidim_attention"):
         if self.pair_bias is not None:
             heads = self.spec.heads
             diff = (inputs.unsqueeze(2) - inputs.unsqueeze(1)).permute(0, 3, 1, 2)  # [b, d, n, n]: x_ik - x_jk
-            bias = self.pair_bias(diff.unsqueeze(-1))  # [b, d, n, n, layers * heads]
+            features = diff.unsqueeze(-1)
+            if self.pair_frequencies is not None:
+                angles = features * self.pair_frequencies
+                features = torch.cat([features, torch.cos(angles), torch.sin(angles)], -1)
+            bias = self.pair_bias(features)  # [b, d, n, n, layers * heads]
             # attention's float mask is [batch * heads, n, n], batch-major over the (b, d) sequences
             bias = bias.reshape(b, d, n, n, len(self.blocks), heads).permute(4, 0, 1, 5, 2, 3)
             biases = list(bias.reshape(len(self.blocks), b * d * heads, n, n))
