@@ -4,6 +4,8 @@ corrector's step size, chirality matching, and the conformers-qm9 / skeletons ex
 from __future__ import annotations
 
 import json
+import runpy
+from pathlib import Path
 
 import pytest
 import torch
@@ -244,6 +246,10 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     assert metrics["n_val_molecules"] == 3 and metrics["val_best_step"] in (10, 20)
     assert metrics["sampled_step"] == metrics["val_best_step"] and metrics["val_loss_best"] <= metrics["val_loss_final"]
     assert selected == [(metrics["val_best_step"], metrics["val_loss_best"])]  # select="best_val" sampled with them
+    # the blow-up tracer reloads the sampled network from the run folder and samples with its sampler
+    tracer = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "conformer_blowups.py"))
+    counts = tracer["main"](["--run", str(tmp_path), "--molecules", "0", "1", "--copies", "2"])
+    assert counts["samples"] == 4 and 0 <= counts["blown"] <= 4
     with pytest.raises(ValidationError, match="max_hops"):
         ConformersQM9Experiment.resolve_spec({"max_hops": 2}, quick=True)
     with pytest.raises(ValidationError, match="n_val"):
