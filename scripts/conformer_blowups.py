@@ -8,8 +8,8 @@ JSON changed), and records at every step each sample's largest preconditioned ne
 or with an edge longer than ``--max-distance`` A. For each blown sample (up to ``--show``) it prints the first step
 where :math:`|n_\\theta|` > 20, with that edge's type and length.
 
-    python scripts/conformer_blowups.py --run runs/conformers-qm9-hops5_eu-20k --molecules 0 12 18 30 --copies 8
-    python scripts/conformer_blowups.py --run runs/conformers-qm9-hops5_eu-20k --sampler '{"corrector_steps": 3}'
+    python scripts/conformer_blowups.py --run runs/conformers-qm9-RUN --molecules 0 12 18 30 --copies 8
+    python scripts/conformer_blowups.py --run runs/conformers-qm9-RUN --sampler '{"corrector_steps": 3}'
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     sampler = build({**spec["sampler"], **json.loads(args.sampler)}, Sampler)
     test = load_conformers("test")
     chosen = args.molecules if args.molecules else list(range(min(24, len(test))))
+    if any(not 0 <= i < len(test) for i in chosen):
+        parser.error(f"--molecules: expected test-set indices in [0, {len(test)}), got {chosen}")
     graphs = [test[i].graph(max_hops=spec.get("max_hops", 3)) for i in chosen for _ in range(args.copies)]
     batch = Batch.from_data_list(graphs)
     n_graphs = len(graphs)

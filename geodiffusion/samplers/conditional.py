@@ -261,7 +261,7 @@ class _GPContext(_Context):
         schur = gram[k:, k:] - cross.mT @ cross
         schur = 0.5 * (schur + schur.mT)
         chol, info = torch.linalg.cholesky_ex(schur)
-        if int(info) > 0:
+        if bool((info > 0).any()):
             raise ValueError("preconditioner='conditional': K(x*, x*) given the context is not positive definite")
         return KernelFactor(self.inputs, schur, chol, self.n_target, self.d, self.target.dtype)
 
