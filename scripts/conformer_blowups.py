@@ -24,6 +24,7 @@ from torch_geometric.utils import scatter
 
 from geodiffusion.conformers.graph import EDGE_TYPES, edge_vectors
 from geodiffusion.data.conformers import load_conformers
+from geodiffusion.experiments.conformers import sample_graphs
 from geodiffusion.models.base import ScoreModel
 from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
@@ -54,25 +55,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if any(not 0 <= i < len(test) for i in chosen):
         parser.error(f"--molecules: expected test-set indices in [0, {len(test)}), got {chosen}")
     graphs = [test[i].graph(max_hops=spec.get("max_hops", 3)) for i in chosen for _ in range(args.copies)]
-    batch = Batch.from_data_list(graphs)
+    batch = Batch.from_data_list(graphs)  # the batch sample_graphs builds, for the edges' graphs and types
     n_graphs = len(graphs)
     edge_graph = batch.batch[batch.edge_index[0]]
     trace: list[tuple[torch.Tensor, torch.Tensor]] = []  # per step: preconditioned outputs and distances
 
-    def score(t, d, graph):
+    def traced(t, d, graph):
         out = model(t, d, graph=graph)
-        trace.append(((out * process.scale(t[edge_graph])).detach(), d.detach()))
+        trace.append((out * process.scale(t[edge_graph]), d))
         return out
 
-    with torch.no_grad():
-        x = sampler.sample(
-            score,
-            process,
-            (batch.num_nodes, 3),
-            graph=batch,
-            dtype=getattr(torch, spec.get("dtype", "float32")),
-            generator=torch.Generator().manual_seed(args.seed),
-        )
+    # the experiment's own sampling path, so the samples are drawn exactly as the run drew them
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    x = sample_graphs(sampler, traced, process, graphs, torch.Generator().manual_seed(args.seed), dtype)
     longest = scatter(edge_vectors(x, batch.edge_index)[1], edge_graph, 0, dim_size=n_graphs, reduce="max")
     blown = ~torch.isfinite(longest) | (longest > args.max_distance)
     molecules = sorted({chosen[g // args.copies] for g in blown.nonzero().flatten().tolist()})
