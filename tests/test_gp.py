@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 import geodiffusion as gd
 from geodiffusion.kernels import Matern52
-from geodiffusion.processes.gp import OUGaussianProcess
+from geodiffusion.processes.gp import OUGaussianProcess, gaussian_conditional
 from geodiffusion.samplers.conditional import (
     LangevinConditional,
     ReplacementConditional,
@@ -141,6 +141,27 @@ def test_gp_oracle_is_the_noised_data_gp_and_its_posterior_is_gaussian_condition
     mean_ref = -0.4 - cov_ref @ precision[3:, :3] @ (y[0, :3, 0] + 0.4)
     torch.testing.assert_close(cov_post, cov_ref, atol=1e-9, rtol=1e-9)
     torch.testing.assert_close(mean_post, mean_ref, atol=1e-9, rtol=1e-9)
+
+
+def test_gaussian_conditional_is_the_bivariate_formula_batched_and_accepts_the_joint_cholesky():
+    # N(0, [[s1^2, r s1 s2], [r s1 s2, s2^2]]): x2 | x1 has mean r s2/s1 x1 and variance s2^2 (1 - r^2)
+    s1 = torch.tensor([0.5, 1.0, 2.0], dtype=F64)
+    s2 = torch.tensor([1.5, 0.3, 1.0], dtype=F64)
+    r = torch.tensor([0.9, -0.4, 0.0], dtype=F64)
+    gram = torch.stack([torch.stack([s1**2, r * s1 * s2], -1), torch.stack([r * s1 * s2, s2**2], -1)], -2)
+    x1 = torch.tensor([[0.7], [-1.2], [3.0]], dtype=F64)
+    mean, cov = gaussian_conditional(gram, 1, x1)
+    torch.testing.assert_close(mean, r[:, None] * s2[:, None] / s1[:, None] * x1, atol=1e-14, rtol=1e-14)
+    torch.testing.assert_close(cov, (s2**2 * (1 - r**2))[:, None, None], atol=1e-14, rtol=1e-14)
+    # a larger joint: the leading block of the joint Cholesky factor is K_cc's, and the result is symmetric
+    a = torch.randn(7, 7, generator=torch.Generator().manual_seed(3), dtype=F64)
+    joint = a @ a.T + 0.1 * torch.eye(7, dtype=F64)
+    none, cov = gaussian_conditional(joint, 3, context_cholesky=torch.linalg.cholesky(joint)[:3, :3])
+    assert none is None and torch.equal(cov, cov.mT)
+    torch.testing.assert_close(cov, torch.linalg.inv(torch.linalg.inv(joint)[3:, 3:]), atol=1e-10, rtol=1e-10)
+    for n_context in (0, 7):
+        with pytest.raises(ValueError, match="n_context: expected 1 to 6"):
+            gaussian_conditional(joint, n_context)
 
 
 # --- conditional sampling -------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from geodiffusion.data.functions import (
 from geodiffusion.experiments.base import Experiment, ExperimentSpec, cached_json
 from geodiffusion.models.base import ScoreModel
 from geodiffusion.processes.base import Process
-from geodiffusion.processes.gp import OUGaussianProcess
+from geodiffusion.processes.gp import OUGaussianProcess, gaussian_conditional
 from geodiffusion.registry import build
 from geodiffusion.samplers.base import Sampler
 from geodiffusion.samplers.conditional import ConditionalSampler, ReplacementConditional, conditional_log_likelihood
@@ -86,12 +86,8 @@ def gp_conditional_log_likelihood(
     x = torch.cat([context_inputs, inputs], -2).to(torch.float64)
     gram = kernel.gram(x)
     gram = gram + 1e-9 * torch.eye(gram.shape[-1], dtype=torch.float64)
-    k_cc, k_tc, k_tt = gram[..., :nc, :nc], gram[..., nc:, :nc], gram[..., nc:, nc:]
-    chol = torch.linalg.cholesky(k_cc)
-    yc = context_values.to(torch.float64).flatten(-2).unsqueeze(-1)
-    mean = (k_tc @ torch.cholesky_solve(yc, chol)).squeeze(-1)
-    cov = k_tt - k_tc @ torch.cholesky_solve(k_tc.mT, chol)
-    law = torch.distributions.MultivariateNormal(mean, covariance_matrix=0.5 * (cov + cov.mT))
+    mean, cov = gaussian_conditional(gram, nc, context_values.to(torch.float64).flatten(-2))
+    law = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
     return law.log_prob(values.to(torch.float64).flatten(-2))
 
 

@@ -28,7 +28,7 @@ from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
 from geodiffusion.spec import Spec, component_spec
 
-__all__ = ["OUGaussianProcess", "KernelFactor", "FullGaussian", "Parametrisation", "shared_inputs"]
+__all__ = ["OUGaussianProcess", "KernelFactor", "FullGaussian", "Parametrisation", "gaussian_conditional", "shared_inputs"]
 
 Parametrisation = Literal["plain", "kernel_preconditioned", "st_preconditioned"]
 
@@ -72,6 +72,26 @@ class KernelFactor:
     def logdet(self) -> Tensor:
         r""":math:`\log\det K` ``[...]``."""
         return 2 * torch.log(torch.diagonal(self.cholesky, dim1=-2, dim2=-1)).sum(-1)
+
+
+def gaussian_conditional(
+    gram: Tensor, n_context: int, residual: Tensor | None = None, context_cholesky: Tensor | None = None
+) -> tuple[Tensor | None, Tensor]:
+    r"""Given the first ``n_context`` coordinates of :math:`\mathcal{N}(0, K)`, ``gram`` :math:`K` ``[..., N, N]``:
+    the mean :math:`K_{*c} K_{cc}^{-1} r` of the rest (``None`` without ``residual`` :math:`r` ``[..., n_context]``)
+    and the covariance :math:`K_{**} - K_{*c} K_{cc}^{-1} K_{c*}`, symmetric, through the Cholesky factor of
+    :math:`K_{cc}` (``context_cholesky`` if known, e.g. the leading block of the joint factor)."""
+    k = n_context
+    if not 0 < k < gram.shape[-1]:
+        raise ValueError(f"n_context: expected 1 to {gram.shape[-1] - 1} of the {gram.shape[-1]} coordinates, got {k}")
+    chol = torch.linalg.cholesky(gram[..., :k, :k]) if context_cholesky is None else context_cholesky
+    cross = torch.linalg.solve_triangular(chol, gram[..., :k, k:], upper=False)  # L_cc^{-1} K_{c*}
+    cov = gram[..., k:, k:] - cross.mT @ cross
+    cov = 0.5 * (cov + cov.mT)
+    if residual is None:
+        return None, cov
+    whitened = torch.linalg.solve_triangular(chol, residual.unsqueeze(-1), upper=False)
+    return (cross.mT @ whitened).squeeze(-1), cov
 
 
 def shared_inputs(inputs: Tensor) -> Tensor:

@@ -38,7 +38,7 @@ from geodiffusion._random import randn
 from geodiffusion._validation import check_finite
 from geodiffusion.manifolds.base import Manifold
 from geodiffusion.processes.base import Process
-from geodiffusion.processes.gp import FullGaussian, KernelFactor, OUGaussianProcess
+from geodiffusion.processes.gp import FullGaussian, KernelFactor, OUGaussianProcess, gaussian_conditional
 from geodiffusion.registry import Component
 from geodiffusion.samplers._progress import CountingScore
 from geodiffusion.samplers.ode import ODEOptions, log_likelihood
@@ -256,10 +256,7 @@ class _GPContext(_Context):
         if self.n_context == 0:
             return self.target
         k = self.n_context * self.d
-        gram = self.joint_factor.gram
-        cross = torch.linalg.solve_triangular(self.joint_factor.cholesky[:k, :k], gram[:k, k:], upper=False)
-        schur = gram[k:, k:] - cross.mT @ cross
-        schur = 0.5 * (schur + schur.mT)
+        _, schur = gaussian_conditional(self.joint_factor.gram, k, context_cholesky=self.joint_factor.cholesky[:k, :k])
         chol, info = torch.linalg.cholesky_ex(schur)
         if bool((info > 0).any()):
             raise ValueError("preconditioner='conditional': K(x*, x*) given the context is not positive definite")

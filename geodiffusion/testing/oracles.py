@@ -9,7 +9,7 @@ from torch import Tensor
 
 from geodiffusion.kernels.base import Kernel
 from geodiffusion.processes.base import LinearGaussianProcess
-from geodiffusion.processes.gp import OUGaussianProcess, shared_inputs
+from geodiffusion.processes.gp import OUGaussianProcess, gaussian_conditional, shared_inputs
 
 __all__ = ["GaussianScore", "GPScore", "moment_z_scores"]
 
@@ -110,12 +110,8 @@ class GPScore:
         :math:`\mu_* + K_{*c} K_{cc}^{-1}(y_c - \mu_c)`, :math:`K_{**} - K_{*c} K_{cc}^{-1} K_{c*}`."""
         nc = context_inputs.shape[-2] * self.kernel.output_dim
         gram = self._data_gram(torch.cat([context_inputs, inputs], -2))
-        k_cc, k_tc, k_tt = gram[..., :nc, :nc], gram[..., nc:, :nc], gram[..., nc:, nc:]
-        chol = torch.linalg.cholesky(k_cc)
-        resid = (context_values.to(torch.float64).flatten(-2) - self.data_mean).unsqueeze(-1)
-        mean = self.data_mean + (k_tc @ torch.cholesky_solve(resid, chol)).squeeze(-1)
-        cov = k_tt - k_tc @ torch.cholesky_solve(k_tc.mT, chol)
-        return mean, cov
+        shift, cov = gaussian_conditional(gram, nc, context_values.to(torch.float64).flatten(-2) - self.data_mean)
+        return self.data_mean + shift, cov
 
 
 def moment_z_scores(samples: Tensor, mean: Tensor, cov: Tensor) -> tuple[float, float]:
