@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from test_distributed import ROUND_OFF, WORLD, max_difference, run_workers, torchrun_env, trainer_state
+from test_distributed import DDP_GROUP, ROUND_OFF, WORLD, max_difference, run_workers, torchrun_env, trainer_state
 
 import geodiffusion as gd
 from geodiffusion.processes.bridges import DenoiserBridgeScore
@@ -52,6 +52,7 @@ def _worker(rank: int, port: int, root: str) -> None:
             dist.destroy_process_group()
 
 
+@DDP_GROUP
 def test_ddp_bridge_training_equals_one_process(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

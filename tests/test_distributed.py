@@ -24,6 +24,11 @@ from geodiffusion.training import Trainer, TrainingSpec, derive_seed, riemannian
 from geodiffusion.training.distributed import RankSlicedScore, batch_bounds, setup_distributed
 
 WORLD = 2
+# every test that starts gloo workers runs on one xdist worker (tox: --dist loadgroup): two such tests at once can
+# race for ports (free_port()'s pick against the other test's gloo sockets), and a rank that joins the wrong group
+# hangs, the suspected cause of a worker timeout seen once in CI
+DDP_GROUP = pytest.mark.xdist_group("ddp")
+pytestmark = DDP_GROUP
 # 31 = 16 + 15: uneven slices exercise the padded all-gather
 SPEC = {"batch_size": 31, "lr": 1e-2, "ema_decay": 0.9, "checkpoint_every": 3, "log_every": 2, "seed": 4}
 # float64 data and model: the only differences between the runs are summation orders (gradients summed over

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from test_distributed import ROUND_OFF, WORLD, run_workers, torchrun_env, trainer_state
+from test_distributed import DDP_GROUP, ROUND_OFF, WORLD, run_workers, torchrun_env, trainer_state
 
 import geodiffusion as gd
 from geodiffusion.conformers import point_cloud_graph
@@ -132,6 +132,7 @@ def ddp_runs(tmp_path_factory) -> Path:
     return root
 
 
+@DDP_GROUP
 @pytest.mark.parametrize("name", sorted(MAKERS))
 def test_ddp_step_equals_the_single_process_step_and_its_checkpoint_resumes_alone(ddp_runs, name):
     root = ddp_runs / name
