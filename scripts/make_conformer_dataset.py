@@ -15,9 +15,11 @@ Recipe per molecule (as close to GEOM's CREST ensembles as offline tools allow, 
    ``GetBestRMS`` (symmetry-aware); at most ``K`` conformers kept (``K`` = GEOM's CREST count for test
    molecules, ``cap_train`` for training molecules).
 
-Splits are by molecule: ``test`` = the GEOM-QM9 test list of GeoMol (``n_conformers`` = GEOM count), shuffled
-with seed 0; ``train``/``val`` = QM9-like NCI molecules from the rdkit wheel (C, N, O, F, neutral, <= 9 heavy
-atoms, one fragment) not in the test list, shuffled with seed 0, every 10th to ``val``.
+Splits are by molecule: ``test`` = the first ``TEST_POOL`` molecules of the GEOM-QM9 test list of GeoMol
+(``n_conformers`` = GEOM count), shuffled with seed 0; ``train_geom`` = the rest of that shuffled list, more training
+molecules drawn like the test ones (``cap_train`` conformers each); ``train``/``val`` = QM9-like NCI molecules from
+the rdkit wheel (C, N, O, F, neutral, <= 9 heavy atoms, one fragment) not in the test list, shuffled with seed 0,
+every 10th to ``val``.
 
 The run is resumable: finished molecules are cached one file per molecule under ``--work`` and the packed
 ``conformers_<split>.sdf.gz`` already in ``--out`` is read back, so a later run with a larger ``--n`` extends it.
@@ -25,6 +27,7 @@ Then ``--pack`` rewrites the SDF and ``manifest.json`` (counts, SHA-256 of the u
 
     python scripts/make_conformer_dataset.py --split test --n 250 --workers 2 --method xtb
     python scripts/make_conformer_dataset.py --split train --n 400 --workers 2 --method xtb
+    python scripts/make_conformer_dataset.py --split train_geom --n 500 --workers 2 --method xtb
     python scripts/make_conformer_dataset.py --pack
 """
 
@@ -51,7 +54,10 @@ SHARED = ROOT.parent / "shared" / "data" / "molecules" / "geomol_splits" / "qm9_
 BOHR_PER_ANGSTROM = 1.8897261254578281
 HARTREE_KCAL = 627.509474
 REF_SEED_BASE = 1
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "train_geom", "val", "test")
+# the test split may grow up to this many positions of the shuffled GEOM-QM9 list; train_geom takes the rest, so the
+# two never share a molecule however far either is extended
+TEST_POOL = 500
 
 
 def _rdkit():
@@ -106,7 +112,9 @@ def jobs(split: str) -> list[tuple[str, int]]:
     """The ordered molecule list of ``split``: (SMILES, cap on the number of conformers)."""
     tests = test_molecules()
     if split == "test":
-        return tests
+        return tests[:TEST_POOL]
+    if split == "train_geom":
+        return [(s, -1) for s, _ in tests[TEST_POOL:]]
     exclude = {c for c in (canonical(s) for s, _ in tests) if c}
     train, val = nci_molecules(exclude)
     return [(s, -1) for s in (train if split == "train" else val)]

@@ -3,6 +3,7 @@ corrector's step size, chirality matching, and the conformers-qm9 / skeletons ex
 
 from __future__ import annotations
 
+import itertools
 import json
 import runpy
 from pathlib import Path
@@ -77,13 +78,16 @@ def test_packaged_splits_verify_and_are_disjoint_by_molecule():
     test = load_conformers("test")
     train = load_conformers("train")
     val = load_conformers("val")
-    assert len(test) >= 200 and len(train) >= 300 and len(val) >= 30
-    canon = [{Chem.MolToSmiles(Chem.MolFromSmiles(e.smiles)) for e in split} for split in (train, val, test)]
-    assert not canon[0] & canon[1] and not canon[0] & canon[2] and not canon[1] & canon[2]
+    geom = load_conformers("train_geom")
+    assert len(test) >= 200 and len(train) >= 300 and len(val) >= 30 and len(geom) >= 400
+    canon = [{Chem.MolToSmiles(Chem.MolFromSmiles(e.smiles)) for e in split} for split in (train, val, test, geom)]
+    for i, j in itertools.combinations(range(4), 2):
+        assert not canon[i] & canon[j], (i, j)
     e = test[0]
     assert e.n_conformers <= e.cap and e.coordinates().shape == (e.n_conformers, e.n_atoms, 3)
     assert e.rel_energy_kcal[0] == 0.0 and list(e.rel_energy_kcal) == sorted(e.rel_energy_kcal)
-    assert all(x.method == "GFN2-xTB" for x in test + train + val)
+    assert all(x.method == "GFN2-xTB" for x in test + train + val + geom)
+    assert all(x.n_conformers <= x.cap == 10 for x in geom)
     assert all(a.GetAtomicNum() != 1 or a.GetDegree() == 1 for a in e.mol.GetAtoms())  # explicit H kept
     assert len(load_conformers("test", limit=3, max_atoms=15)) == 3
 
@@ -208,6 +212,7 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     assert "conformers-qm9" in gd.registry(gd.Experiment) and "skeletons" in gd.registry(gd.Experiment)
     spec = ConformersQM9Experiment.resolve_spec(
         {
+            "train_splits": ["train_geom", "train"],
             "n_train": 24,
             "n_test": 4,
             "n_val": 3,
@@ -254,6 +259,10 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
         ConformersQM9Experiment.resolve_spec({"max_hops": 2}, quick=True)
     with pytest.raises(ValidationError, match="n_val"):
         ConformersQM9Experiment.resolve_spec({"n_val": 0, "select": "best_val"}, quick=True)
+    with pytest.raises(ValidationError, match="train_splits: each split at most once"):
+        ConformersQM9Experiment.resolve_spec({"train_splits": ["train", "train"]}, quick=True)
+    with pytest.raises(ValidationError, match="train_splits"):
+        ConformersQM9Experiment.resolve_spec({"train_splits": ["test"]}, quick=True)
 
 
 def test_skeletons_quick_run_learns_bone_lengths(tmp_path):

@@ -225,6 +225,12 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
             TrainingSpec(steps=6000, batch_size=32, lr=1e-3, ema_decay=0.999, checkpoint_every=500, log_every=50),
             description="optimisation settings",
         )
+        train_splits: list[Literal["train", "train_geom"]] = Field(
+            ["train"],
+            min_length=1,
+            description="packaged splits to train on, concatenated in this order: 'train' (QM9-like NCI molecules) "
+            "and 'train_geom' (GEOM-QM9 list molecules beyond the test split's pool)",
+        )
         n_train: int | None = Field(None, ge=1, description="training molecules (None: all packaged)")
         n_test: int | None = Field(None, ge=1, description="test molecules (None: all packaged)")
         n_val: int | None = Field(
@@ -246,6 +252,8 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         def _batch(self):
             if self.n_train is not None and self.training.batch_size > self.n_train:
                 raise ValueError(f"training.batch_size ({self.training.batch_size}) exceeds n_train ({self.n_train})")
+            if len(set(self.train_splits)) != len(self.train_splits):
+                raise ValueError(f"train_splits: each split at most once, got {self.train_splits}")
             if self.select == "best_val" and self.n_val == 0:
                 raise ValueError("select='best_val' needs validation molecules: n_val must not be 0")
             return self
@@ -253,7 +261,7 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
     def run(self, out_dir: Path, *, device: torch.device, progress: bool) -> dict[str, float]:
         s = self.spec
         dtype = getattr(torch, s.dtype)
-        train = load_conformers("train", limit=s.n_train, max_atoms=s.max_atoms)
+        train = [e for split in s.train_splits for e in load_conformers(split, max_atoms=s.max_atoms)][: s.n_train]
         test = load_conformers("test", limit=s.n_test, max_atoms=s.max_atoms)
         val = load_conformers("val", limit=s.n_val, max_atoms=s.max_atoms) if s.n_val != 0 else []
         if s.select == "best_val" and not val:
