@@ -261,7 +261,12 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
     def run(self, out_dir: Path, *, device: torch.device, progress: bool) -> dict[str, float]:
         s = self.spec
         dtype = getattr(torch, s.dtype)
-        train = [e for split in s.train_splits for e in load_conformers(split, max_atoms=s.max_atoms)][: s.n_train]
+        train: list[ConformerEnsemble] = []
+        for split in s.train_splits:  # parse only as many molecules as n_train still needs
+            left = None if s.n_train is None else s.n_train - len(train)
+            if left == 0:
+                break
+            train += load_conformers(split, limit=left, max_atoms=s.max_atoms)
         test = load_conformers("test", limit=s.n_test, max_atoms=s.max_atoms)
         val = load_conformers("val", limit=s.n_val, max_atoms=s.max_atoms) if s.n_val != 0 else []
         if s.select == "best_val" and not val:
