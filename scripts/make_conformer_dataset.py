@@ -19,7 +19,8 @@ Splits are by molecule: ``test`` = the first ``TEST_POOL`` molecules of the GEOM
 (``n_conformers`` = GEOM count), shuffled with seed 0; ``train_geom`` = the rest of that shuffled list, more training
 molecules drawn like the test ones (``cap_train`` conformers each); ``train``/``val`` = QM9-like NCI molecules from
 the rdkit wheel (C, N, O, F, neutral, <= 9 heavy atoms, one fragment) not in the test list, shuffled with seed 0,
-every 10th to ``val``.
+every 10th to ``val``; ``train_pubchem`` = the QM9-like molecules of the PubChem identifier table in the
+``chemicals`` wheel (``pip install chemicals``) that are in no other split's candidate list, shuffled with seed 0.
 
 The run is resumable: finished molecules are cached one file per molecule under ``--work`` and the packed
 ``conformers_<split>.sdf.gz`` already in ``--out`` is read back, so a later run with a larger ``--n`` extends it.
@@ -28,6 +29,7 @@ Then ``--pack`` rewrites the SDF and ``manifest.json`` (counts, SHA-256 of the u
     python scripts/make_conformer_dataset.py --split test --n 250 --workers 2 --method xtb
     python scripts/make_conformer_dataset.py --split train --n 400 --workers 2 --method xtb
     python scripts/make_conformer_dataset.py --split train_geom --n 500 --workers 2 --method xtb
+    python scripts/make_conformer_dataset.py --split train_pubchem --n 1000 --workers 2 --method xtb
     python scripts/make_conformer_dataset.py --pack
 """
 
@@ -54,7 +56,7 @@ SHARED = ROOT.parent / "shared" / "data" / "molecules" / "geomol_splits" / "qm9_
 BOHR_PER_ANGSTROM = 1.8897261254578281
 HARTREE_KCAL = 627.509474
 REF_SEED_BASE = 1
-SPLITS = ("train", "train_geom", "val", "test")
+SPLITS = ("train", "train_geom", "train_pubchem", "val", "test")
 # the test split may grow up to this many positions of the shuffled GEOM-QM9 list; train_geom takes the rest, so the
 # two never share a molecule however far either is extended
 TEST_POOL = 500
@@ -82,30 +84,50 @@ def test_molecules(path: Path = SHARED) -> list[tuple[str, int]]:
     return [rows[i] for i in order]
 
 
+def qm9_like(smiles_list, exclude: set[str]) -> list[str]:
+    """Canonical SMILES of the QM9-like molecules (C, N, O, F, neutral, 2-9 heavy atoms, one fragment) among
+    ``smiles_list``, minus ``exclude``, without repeats, shuffled with numpy seed 0 after sorting."""
+    Chem, _, _ = _rdkit()
+    pool: set[str] = set()
+    for smiles in smiles_list:
+        mol = Chem.MolFromSmiles(smiles) if smiles else None
+        if mol is None or len(Chem.GetMolFrags(mol)) != 1 or mol.GetNumAtoms() > 9 or mol.GetNumAtoms() < 2:
+            continue
+        if any(
+            a.GetSymbol() not in "CNOF" or a.GetFormalCharge() or a.GetNumRadicalElectrons() or a.GetIsotope()
+            for a in mol.GetAtoms()
+        ):
+            continue
+        pool.add(Chem.MolToSmiles(mol))
+    ordered = sorted(pool - exclude)
+    return [ordered[i] for i in np.random.default_rng(0).permutation(len(ordered))]
+
+
 def nci_molecules(exclude: set[str]) -> tuple[list[str], list[str]]:
     """QM9-like NCI SMILES from the rdkit wheel, minus ``exclude``; (train, val) by molecule."""
-    Chem, _, _ = _rdkit()
     from rdkit import RDConfig
 
-    seen: set[str] = set()
-    pool: list[str] = []
     with open(os.path.join(RDConfig.RDDataDir, "NCI", "first_5K.smi")) as fh:
-        for line in fh:
-            parts = line.split()
-            mol = Chem.MolFromSmiles(parts[0]) if parts else None
-            if mol is None or len(Chem.GetMolFrags(mol)) != 1 or mol.GetNumAtoms() > 9 or mol.GetNumAtoms() < 2:
-                continue
-            if any(a.GetSymbol() not in "CNOF" or a.GetFormalCharge() or a.GetNumRadicalElectrons() for a in mol.GetAtoms()):
-                continue
-            smi = Chem.MolToSmiles(mol)
-            if smi in seen or smi in exclude:
-                continue
-            seen.add(smi)
-            pool.append(smi)
-    pool.sort()
-    order = np.random.default_rng(0).permutation(len(pool))
-    pool = [pool[i] for i in order]
+        pool = qm9_like([line.split()[0] for line in fh if line.split()], exclude)
     return [s for i, s in enumerate(pool) if i % 10 != 9], [s for i, s in enumerate(pool) if i % 10 == 9]
+
+
+def pubchem_molecules(exclude: set[str]) -> list[str]:
+    """QM9-like molecules of the PubChem identifier table that the ``chemicals`` wheel ships (MIT; the
+    identifiers are PubChem's, public domain), minus ``exclude`` compared without stereo (the table often
+    leaves stereo out where the GEOM list gives it)."""
+    import chemicals
+
+    Chem, _, _ = _rdkit()
+
+    def flat(smiles: str) -> str:
+        return Chem.MolToSmiles(Chem.MolFromSmiles(smiles), isomericSmiles=False)
+
+    table = Path(chemicals.__file__).parent / "Identifiers" / "chemical identifiers pubchem large.tsv"
+    with open(table, encoding="utf-8") as fh:
+        pool = qm9_like([row.split("\t")[4] for row in fh if row.count("\t") >= 4], set())
+    taken = {flat(s) for s in exclude}
+    return [s for s in pool if flat(s) not in taken]
 
 
 def jobs(split: str) -> list[tuple[str, int]]:
@@ -117,6 +139,8 @@ def jobs(split: str) -> list[tuple[str, int]]:
         return [(s, -1) for s, _ in tests[TEST_POOL:]]
     exclude = {c for c in (canonical(s) for s, _ in tests) if c}
     train, val = nci_molecules(exclude)
+    if split == "train_pubchem":  # disjoint from every other split's candidates, whichever were built
+        return [(s, -1) for s in pubchem_molecules(exclude | set(train) | set(val))]
     return [(s, -1) for s in (train if split == "train" else val)]
 
 

@@ -52,7 +52,10 @@ __all__ = [
     "chirality_signs",
     "etkdg_conformers",
     "match_chirality",
+    "match_ensembles",
+    "sample_ensembles",
     "sample_graphs",
+    "score_ensembles",
 ]
 
 ETKDG_SEED_BASE = 10_000_000  # reference ensembles were embedded with seeds < 10^6
@@ -98,6 +101,47 @@ def sample_graphs(sampler: Sampler, model, process: DistanceVEProcess, graphs: l
 
     with torch.no_grad():
         return sampler.sample(score, process, (batch.num_nodes, 3), generator=generator, dtype=dtype, graph=batch)
+
+
+def sample_ensembles(
+    sampler: Sampler, model, process: DistanceVEProcess, graphs: list[Data], counts: list[int], chunk: int, generator, dtype
+) -> tuple[list[Tensor], float]:
+    """``counts[k]`` samples of ``graphs[k]`` each, drawn in PyG batches of at least ``chunk`` graphs (a molecule's
+    copies never split); ``model(t, d, graph=batch)`` is the score. Returns ``[counts[k], N_k, 3]`` float64 per
+    graph and the wall seconds."""
+    generated: list[list[Tensor]] = [[] for _ in graphs]
+    pending: list[int] = []
+    start = time.perf_counter()
+    for k in range(len(graphs)):
+        pending.extend([k] * counts[k])
+        if len(pending) >= chunk or k == len(graphs) - 1:
+            pos = sample_graphs(sampler, model, process, [graphs[j] for j in pending], generator, dtype)
+            for j, x in zip(pending, torch.split(pos, [graphs[j].num_nodes for j in pending]), strict=True):
+                generated[j].append(x)
+            pending = []
+    seconds = time.perf_counter() - start
+    return [torch.stack(x).double() for x in generated], seconds
+
+
+def match_ensembles(test: list[ConformerEnsemble], samples: list[Tensor]) -> list[Tensor]:
+    """:func:`match_chirality` of each ``samples[k] [S, N, 3]`` against ``test[k]``'s first reference conformer."""
+    return [match_chirality(x, e.coordinates()[0], _stereo_centres(e.mol)) for x, e in zip(samples, test, strict=True)]
+
+
+def score_ensembles(
+    test: list[ConformerEnsemble], samples: list[Tensor], threshold: float
+) -> tuple[list[dict[str, Tensor]], list[Tensor], list[bool]]:
+    """COV/MAT per molecule (:func:`coverage_matching`) of ``samples[k] [S, N, 3]`` against ``test[k]``'s
+    references. A molecule with a non-finite sample scores as if every sample were 1000 Å away. Returns the
+    per-molecule metrics, RMSD matrices (inf where non-finite) and finiteness flags."""
+    per, rmsd, finite = [], [], []
+    for x, e in zip(samples, test, strict=True):
+        ok = bool(torch.isfinite(x).all())
+        d = heavy_atom_rmsd_matrix(e.mol, x) if ok else torch.full((e.n_conformers, x.shape[0]), float("inf"))
+        per.append(coverage_matching(d.nan_to_num(1e3, 1e3), threshold))
+        rmsd.append(d)
+        finite.append(ok)
+    return per, rmsd, finite
 
 
 def etkdg_conformers(test: list[ConformerEnsemble], counts: list[int], seed: int = 0) -> tuple[list[Tensor], float]:
@@ -283,29 +327,12 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         # model: all test molecules' 2K copies in chunks of one PyG batch each
         sample_gen = torch.Generator().manual_seed(derive_seed(s.seed, "sample"))
         counts = [s.samples_per_reference * e.n_conformers for e in test]
-        jobs = [(k, e.graph(max_hops=s.max_hops)) for k, e in enumerate(test)]
-        generated: list[list[Tensor]] = [[] for _ in test]
-        start = time.perf_counter()
-        chunk: list[tuple[int, Data]] = []
-        for k, g in jobs:
-            chunk.extend([(k, g)] * counts[k])
-            if len(chunk) >= s.sample_chunk or k == len(jobs) - 1:
-                pos = sample_graphs(sampler, model, process, [g for _, g in chunk], sample_gen, dtype)
-                sizes = [g.num_nodes for _, g in chunk]
-                for (kk, _), x in zip(chunk, torch.split(pos, sizes), strict=True):
-                    generated[kk].append(x)
-                chunk = []
-        model_seconds = time.perf_counter() - start
-        samples = [torch.stack(x).double() for x in generated]
+        test_graphs = [e.graph(max_hops=s.max_hops) for e in test]
+        samples, model_seconds = sample_ensembles(sampler, model, process, test_graphs, counts, s.sample_chunk, sample_gen, dtype)
         if s.match_chirality:
-            samples = [match_chirality(x, e.coordinates()[0], _stereo_centres(e.mol)) for x, e in zip(samples, test, strict=True)]
-        finite = [bool(torch.isfinite(x).all()) for x in samples]
-
-        per_model, per_etkdg, rmsd_model, rmsd_etkdg = [], [], [], []
-        for x, e, ok in zip(samples, test, finite, strict=True):
-            d = heavy_atom_rmsd_matrix(e.mol, x) if ok else torch.full((e.n_conformers, x.shape[0]), float("inf"))
-            rmsd_model.append(d)
-            per_model.append(coverage_matching(d.nan_to_num(1e3, 1e3), s.threshold))
+            samples = match_ensembles(test, samples)
+        per_model, rmsd_model, finite = score_ensembles(test, samples, s.threshold)
+        per_etkdg, rmsd_etkdg = [], []
         metrics: dict[str, float] = {
             **summarise_coverage(per_model, "model_"),
             "model_conformers_per_second": sum(counts) / model_seconds,

@@ -1,0 +1,125 @@
+r"""COV/MAT that a PERFECT network would reach on each extended graph: the ceiling of conformers-qm9 per graph.
+
+Samples the packaged test molecules exactly as ``conformers-qm9`` does (2 samples per reference conformer, its
+default sampler, chunks of one PyG batch, ``match_chirality``, heavy-atom best RMSD, delta = 0.5 A), but with the
+exact mixture score of each molecule's own reference ensemble (:class:`geodiffusion.conformers.oracle.EnsembleScore`)
+in place of the network: the score that distance DSM converges to when trained on the test ensembles themselves.
+Whatever this misses, no network can recover on that graph with that sampler; the gap between a trained model and
+this row is the network's.
+
+With ``--run`` (a finished conformers-qm9 folder) the rows mix the run's sampled network (its best-validation EMA
+weights) and the oracle on the run's graph: ``--oracle-above TAU`` uses the oracle at diffusion times t >= TAU
+and the network below, so TAU = 0 is the oracle alone and TAU > T the network alone. Where the coverage drops as
+TAU falls tells at which noise levels the network's score loses the conformers.
+
+    python scripts/oracle_coverage.py --hops 3 4 5 0       # 0: all pairs
+    python scripts/oracle_coverage.py --hops 4 --molecules 50 --sampler '{"steps": 200}'
+    python scripts/oracle_coverage.py --run runs/conformers-qm9-RUN --oracle-above 2 0.5 0.2 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from geodiffusion.conformers.oracle import EnsembleScore
+from geodiffusion.data.conformers import load_conformers
+from geodiffusion.experiments.conformers import (
+    ConformersQM9Experiment,
+    match_ensembles,
+    sample_ensembles,
+    score_ensembles,
+)
+from geodiffusion.metrics.conformers import summarise_coverage
+from geodiffusion.models.base import ScoreModel
+from geodiffusion.processes.base import Process
+from geodiffusion.registry import build
+from geodiffusion.samplers.base import Sampler
+from geodiffusion.training.checkpoint import load_checkpoint
+
+
+def run_network(run: Path):
+    """The network a finished run sampled with (best-validation EMA weights, else the last EMA) and its spec."""
+    spec = json.loads((run / "spec.json").read_text())
+    state = load_checkpoint(run / "model" / "checkpoints" / "last.pt")
+    model = build(state["model_spec"], ScoreModel)
+    best = state.get("best_ema") if spec.get("select") == "best_val" else None
+    model.load_state_dict(best if best is not None else state["ema"]["model"])
+    return model.eval(), spec
+
+
+def mixed(network, oracle, tau: float):
+    """The oracle's score at times t >= tau, the network's below (the sampler steps all graphs at one time)."""
+
+    def score(t, d, graph):
+        return oracle(t, d, graph=graph) if float(torch.as_tensor(t).max()) >= tau else network(t, d, graph=graph)
+
+    return score
+
+
+def measure(
+    test, hops: int | None, sampler_fields: dict, dtype, seed: int, chunk: int, network=None, tau=0.0
+) -> dict[str, float]:
+    spec = ConformersQM9Experiment.Spec(
+        max_hops=hops, sampler={**ConformersQM9Experiment.Spec().sampler.model_dump(), **sampler_fields}
+    )
+    process = build(spec.process, Process)
+    sampler = build(spec.sampler, Sampler)
+    width = max(e.n_conformers for e in test)
+    graphs = [EnsembleScore.attach(e.graph(max_hops=hops), e.coordinates(), width) for e in test]
+    counts = [spec.samples_per_reference * e.n_conformers for e in test]
+    score = EnsembleScore(process) if network is None else mixed(network.to(dtype), EnsembleScore(process), tau)
+    samples, seconds = sample_ensembles(
+        sampler, score, process, graphs, counts, chunk, torch.Generator().manual_seed(seed), dtype
+    )
+    per, _, finite = score_ensembles(test, match_ensembles(test, samples), spec.threshold)
+    return {
+        **summarise_coverage(per),
+        "edges": sum(g.edge_index.shape[1] for g in graphs) / len(graphs),
+        "nonfinite": float(sum(not ok for ok in finite)),
+        "conformers_per_second": sum(counts) / seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hops", type=int, nargs="+", default=[3, 4, 5, 0], help="max_hops per row (0: all pairs)")
+    parser.add_argument("--molecules", type=int, default=None, help="first test molecules (default: all)")
+    parser.add_argument("--sampler", default="{}", help="sampler fields to change, as JSON")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk", type=int, default=2000, help="graphs sampled together in one batch")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--run", type=Path, default=None, help="a conformers-qm9 output folder: mix its network in")
+    parser.add_argument("--oracle-above", type=float, nargs="+", default=[0.0], help="with --run: oracle at t >= TAU")
+    args = parser.parse_args(argv)
+    if any(h < 0 or h in (1, 2) for h in args.hops):
+        parser.error(f"--hops: expected 0 (all pairs) or at least 3, got {args.hops}")
+    torch.set_num_threads(args.threads)
+    test = load_conformers("test", limit=args.molecules)
+    print(f"{len(test)} test molecules, {sum(e.n_conformers for e in test)} reference conformers; sampler {args.sampler}")
+    network, rows = None, [(h, 0.0) for h in args.hops]
+    if args.run is not None:
+        network, spec = run_network(args.run)
+        rows = [(spec.get("max_hops", 3) or 0, tau) for tau in args.oracle_above]
+        print(f"network of {args.run} on its graph; oracle at t >= tau")
+    head = ["hops", "tau", "edges", "COV-R", "MAT-R", "COV-P", "MAT-P", "non-finite", "conf/s"]
+    print(" ".join(f"{h:>{max(6, len(h))}s}" for h in head))
+    sampler_fields = json.loads(args.sampler)
+    for hops, tau in rows:
+        r = measure(test, hops or None, sampler_fields, getattr(torch, args.dtype), args.seed, args.chunk, network, tau)
+        cells = [hops or "all", f"{tau:.2f}", f"{r['edges']:.1f}", f"{r['cov_r_mean']:.1f}", f"{r['mat_r_mean']:.3f}"]
+        cells += [
+            f"{r['cov_p_mean']:.1f}",
+            f"{r['mat_p_mean']:.3f}",
+            f"{r['nonfinite']:.0f}",
+            f"{r['conformers_per_second']:.1f}",
+        ]
+        print(" ".join(f"{c!s:>{max(6, len(h))}s}" for c, h in zip(cells, head, strict=True)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
