@@ -61,7 +61,7 @@ def mixed(network, oracle, tau: float):
 
 
 def measure(
-    test, hops: int | None, sampler_fields: dict, dtype, seed: int, chunk: int, network=None, tau=0.0
+    test, hops: int | None, sampler_fields: dict, dtype, seed: int, chunk: int, network=None, tau=0.0, save=None
 ) -> dict[str, float]:
     spec = ConformersQM9Experiment.Spec(
         max_hops=hops, sampler={**ConformersQM9Experiment.Spec().sampler.model_dump(), **sampler_fields}
@@ -75,7 +75,10 @@ def measure(
     samples, seconds = sample_ensembles(
         sampler, score, process, graphs, counts, chunk, torch.Generator().manual_seed(seed), dtype
     )
-    per, _, finite = score_ensembles(test, match_ensembles(test, samples), spec.threshold)
+    samples = match_ensembles(test, samples)
+    per, _, finite = score_ensembles(test, samples, spec.threshold)
+    if save is not None:  # the layout of conformers-qm9's samples.pt
+        torch.save({"smiles": [e.smiles for e in test], "model": samples}, save)
     return {
         **summarise_coverage(per),
         "edges": sum(g.edge_index.shape[1] for g in graphs) / len(graphs),
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk", type=int, default=2000, help="graphs sampled together in one batch")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--run", type=Path, default=None, help="a conformers-qm9 output folder: mix its network in")
+    parser.add_argument("--save", type=Path, default=None, help="folder: write each row's samples to ROW.pt there")
     parser.add_argument("--oracle-above", type=float, nargs="+", default=[0.0], help="with --run: oracle at t >= TAU")
     args = parser.parse_args(argv)
     if any(h < 0 or h in (1, 2) for h in args.hops):
@@ -110,7 +114,11 @@ def main(argv: list[str] | None = None) -> None:
     print(" ".join(f"{h:>{max(6, len(h))}s}" for h in head))
     sampler_fields = json.loads(args.sampler)
     for hops, tau in rows:
-        r = measure(test, hops or None, sampler_fields, getattr(torch, args.dtype), args.seed, args.chunk, network, tau)
+        save = None
+        if args.save is not None:
+            args.save.mkdir(parents=True, exist_ok=True)
+            save = args.save / f"hops{hops or 'all'}_tau{tau:g}.pt"
+        r = measure(test, hops or None, sampler_fields, getattr(torch, args.dtype), args.seed, args.chunk, network, tau, save)
         cells = [hops or "all", f"{tau:.2f}", f"{r['edges']:.1f}", f"{r['cov_r_mean']:.1f}", f"{r['mat_r_mean']:.3f}"]
         cells += [
             f"{r['cov_p_mean']:.1f}",
