@@ -1,0 +1,80 @@
+r"""A finished conformers-qm9 run's distance DSM loss per noise level, on training and held-out molecules.
+
+For each diffusion time on a grid the loss :math:`\mathbb{E}\,|s_t (s_\theta - \nabla \log p)|^2` per edge
+(``weighting="sigma2"``, as trained) of the run's sampled network is averaged over every conformer of the
+first ``--molecules`` molecules of each split, with the same coordinate noise for every split and time
+(``--draws`` draws, seed 0). The columns say at which noise levels the network is least accurate, and the
+train/val ratio how much of that is a generalisation gap rather than capacity.
+
+    python scripts/dsm_by_noise.py --run runs/conformers-qm9-RUN --molecules 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch_geometric.data import Batch
+
+from geodiffusion.data.conformers import load_conformers
+from geodiffusion.processes.base import Process
+from geodiffusion.registry import build
+from geodiffusion.training.graph import _distance_dsm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from oracle_coverage import run_network  # noqa: E402
+
+
+def split_loss(model, process, ensembles, max_hops, times, draws: int, dtype) -> list[float]:
+    """Per-edge mean loss at each time of ``times`` over every conformer of ``ensembles``."""
+    items = []
+    for e in ensembles:
+        g = e.graph(max_hops=max_hops)
+        for pos in e.coordinates(dtype):
+            item = g.clone()
+            item.pos = pos
+            items.append(item)
+    batch = Batch.from_data_list(items)
+    gen = torch.Generator().manual_seed(0)
+    noises = [torch.randn(batch.pos.shape, generator=gen, dtype=torch.float64).to(dtype) for _ in range(draws)]
+    out = []
+    with torch.no_grad():
+        for t in times:
+            t_graph = torch.full((batch.num_graphs,), t, dtype=dtype)
+            out.append(sum(float(_distance_dsm(model, process, batch, t_graph, z, "sigma2")) for z in noises) / draws)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="a conformers-qm9 output folder")
+    parser.add_argument("--molecules", type=int, default=40, help="first molecules of each split")
+    parser.add_argument("--draws", type=int, default=2, help="noise draws per conformer and time")
+    parser.add_argument("--times", type=float, nargs="+", default=[0.02, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0])
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, spec = run_network(args.run)
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    model = model.to(dtype)
+    process = build(spec["process"], Process)
+    hops = spec.get("max_hops", 3)
+    splits = {"train": spec.get("train_splits", ["train"])[0], "val": "val", "test": "test"}
+    rows = {
+        name: split_loss(model, process, load_conformers(s, limit=args.molecules), hops, args.times, args.draws, dtype)
+        for name, s in splits.items()
+    }
+    print(f"run {args.run}; {args.molecules} molecules per split ({json.dumps(splits)}); {args.draws} draws")
+    sigma = [float(process.sigma(torch.tensor(t))) for t in args.times]
+    print(f"{'t':>10s}" + "".join(f" {t:7.2f}" for t in args.times))
+    print(f"{'sigma (A)':>10s}" + "".join(f" {s:7.3f}" for s in sigma))
+    for name, values in rows.items():
+        print(f"{name:>10s}" + "".join(f" {v:7.4f}" for v in values))
+    print(f"{'val/train':>10s}" + "".join(f" {v / t:7.2f}" for v, t in zip(rows["val"], rows["train"], strict=True)))
+
+
+if __name__ == "__main__":
+    main()
