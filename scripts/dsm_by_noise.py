@@ -4,9 +4,10 @@ For each diffusion time on a grid the loss :math:`\mathbb{E}\,|s_t (s_\theta - \
 (``weighting="sigma2"``, as trained) of the run's sampled network is averaged over every conformer of the
 first ``--molecules`` molecules of each split, with the same coordinate noise for every split and time
 (``--draws`` draws, seed 0). The columns say at which noise levels the network is least accurate, and the
-train/val ratio how much of that is a generalisation gap rather than capacity.
+ratio of the last split's loss to the first's how much of that is a generalisation gap rather than capacity.
 
     python scripts/dsm_by_noise.py --run runs/conformers-qm9-RUN --molecules 40
+    python scripts/dsm_by_noise.py --run runs/conformers-qm9-RUN --splits train train_geom val test
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--molecules", type=int, default=40, help="first molecules of each split")
     parser.add_argument("--draws", type=int, default=2, help="noise draws per conformer and time")
     parser.add_argument("--times", type=float, nargs="+", default=[0.02, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0])
+    parser.add_argument(
+        "--splits", nargs="+", default=None, help="packaged splits (default: the run's first training split, val, test)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -62,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     model = model.to(dtype)
     process = build(spec["process"], Process)
     hops = spec.get("max_hops", 3)
-    splits = {"train": spec.get("train_splits", ["train"])[0], "val": "val", "test": "test"}
+    names = args.splits or [spec.get("train_splits", ["train"])[0], "val", "test"]
+    splits = dict(zip(names, names, strict=True))
     rows = {
         name: split_loss(model, process, load_conformers(s, limit=args.molecules), hops, args.times, args.draws, dtype)
         for name, s in splits.items()
@@ -73,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'sigma (A)':>10s}" + "".join(f" {s:7.3f}" for s in sigma))
     for name, values in rows.items():
         print(f"{name:>10s}" + "".join(f" {v:7.4f}" for v in values))
-    print(f"{'val/train':>10s}" + "".join(f" {v / t:7.2f}" for v, t in zip(rows["val"], rows["train"], strict=True)))
+    first, last = names[0], names[-1]
+    ratio = [v / t for v, t in zip(rows[last], rows[first], strict=True)]
+    print(f"{last[:4] + '/' + first[:5]:>10s}" + "".join(f" {r:7.2f}" for r in ratio))
 
 
 if __name__ == "__main__":

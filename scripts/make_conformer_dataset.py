@@ -118,16 +118,23 @@ def pubchem_molecules(exclude: set[str]) -> list[str]:
     leaves stereo out where the GEOM list gives it)."""
     import chemicals
 
-    Chem, _, _ = _rdkit()
-
-    def flat(smiles: str) -> str:
-        return Chem.MolToSmiles(Chem.MolFromSmiles(smiles), isomericSmiles=False)
-
     table = Path(chemicals.__file__).parent / "Identifiers" / "chemical identifiers pubchem large.tsv"
     with open(table, encoding="utf-8") as fh:
         pool = qm9_like([row.split("\t")[4] for row in fh if row.count("\t") >= 4], set())
-    taken = {flat(s) for s in exclude}
-    return [s for s in pool if flat(s) not in taken]
+    taken = {flat_smiles(s) for s in exclude}
+    return [s for s in pool if flat_smiles(s) not in taken]
+
+
+def flat_smiles(smiles: str) -> str | None:
+    """Canonical SMILES without stereo: the constitution, which no two splits may share (None: unparsable)."""
+    Chem, _, _ = _rdkit()
+    mol = Chem.MolFromSmiles(smiles)
+    return None if mol is None else Chem.MolToSmiles(mol, isomericSmiles=False)
+
+
+def test_constitutions() -> set[str]:
+    """Constitutions of every molecule the test split may ever hold (its whole pool)."""
+    return {flat_smiles(s) for s, _ in test_molecules()[:TEST_POOL]} - {None}
 
 
 def jobs(split: str) -> list[tuple[str, int]]:
@@ -309,7 +316,9 @@ def generate(split: str, n: int, workers: int, cfg: dict, work: Path, out: Path,
     cached = {int(p.name.split(".")[0]): json.loads(p.read_text())["ok"] for p in work.glob("*.json")}
     good = {i for i, flag in cached.items() if flag} | set(_packed(split, out))
     done, ok = set(cached) | good, len(good)
-    todo = [(i, s, k, {**cfg, "split": split}) for i, (s, k) in enumerate(mols) if i not in done]
+    # the NCI lists give no stereo: a stereo-free copy of a test molecule is skipped, not built (index kept)
+    leaks = test_constitutions() if split != "test" else set()
+    todo = [(i, s, k, {**cfg, "split": split}) for i, (s, k) in enumerate(mols) if i not in done and flat_smiles(s) not in leaks]
     print(f"{split}: {ok} molecules done, {len(todo)} candidates left, target {n}", flush=True)
     t0 = time.time()
     with mp.get_context("spawn").Pool(workers, maxtasksperchild=50) as pool:
@@ -344,6 +353,12 @@ def pack(work: Path, out: Path) -> None:
             if res["ok"]:
                 packed[res["index"]] = res["sdf"]
                 stats[str(res["index"])] = [res["n_optimised"], round(res["seconds_opt"], 3), round(res["seconds"], 3)]
+        if split != "test":  # no training molecule shares its constitution with a test molecule (stereo aside)
+            leaks = test_constitutions()
+            for i in [i for i, block in packed.items() if flat_smiles(block.split(">  <smiles>\n")[1].split("\n")[0]) in leaks]:
+                print(f"{split}: dropping mol {i}, a test molecule up to stereo")
+                del packed[i]
+                stats.pop(str(i), None)
         if not packed:
             continue
         text = "".join(packed[i] for i in sorted(packed)).encode()
