@@ -6,6 +6,7 @@ group of molecules: by the number of reference conformers ``K`` (1 = rigid) and 
 than one sample set, ``lost`` counts the molecules where the first set's COV-R is below the second's.
 
     python scripts/conformer_breakdown.py runs/conformers-qm9-RUN/samples.pt runs/oracle/hops3_tau0.pt
+    python scripts/conformer_breakdown.py --rings train train_geom val test   # ring systems per packaged split
 """
 
 from __future__ import annotations
@@ -32,10 +33,31 @@ def per_molecule(path: Path, test) -> torch.Tensor:
     return torch.stack([torch.stack([100 * m["cov_r"], m["mat_r"], 100 * m["cov_p"], m["mat_p"]]) for m in per])
 
 
+def ring_systems(split: str) -> str:
+    """How many of a split's molecules have two or more rings, a bridgehead atom, a 3- or 4-membered ring."""
+    from rdkit import Chem
+    from rdkit.Chem import rdMolDescriptors
+
+    mols = [Chem.MolFromSmiles(e.smiles) for e in load_conformers(split)]
+    shares = {
+        ">= 2 rings": sum(rdMolDescriptors.CalcNumRings(m) >= 2 for m in mols),
+        "bridgehead": sum(rdMolDescriptors.CalcNumBridgeheadAtoms(m) > 0 for m in mols),
+        "3/4-ring": sum(any(len(r) <= 4 for r in m.GetRingInfo().AtomRings()) for m in mols),
+    }
+    return f"{split:>14s} {len(mols):5d}" + "".join(f" {k} {100 * v / len(mols):3.0f}%" for k, v in shares.items())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("samples", type=Path, nargs="+", help="samples.pt files")
+    parser.add_argument("samples", type=Path, nargs="*", help="samples.pt files")
+    parser.add_argument("--rings", nargs="+", default=None, help="packaged splits: print their ring systems instead")
     args = parser.parse_args(argv)
+    if args.rings:
+        for split in args.rings:
+            print(ring_systems(split))
+        return
+    if not args.samples:
+        parser.error("give samples.pt files or --rings SPLIT ...")
     test = load_conformers("test")
     tables = [per_molecule(p, test) for p in args.samples]
     m = min(t.shape[0] for t in tables)
