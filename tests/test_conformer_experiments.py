@@ -79,15 +79,18 @@ def test_packaged_splits_verify_and_are_disjoint_by_molecule():
     train = load_conformers("train")
     val = load_conformers("val")
     geom = load_conformers("train_geom")
-    assert len(test) >= 200 and len(train) >= 300 and len(val) >= 30 and len(geom) >= 400
-    canon = [{Chem.MolToSmiles(Chem.MolFromSmiles(e.smiles)) for e in split} for split in (train, val, test, geom)]
-    for i, j in itertools.combinations(range(4), 2):
+    pubchem = load_conformers("train_pubchem")
+    assert len(test) >= 200 and len(train) >= 300 and len(val) >= 30 and len(geom) >= 400 and len(pubchem) >= 100
+    # compared without stereo: the PubChem table often leaves out stereo that the GEOM list gives
+    splits = (train, val, test, geom, pubchem)
+    canon = [{Chem.MolToSmiles(Chem.MolFromSmiles(e.smiles), isomericSmiles=False) for e in split} for split in splits]
+    for i, j in itertools.combinations(range(len(splits)), 2):
         assert not canon[i] & canon[j], (i, j)
     e = test[0]
     assert e.n_conformers <= e.cap and e.coordinates().shape == (e.n_conformers, e.n_atoms, 3)
     assert e.rel_energy_kcal[0] == 0.0 and list(e.rel_energy_kcal) == sorted(e.rel_energy_kcal)
-    assert all(x.method == "GFN2-xTB" for x in test + train + val + geom)
-    assert all(x.n_conformers <= x.cap == 10 for x in geom)
+    assert all(x.method == "GFN2-xTB" for x in test + train + val + geom + pubchem)
+    assert all(x.n_conformers <= x.cap == 10 for x in geom + pubchem)
     assert all(a.GetAtomicNum() != 1 or a.GetDegree() == 1 for a in e.mol.GetAtoms())  # explicit H kept
     assert len(load_conformers("test", limit=3, max_atoms=15)) == 3
 

@@ -25,8 +25,8 @@ from torch import Tensor
 
 __all__ = ["CONFORMER_SPLITS", "REFERENCE_NOTE", "ConformerEnsemble", "conformer_manifest", "load_conformers"]
 
-CONFORMER_SPLITS = ("train", "train_geom", "val", "test")
-ConformerSplit = Literal["train", "train_geom", "val", "test"]
+CONFORMER_SPLITS = ("train", "train_geom", "train_pubchem", "val", "test")
+ConformerSplit = Literal["train", "train_geom", "train_pubchem", "val", "test"]
 REFERENCE_NOTE = "references are GFN2-xTB-refined ETKDG ensembles made offline, not GEOM (CREST) conformers"
 
 
@@ -76,7 +76,8 @@ def conformer_manifest() -> dict[str, Any]:
 
 
 def load_conformers(split: str, *, limit: int | None = None, max_atoms: int | None = None) -> list[ConformerEnsemble]:
-    """The molecules of ``split`` (``train``, ``train_geom``, ``val`` or ``test``) in packaged order, checksum-verified.
+    """The molecules of ``split`` (``train``, ``train_geom``, ``train_pubchem``, ``val`` or ``test``) in packaged order,
+    checksum-verified.
 
     ``limit`` keeps the first molecules (after dropping those with more than ``max_atoms`` atoms).
     """

@@ -269,11 +269,12 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
             TrainingSpec(steps=6000, batch_size=32, lr=1e-3, ema_decay=0.999, checkpoint_every=500, log_every=50),
             description="optimisation settings",
         )
-        train_splits: list[Literal["train", "train_geom"]] = Field(
+        train_splits: list[Literal["train", "train_geom", "train_pubchem"]] = Field(
             ["train"],
             min_length=1,
-            description="packaged splits to train on, concatenated in this order: 'train' (QM9-like NCI molecules) "
-            "and 'train_geom' (GEOM-QM9 list molecules beyond the test split's pool)",
+            description="packaged splits to train on, concatenated in this order: 'train' (QM9-like NCI molecules), "
+            "'train_geom' (GEOM-QM9 list molecules beyond the test split's pool) and 'train_pubchem' (QM9-like "
+            "PubChem molecules listed by the chemicals package)",
         )
         n_train: int | None = Field(None, ge=1, description="training molecules (None: all packaged)")
         n_test: int | None = Field(None, ge=1, description="test molecules (None: all packaged)")
