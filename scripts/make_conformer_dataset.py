@@ -4,8 +4,9 @@ r"""Build the packaged GEOM-like conformer ensembles (``geodiffusion/data/files/
 Recipe per molecule (as close to GEOM's CREST ensembles as offline tools allow, see PROVENANCE.md there):
 
 1. ``n_seeds = clip(2K, seeds_min, seeds_max)`` ETKDGv3 embeddings, one RDKit ``EmbedMolecule`` call per
-   conformer with the explicit seed ``REF_SEED_BASE + 1000 * mol_index + j`` (so every reference seed is
-   < 10^6 and the ETKDG baseline's seeds, >= 10^7, are provably disjoint from them);
+   conformer with the explicit seed ``REF_SEED_BASE + 1000 * mol_index + j`` (so every test reference seed is
+   < 10^6, test indices being < ``TEST_POOL``, and the ETKDG baseline's seeds, >= 10^7, are provably disjoint
+   from them; training splits past index 999 go beyond 10^6, which the baseline never embeds);
 2. MMFF94 pre-optimisation, heavy-atom RMSD de-duplication (``dedupe_rmsd``) to skip redundant xTB work;
 3. GFN2-xTB geometry optimisation (``tblite``, scipy L-BFGS-B on :math:`E(x)` and :math:`\nabla E`, max
    gradient component < ``gtol`` Eh/bohr, SCF restarted from the previous step) -- or MMFF only with
