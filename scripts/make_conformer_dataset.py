@@ -346,6 +346,7 @@ def pack(work: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"splits": {}}
+    leaks = test_constitutions()
     for split in SPLITS:
         packed = _packed(split, out)
         stats = manifest["splits"].get(split, {}).get("per_molecule", {})
@@ -355,7 +356,6 @@ def pack(work: Path, out: Path) -> None:
                 packed[res["index"]] = res["sdf"]
                 stats[str(res["index"])] = [res["n_optimised"], round(res["seconds_opt"], 3), round(res["seconds"], 3)]
         if split != "test":  # no training molecule shares its constitution with a test molecule (stereo aside)
-            leaks = test_constitutions()
             for i in [i for i, block in packed.items() if flat_smiles(block.split(">  <smiles>\n")[1].split("\n")[0]) in leaks]:
                 print(f"{split}: dropping mol {i}, a test molecule up to stereo")
                 del packed[i]

@@ -8,6 +8,7 @@ from geodiffusion.conformers.graph import (
     edge_vectors,
     extend_graph,
     mol_to_graph,
+    node_graph_index,
     point_cloud_graph,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "edge_vectors",
     "extend_graph",
     "mol_to_graph",
+    "node_graph_index",
     "point_cloud_graph",
 ]

@@ -36,6 +36,7 @@ __all__ = [
     "point_cloud_graph",
     "complete_graph",
     "edge_vectors",
+    "node_graph_index",
 ]
 
 EDGE_TYPES: tuple[str, ...] = ("single", "double", "triple", "aromatic", "hop2", "hop3", "radius", "hop4", "hop5", "hop6+")
@@ -293,3 +294,11 @@ def edge_vectors(pos: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
     r"""Edge vectors :math:`x_i - x_j` ``[..., E, 3]`` and lengths :math:`d_{ij}` ``[..., E]`` (``pos [..., N, 3]``)."""
     diff = pos[..., edge_index[0], :] - pos[..., edge_index[1], :]
     return diff, torch.linalg.vector_norm(diff, dim=-1)
+
+
+def node_graph_index(graph: Data) -> Tensor:
+    """``[N]``: the graph of each node, PyG's ``batch`` vector, or zeros for a single graph that has none."""
+    node_batch = getattr(graph, "batch", None)
+    if node_batch is None:
+        node_batch = torch.zeros(graph.num_nodes, dtype=torch.long, device=graph.edge_index.device)
+    return node_batch

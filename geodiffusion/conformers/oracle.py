@@ -19,7 +19,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
-from geodiffusion.conformers.graph import edge_vectors
+from geodiffusion.conformers.graph import edge_vectors, node_graph_index
 from geodiffusion.processes.distance import DistanceVEProcess, NoncentralChi3
 
 __all__ = ["EnsembleScore"]
@@ -61,7 +61,7 @@ class EnsembleScore:
         ref = getattr(graph, "ref_distances", None)
         if ref is None or ref.dim() != 2 or ref.shape[0] != d.shape[-1] or d.dim() != 1:
             raise ValueError("EnsembleScore: expected d [E] and graph.ref_distances [E, K] (see EnsembleScore.attach)")
-        node_batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros(graph.num_nodes, dtype=torch.long)
+        node_batch = node_graph_index(graph)
         n_graphs = int(node_batch.max()) + 1
         edge_graph = node_batch[graph.edge_index[0]].to(d.device)
         t = torch.as_tensor(t, dtype=torch.float64, device=d.device).expand(n_graphs)

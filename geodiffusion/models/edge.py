@@ -11,7 +11,7 @@ from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing
 
 from geodiffusion._random import randn
-from geodiffusion.conformers.graph import EDGE_TYPES, NODE_FEATURES, RADIUS, complete_graph
+from geodiffusion.conformers.graph import EDGE_TYPES, NODE_FEATURES, RADIUS, complete_graph, node_graph_index
 from geodiffusion.models.base import ScoreModel
 from geodiffusion.models.layers import Activation, SinusoidalTimeEmbedding, activation
 from geodiffusion.processes.base import Process
@@ -158,8 +158,7 @@ class EdgeScoreModel(ScoreModel, kind="edge_score"):
             raise ValueError(
                 f"EdgeScoreModel: expected x [{graph.edge_index.shape[1]}] (one distance per edge), got {list(x.shape)}"
             )
-        node_batch = graph.batch if getattr(graph, "batch", None) is not None else torch.zeros(graph.num_nodes, dtype=torch.long)
-        node_batch = node_batch.to(device)
+        node_batch = node_graph_index(graph).to(device)
         n_graphs = int(node_batch.max()) + 1 if node_batch.numel() else 1
         if t.dim() not in (0, 1) or (t.dim() == 1 and t.shape[0] != n_graphs):
             raise ValueError(f"t: expected shape [] or [{n_graphs}] (one time per graph), got {list(t.shape)}")

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
 from geodiffusion._random import rand, randn
-from geodiffusion.conformers.graph import edge_vectors
+from geodiffusion.conformers.graph import edge_vectors, node_graph_index
 from geodiffusion.processes.distance import DistanceVEProcess, NoncentralChi3
 from geodiffusion.training.distributed import RankSlicedGraphScore
 from geodiffusion.training.trainer import TrainerBase, TrainingSpec, Validation
@@ -32,10 +32,7 @@ __all__ = ["distance_dsm_loss", "GraphTrainer", "DistanceDSMValidation"]
 
 
 def _graph_index(batch: Data) -> tuple[Tensor, int]:
-    node_batch = getattr(batch, "batch", None)
-    if node_batch is None:
-        node_batch = torch.zeros(batch.num_nodes, dtype=torch.long, device=batch.edge_index.device)
-    return node_batch, int(getattr(batch, "num_graphs", 1) or 1)
+    return node_graph_index(batch), int(getattr(batch, "num_graphs", 1) or 1)
 
 
 def _check_settings(process: DistanceVEProcess, eps: float, weighting: str) -> None:
