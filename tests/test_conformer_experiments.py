@@ -21,9 +21,15 @@ from geodiffusion.data.conformers import load_conformers
 from geodiffusion.data.skeletons import SkeletonPoses
 from geodiffusion.experiments.conformers import ConformersQM9Experiment, SkeletonsExperiment, chirality_signs, match_chirality
 from geodiffusion.models.edge import EdgeScoreModel
-from geodiffusion.processes.distance import DistanceVEProcess
+from geodiffusion.processes.distance import DistanceVEProcess, NoncentralChi3
 from geodiffusion.samplers.projection_free import DistanceToCoordinates, ProjectionFreeSampler
-from geodiffusion.training.graph import DistanceDSMValidation, GraphTrainer, distance_dsm_loss
+from geodiffusion.training.graph import (
+    DistanceDSMValidation,
+    GraphTrainer,
+    GraphTrainingSpec,
+    distance_dsm_loss,
+    distance_dsm_weight,
+)
 
 Chem = pytest.importorskip("rdkit.Chem")
 AllChem = pytest.importorskip("rdkit.Chem.AllChem")
@@ -126,6 +132,52 @@ def test_distance_dsm_loss_is_rigid_motion_invariant_and_differentiable(molecule
     assert abs(a_value - float(b.detach())) < 0.5 * a_value  # same law; different draws of the noise direction
     with pytest.raises(ValueError, match="pos"):
         distance_dsm_loss(model, process, molecule.clone().update({"pos": None}))
+
+
+@pytest.mark.parametrize(("weighting", "sigma_data"), [("sigma2", 1.0), ("edm", 0.7), ("edm", 2.0), ("none", 1.0)])
+def test_distance_dsm_loss_weights_each_edge_by_lambda(molecule, weighting, sigma_data):
+    """The loss is mean_E lambda(t) (s_theta - nc3 score)^2 with lambda = s^2, s^2 (1 + s^2/sigma_data^2) or 1,
+    recomputed here from the times and distances the model saw."""
+    process = DistanceVEProcess(sigma_max=5.0)
+    net = EdgeScoreModel(**TINY_MODEL, process=process.spec).double()
+    seen = {}
+
+    def model(t, d, graph=None):
+        seen.update(t=t, d=d)
+        return net(t, d, graph=graph)
+
+    batch = Batch.from_data_list([molecule.clone(), molecule.clone(), molecule.clone()])
+    batch.pos = batch.pos.double()
+    gen = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        loss = distance_dsm_loss(model, process, batch, generator=gen, weighting=weighting, sigma_data=sigma_data)
+        _, d0 = edge_vectors(batch.pos, batch.edge_index)
+        edge_t = seen["t"][batch.batch[batch.edge_index[0]]]
+        s = process.scale(edge_t)
+        residual = net(seen["t"], seen["d"], graph=batch) - NoncentralChi3(d0, s).score(seen["d"])
+    lam = {"sigma2": s**2, "edm": s**2 + s**4 / sigma_data**2, "none": torch.ones_like(s)}[weighting]
+    assert float(loss) == pytest.approx(float((lam * residual**2).mean()), rel=1e-12)
+    assert torch.allclose(distance_dsm_weight(s, weighting, sigma_data), lam, rtol=1e-12)
+
+
+def test_distance_dsm_weightings_reject_bad_settings(molecule):
+    process = DistanceVEProcess(sigma_max=5.0)
+    model = EdgeScoreModel(**TINY_MODEL, process=process.spec)
+    batch = molecule.clone()
+    # edm at s = sigma_data doubles sigma2's weight; far below sigma_data it is sigma2's
+    s = torch.tensor([1e-4, 0.5])
+    assert torch.allclose(distance_dsm_weight(s, "edm", 0.5) / distance_dsm_weight(s, "sigma2"), torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="weighting"):
+        distance_dsm_loss(model, process, batch, weighting="likelihood")
+    with pytest.raises(ValueError, match="sigma_data"):
+        distance_dsm_loss(model, process, batch, weighting="edm", sigma_data=0.0)
+    with pytest.raises(ValueError, match="sigma_data"):
+        distance_dsm_weight(s, "edm", float("nan"))
+    for bad in ({"weighting": "likelihood"}, {"sigma_data": -1.0}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            GraphTrainingSpec(**bad)
+    spec = ConformersQM9Experiment.Spec.model_validate({"training": {"weighting": "edm", "sigma_data": 0.5}})
+    assert (spec.training.weighting, spec.training.sigma_data) == ("edm", 0.5)
 
 
 def test_graph_trainer_resumes_bit_for_bit(tmp_path, molecule):

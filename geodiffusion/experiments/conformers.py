@@ -43,8 +43,8 @@ from geodiffusion.processes.distance import DistanceVEProcess
 from geodiffusion.registry import build
 from geodiffusion.samplers.base import Sampler
 from geodiffusion.spec import component_spec
-from geodiffusion.training.graph import DistanceDSMValidation, GraphTrainer
-from geodiffusion.training.trainer import TrainingSpec, derive_seed
+from geodiffusion.training.graph import DistanceDSMValidation, GraphTrainer, GraphTrainingSpec
+from geodiffusion.training.trainer import derive_seed
 
 __all__ = [
     "ConformersQM9Experiment",
@@ -218,7 +218,13 @@ class _GraphDiffusion(Experiment):
         if val is not None:
             t = s.training
             validation = DistanceDSMValidation(
-                process, *val, seed=derive_seed(s.seed, "validation"), eps=t.eps, weighting=t.weighting, chunk=s.sample_chunk
+                process,
+                *val,
+                seed=derive_seed(s.seed, "validation"),
+                eps=t.eps,
+                weighting=t.weighting,
+                sigma_data=t.sigma_data,
+                chunk=s.sample_chunk,
             )
         trainer = GraphTrainer(
             model, process, graphs, conformers, s.training, out_dir / "model", device, progress, validation=validation
@@ -265,8 +271,8 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
     class Spec(_GraphDiffusionSpec):
         """conformers-qm9: distance diffusion on xTB-refined QM9-like ensembles, with an ETKDG baseline."""
 
-        training: TrainingSpec = Field(
-            TrainingSpec(steps=6000, batch_size=32, lr=1e-3, ema_decay=0.999, checkpoint_every=500, log_every=50),
+        training: GraphTrainingSpec = Field(
+            GraphTrainingSpec(steps=6000, batch_size=32, lr=1e-3, ema_decay=0.999, checkpoint_every=500, log_every=50),
             description="optimisation settings",
         )
         train_splits: list[Literal["train", "train_geom", "train_pubchem"]] = Field(
@@ -452,8 +458,8 @@ class SkeletonsExperiment(_GraphDiffusion, kind="skeletons"):
         """skeletons: distance diffusion of articulated stick figures (bones, 2-/3-hop and radius edges)."""
 
         data: SkeletonPoses = Field(default_factory=SkeletonPoses, description="the pose distribution")
-        training: TrainingSpec = Field(
-            TrainingSpec(steps=3000, batch_size=64, lr=1e-3, ema_decay=0.999, checkpoint_every=500, log_every=50),
+        training: GraphTrainingSpec = Field(
+            GraphTrainingSpec(steps=3000, batch_size=64, lr=1e-3, ema_decay=0.999, checkpoint_every=500, log_every=50),
             description="optimisation settings",
         )
         n_train: int = Field(4096, ge=1, description="training poses")

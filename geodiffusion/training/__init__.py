@@ -11,7 +11,14 @@ from geodiffusion.training.functions import (
     function_dsm_weight,
     function_riemannian_dsm_loss,
 )
-from geodiffusion.training.graph import DistanceDSMValidation, GraphTrainer, distance_dsm_loss
+from geodiffusion.training.graph import (
+    DistanceDSMValidation,
+    DistanceWeighting,
+    GraphTrainer,
+    GraphTrainingSpec,
+    distance_dsm_loss,
+    distance_dsm_weight,
+)
 from geodiffusion.training.losses import WEIGHTINGS, Weighting, dsm_loss
 from geodiffusion.training.riemannian import RIEMANNIAN_WEIGHTINGS, RiemannianWeighting, riemannian_dsm_loss
 from geodiffusion.training.trainer import LRScheduleSpec, Trainer, TrainerBase, TrainingSpec, Validation, derive_seed
@@ -32,5 +39,12 @@ __all__ = [
 __all__ += ["riemannian_dsm_loss", "RiemannianWeighting", "RIEMANNIAN_WEIGHTINGS"]
 __all__ += ["function_dsm_loss", "function_dsm_weight", "function_riemannian_dsm_loss", "FunctionTrainer", "FunctionTrainingSpec"]
 __all__ += ["DistributedContext", "setup_distributed", "batch_bounds", "is_main_process"]
-__all__ += ["GraphTrainer", "distance_dsm_loss", "DistanceDSMValidation"]
+__all__ += [
+    "GraphTrainer",
+    "GraphTrainingSpec",
+    "distance_dsm_loss",
+    "distance_dsm_weight",
+    "DistanceDSMValidation",
+    "DistanceWeighting",
+]
 __all__ += ["TrainerBase", "BridgeTrainer", "Validation"]

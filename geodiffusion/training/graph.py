@@ -5,20 +5,27 @@ scored against the exact per-edge transition of :class:`~geodiffusion.processes.
 
 .. math:: \mathcal{L}(\theta) = \mathbb{E}_{t, C_0, \varepsilon}\ \frac{1}{|E|}\sum_{(i,j) \in E}
           \lambda(t)\,\big(s_\theta(t, d_t)_{ij} - \partial_{d_t}\log p_{t}(d_{t,ij} \mid d_{0,ij})\big)^2,
-          \qquad \lambda(t) = s_t^2,
+          \qquad \lambda(t) = s_t^2 \ \text{(sigma2)}, \quad s_t^2\,(1 + s_t^2/\sigma_{\rm data}^2) \ \text{(edm)},
 
 with :math:`p_t(\cdot \mid d_0)` the noncentral :math:`\chi_3` law (loc :math:`d_0`, scale :math:`s_t`). Noising the
 coordinates (rather than each distance independently) keeps :math:`d_t` realisable, as the sampler's states are;
 treating edges as independent given :math:`d_0` is the paper's approximation.
+
+``"edm"`` is EDM's weighting (Karras et al. 2022, :math:`\lambda = (\sigma^2+\sigma_{\rm data}^2)/(\sigma\sigma_{\rm data})^2`
+on the denoiser :math:`d_t + s_t^2 s_\theta`) carried over to the score: the noise-prediction loss where
+:math:`s_t \ll \sigma_{\rm data}` and the denoiser's where :math:`s_t \gg \sigma_{\rm data}`, so the noise levels
+that set a conformer's overall shape are not drowned by the (largely irreducible) small-noise loss.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
@@ -28,20 +35,66 @@ from geodiffusion.processes.distance import DistanceVEProcess, NoncentralChi3
 from geodiffusion.training.distributed import RankSlicedGraphScore
 from geodiffusion.training.trainer import TrainerBase, TrainingSpec, Validation
 
-__all__ = ["distance_dsm_loss", "GraphTrainer", "DistanceDSMValidation"]
+__all__ = [
+    "distance_dsm_loss",
+    "distance_dsm_weight",
+    "GraphTrainer",
+    "GraphTrainingSpec",
+    "DistanceDSMValidation",
+    "DistanceWeighting",
+]
+
+DistanceWeighting = Literal["sigma2", "edm", "none"]
+DISTANCE_WEIGHTINGS: tuple[str, ...] = ("sigma2", "edm", "none")
+
+
+class GraphTrainingSpec(TrainingSpec):
+    """:class:`~geodiffusion.training.TrainingSpec` with the distance-DSM weightings."""
+
+    weighting: DistanceWeighting = Field(
+        "sigma2", description="lambda(t): sigma2 (s_t^2), edm (s_t^2 (1 + s_t^2 / sigma_data^2)) or none"
+    )
+    sigma_data: float = Field(
+        1.0, gt=0, description="edm weighting: the distance scale where the weighting turns from noise to denoiser error"
+    )
 
 
 def _graph_index(batch: Data) -> tuple[Tensor, int]:
     return node_graph_index(batch), int(getattr(batch, "num_graphs", 1) or 1)
 
 
-def _check_settings(process: DistanceVEProcess, eps: float, weighting: str) -> None:
+def _check_weighting(weighting: str, sigma_data: float) -> None:
+    if weighting not in DISTANCE_WEIGHTINGS:
+        raise ValueError(f"weighting: expected one of {list(DISTANCE_WEIGHTINGS)} for distance DSM, got {weighting!r}")
+    if (
+        isinstance(sigma_data, bool)
+        or not isinstance(sigma_data, int | float)
+        or not math.isfinite(sigma_data)
+        or sigma_data <= 0
+    ):
+        raise ValueError(f"sigma_data: expected a positive finite number, got {sigma_data!r}")
+
+
+def _check_settings(process: DistanceVEProcess, eps: float, weighting: str, sigma_data: float) -> None:
     if not isinstance(process, DistanceVEProcess):
         raise TypeError(f"process: expected a DistanceVEProcess, got {type(process).__name__}")
-    if weighting not in ("sigma2", "none"):
-        raise ValueError(f"weighting: expected 'sigma2' or 'none' for distance DSM, got {weighting!r}")
+    _check_weighting(weighting, sigma_data)
     if not 0 <= eps < process.T:
         raise ValueError(f"eps: expected a value in [0, T={process.T}), got {eps}")
+
+
+def distance_dsm_weight(scale: Tensor, weighting: str = "sigma2", sigma_data: float = 1.0) -> Tensor:
+    r""":math:`\lambda(t)` at the distance noise scale ``scale`` :math:`= s_t`: :math:`s_t^2` (``"sigma2"``),
+    :math:`s_t^2 (1 + s_t^2/\sigma_{\rm data}^2)` (``"edm"``) or 1 (``"none"``)."""
+    return _root_weight(scale, weighting, sigma_data).square()
+
+
+def _root_weight(scale: Tensor, weighting: str, sigma_data: float) -> Tensor:
+    r""":math:`\lambda(t)^{1/2}`: the loss scales residuals by it, which keeps ``"sigma2"`` exactly :math:`(s_t r)^2`."""
+    _check_weighting(weighting, sigma_data)
+    if weighting == "none":
+        return torch.ones_like(scale)
+    return scale * torch.sqrt(1.0 + (scale / sigma_data).square()) if weighting == "edm" else scale
 
 
 def distance_dsm_loss(
@@ -52,23 +105,27 @@ def distance_dsm_loss(
     generator: torch.Generator | None = None,
     eps: float = 1e-3,
     weighting: str = "sigma2",
+    sigma_data: float = 1.0,
 ) -> Tensor:
     r"""One Monte Carlo estimate of :math:`\mathcal{L}(\theta)`: one :math:`t \sim U[\varepsilon, T]` per graph.
 
     ``batch``: a PyG Data/Batch with clean coordinates ``pos [N, 3]`` and canonical ``edge_index``; ``model``:
-    ``(t [G], d [E], graph=batch) -> [E]``. ``weighting``: ``"sigma2"`` (:math:`\lambda = s_t^2`) or ``"none"``.
+    ``(t [G], d [E], graph=batch) -> [E]``. ``weighting``, ``sigma_data``: :math:`\lambda` of :func:`distance_dsm_weight`.
     """
-    _check_settings(process, eps, weighting)
+    _check_settings(process, eps, weighting, sigma_data)
     if getattr(batch, "pos", None) is None:
         raise ValueError("batch: expected clean coordinates in batch.pos")
     pos = batch.pos
     dtype, device = pos.dtype, pos.device
     _, n_graphs = _graph_index(batch)
     t = eps + (process.T - eps) * rand((n_graphs,), generator, dtype=dtype, device=device)
-    return _distance_dsm(model, process, batch, t, randn(pos.shape, generator, dtype=dtype, device=device), weighting)
+    noise = randn(pos.shape, generator, dtype=dtype, device=device)
+    return _distance_dsm(model, process, batch, t, noise, weighting, sigma_data)
 
 
-def _distance_dsm(model: nn.Module, process: DistanceVEProcess, batch: Data, t: Tensor, noise: Tensor, weighting: str) -> Tensor:
+def _distance_dsm(
+    model: nn.Module, process: DistanceVEProcess, batch: Data, t: Tensor, noise: Tensor, weighting: str, sigma_data: float
+) -> Tensor:
     r""":math:`\mathcal{L}(\theta)` at given times ``t [G]`` and coordinate noise ``noise [N, 3]``."""
     pos = batch.pos
     node_batch, _ = _graph_index(batch)
@@ -80,9 +137,7 @@ def _distance_dsm(model: nn.Module, process: DistanceVEProcess, batch: Data, t: 
     scale = process.scale(edge_t)
     target = NoncentralChi3(d0, scale).score(dt)
     residual = model(t, dt, graph=batch) - target
-    if weighting == "sigma2":
-        residual = residual * scale
-    return residual.pow(2).mean()
+    return (residual * _root_weight(scale, weighting, sigma_data)).pow(2).mean()
 
 
 def _check_items(graphs: Sequence[Data], conformers: Sequence[Tensor]) -> None:
@@ -126,14 +181,15 @@ class DistanceDSMValidation:
         seed: int = 0,
         eps: float = 1e-3,
         weighting: str = "sigma2",
+        sigma_data: float = 1.0,
         chunk: int = 256,
     ) -> None:
-        _check_settings(process, eps, weighting)
+        _check_settings(process, eps, weighting, sigma_data)
         _check_items(graphs, conformers)
         for name, value in (("draws", draws), ("chunk", chunk)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        self.process, self.weighting = process, weighting
+        self.process, self.weighting, self.sigma_data = process, weighting, sigma_data
         self.batches = _collate(graphs, conformers, chunk)
         generator = torch.Generator().manual_seed(seed)
         # (t [G], noise [N, 3]) per draw and batch, from per-item draws: the same whatever the chunking
@@ -154,7 +210,9 @@ class DistanceDSMValidation:
                     batch = batch.clone().to(param.device)  # Batch.to moves in place: keep the stored batches as they are
                     batch.pos = batch.pos.to(param.dtype)
                     cast = {"dtype": param.dtype, "device": param.device}
-                    loss = _distance_dsm(model, self.process, batch, t.to(**cast), noise.to(**cast), self.weighting)
+                    loss = _distance_dsm(
+                        model, self.process, batch, t.to(**cast), noise.to(**cast), self.weighting, self.sigma_data
+                    )
                     total += float(loss) * batch.num_edges
                     edges += batch.num_edges
         return total / edges
@@ -171,7 +229,7 @@ class GraphTrainer(TrainerBase):
     batch's edges. Shapes: the model maps ``(t [G], d [E], graph=batch)`` to ``[E]``.
     """
 
-    spec_type = TrainingSpec
+    spec_type = GraphTrainingSpec
     item_name = "graphs"
     progress_desc = "distance DSM"
 
@@ -181,7 +239,7 @@ class GraphTrainer(TrainerBase):
         process: DistanceVEProcess,
         graphs: Sequence[Data],
         conformers: Sequence[Tensor],
-        spec: TrainingSpec | dict[str, Any],
+        spec: GraphTrainingSpec | dict[str, Any],
         out_dir: str | Path | None = None,
         device: str | torch.device | None = None,
         progress: bool = False,
@@ -191,8 +249,6 @@ class GraphTrainer(TrainerBase):
         spec = self._coerce_spec(spec)
         if not isinstance(process, DistanceVEProcess):
             raise ValueError(f"process: expected a DistanceVEProcess, got {type(process).__name__}")
-        if spec.weighting not in ("sigma2", "none"):
-            raise ValueError(f"weighting: expected 'sigma2' or 'none' for distance DSM, got {spec.weighting!r}")
         _check_items(graphs, conformers)
         self.dtype = self._trainable_parameters(model)[0].dtype
         self.graphs = [g.clone() for g in graphs]
@@ -222,7 +278,9 @@ class GraphTrainer(TrainerBase):
 
     def _loss(self, batch: Batch, model: Any) -> Tensor:
         s = self.spec
-        return distance_dsm_loss(model, self.process, batch, generator=self.noise_generator, eps=s.eps, weighting=s.weighting)
+        return distance_dsm_loss(
+            model, self.process, batch, generator=self.noise_generator, eps=s.eps, weighting=s.weighting, sigma_data=s.sigma_data
+        )
 
     def _distributed_model(self, ddp: nn.Module) -> RankSlicedGraphScore:
         return RankSlicedGraphScore(ddp, self.dist)
