@@ -24,12 +24,10 @@ from torch_geometric.utils import scatter
 
 from geodiffusion.conformers.graph import EDGE_TYPES, edge_vectors
 from geodiffusion.data.conformers import load_conformers
-from geodiffusion.experiments.conformers import sample_graphs
-from geodiffusion.models.base import ScoreModel
+from geodiffusion.experiments.conformers import load_run_model, sample_graphs
 from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
 from geodiffusion.samplers.base import Sampler
-from geodiffusion.training.checkpoint import load_checkpoint
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -43,11 +41,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    spec = json.loads((args.run / "spec.json").read_text())
-    state = load_checkpoint(args.run / "model" / "checkpoints" / "last.pt")
-    model = build(state["model_spec"], ScoreModel)
-    model.load_state_dict(state["best_ema"] if state.get("best_ema") is not None else state["ema"]["model"])
-    model.eval()
+    model, spec = load_run_model(args.run)
     process = build(spec["process"], Process)
     sampler = build({**spec["sampler"], **json.loads(args.sampler)}, Sampler)
     test = load_conformers("test")

@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from torch_geometric.data import Batch
 
 from geodiffusion.data.conformers import load_conformers
+from geodiffusion.experiments.conformers import load_run_model
 from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
 from geodiffusion.training.graph import _distance_dsm
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from oracle_coverage import run_network  # noqa: E402
 
 
 def split_loss(model, process, ensembles, max_hops, times, draws: int, dtype) -> list[float]:
@@ -45,7 +42,7 @@ def split_loss(model, process, ensembles, max_hops, times, draws: int, dtype) ->
     with torch.no_grad():
         for t in times:
             t_graph = torch.full((batch.num_graphs,), t, dtype=dtype)
-            out.append(sum(float(_distance_dsm(model, process, batch, t_graph, z, "sigma2")) for z in noises) / draws)
+            out.append(sum(float(_distance_dsm(model, process, batch, t_graph, z, "sigma2", 1.0)) for z in noises) / draws)
     return out
 
 
@@ -61,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, spec = run_network(args.run)
+    model, spec = load_run_model(args.run)
     dtype = getattr(torch, spec.get("dtype", "float32"))
     model = model.to(dtype)
     process = build(spec["process"], Process)

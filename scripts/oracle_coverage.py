@@ -29,26 +29,15 @@ from geodiffusion.conformers.oracle import EnsembleScore
 from geodiffusion.data.conformers import load_conformers
 from geodiffusion.experiments.conformers import (
     ConformersQM9Experiment,
+    load_run_model,
     match_ensembles,
     sample_ensembles,
     score_ensembles,
 )
 from geodiffusion.metrics.conformers import summarise_coverage
-from geodiffusion.models.base import ScoreModel
 from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
 from geodiffusion.samplers.base import Sampler
-from geodiffusion.training.checkpoint import load_checkpoint
-
-
-def run_network(run: Path):
-    """The network a finished run sampled with (best-validation EMA weights, else the last EMA) and its spec."""
-    spec = json.loads((run / "spec.json").read_text())
-    state = load_checkpoint(run / "model" / "checkpoints" / "last.pt")
-    model = build(state["model_spec"], ScoreModel)
-    best = state.get("best_ema") if spec.get("select") == "best_val" else None
-    model.load_state_dict(best if best is not None else state["ema"]["model"])
-    return model.eval(), spec
 
 
 def mixed(network, oracle, tau: float):
@@ -107,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(test)} test molecules, {sum(e.n_conformers for e in test)} reference conformers; sampler {args.sampler}")
     network, rows = None, [(h, 0.0) for h in args.hops]
     if args.run is not None:
-        network, spec = run_network(args.run)
+        network, spec = load_run_model(args.run)
         rows = [(spec.get("max_hops", 3) or 0, tau) for tau in args.oracle_above]
         print(f"network of {args.run} on its graph; oracle at t >= tau")
     head = ["hops", "tau", "edges", "COV-R", "MAT-R", "COV-P", "MAT-P", "non-finite", "conf/s"]

@@ -263,7 +263,7 @@ def test_match_chirality_reflects_mirrored_samples():
 # --- experiments end to end ----------------------------------------------------------------------------------
 
 
-def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, monkeypatch):
+def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, monkeypatch, capsys):
     assert "conformers-qm9" in gd.registry(gd.Experiment) and "skeletons" in gd.registry(gd.Experiment)
     spec = ConformersQM9Experiment.resolve_spec(
         {
@@ -286,8 +286,14 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
         return [out[0][:0]] + out[1:], seconds
 
     monkeypatch.setattr(conformer_experiments, "etkdg_conformers", failing_on_the_first_molecule)
-    selected, real_best = [], GraphTrainer.best_model
-    monkeypatch.setattr(GraphTrainer, "best_model", lambda self: selected.append(self.best_validation) or real_best(self))
+    selected, sampled, real_best = [], [], GraphTrainer.best_model
+
+    def best_model(self):
+        selected.append(self.best_validation)
+        sampled.append(real_best(self))
+        return sampled[-1]
+
+    monkeypatch.setattr(GraphTrainer, "best_model", best_model)
     metrics = ConformersQM9Experiment(spec).execute(tmp_path, progress=False)
     written = json.loads((tmp_path / "metrics.json").read_text())
     # the molecule ETKDG could not embed covers nothing and stays out of the matching distance
@@ -307,9 +313,30 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     assert metrics["sampled_step"] == metrics["val_best_step"] and metrics["val_loss_best"] <= metrics["val_loss_final"]
     assert selected == [(metrics["val_best_step"], metrics["val_loss_best"])]  # select="best_val" sampled with them
     # the blow-up tracer reloads the sampled network from the run folder and samples with its sampler
-    tracer = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "conformer_blowups.py"))
+    scripts = Path(__file__).parents[1] / "scripts"
+    tracer = runpy.run_path(str(scripts / "conformer_blowups.py"))
     counts = tracer["main"](["--run", str(tmp_path), "--molecules", "0", "1", "--copies", "2"])
     assert counts["samples"] == 4 and 0 <= counts["blown"] <= 4
+    # load_run_model gives back the very weights the test set was sampled with
+    model, run_spec = conformer_experiments.load_run_model(tmp_path)
+    assert run_spec["select"] == "best_val" and not model.training
+    for p, q in zip(model.state_dict().values(), sampled[0].state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="spec.json"):
+        conformer_experiments.load_run_model(tmp_path / "model")
+    # the diagnostics that reload a run: per-noise DSM loss, and the network mixed with the perfect score
+    capsys.readouterr()
+    runpy.run_path(str(scripts / "dsm_by_noise.py"))["main"](
+        ["--run", str(tmp_path), "--molecules", "2", "--times", "0.1", "0.9", "--splits", "val", "test"]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-4].split()[0] == "sigma" and [r.split()[0] for r in lines[-3:]] == ["val", "test", "test/val"]
+    assert all(float(v) > 0 for v in lines[-2].split()[1:])
+    runpy.run_path(str(scripts / "oracle_coverage.py"))["main"](
+        ["--run", str(tmp_path), "--molecules", "2", "--oracle-above", "2", "0.5", "--sampler", '{"steps": 10}']
+    )
+    rows = [r.split() for r in capsys.readouterr().out.splitlines()[-2:]]
+    assert [r[1] for r in rows] == ["2.00", "0.50"] and all(0 <= float(r[3]) <= 100 for r in rows)
     with pytest.raises(ValidationError, match="max_hops"):
         ConformersQM9Experiment.resolve_spec({"max_hops": 2}, quick=True)
     with pytest.raises(ValidationError, match="n_val"):

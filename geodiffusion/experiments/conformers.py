@@ -15,6 +15,7 @@ error of the samples and COV/MAT under Kabsch RMSD (mirror images identified).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ from geodiffusion.processes.distance import DistanceVEProcess
 from geodiffusion.registry import build
 from geodiffusion.samplers.base import Sampler
 from geodiffusion.spec import component_spec
+from geodiffusion.training.checkpoint import load_checkpoint
 from geodiffusion.training.graph import DistanceDSMValidation, GraphTrainer, GraphTrainingSpec
 from geodiffusion.training.trainer import derive_seed
 
@@ -51,6 +53,7 @@ __all__ = [
     "SkeletonsExperiment",
     "chirality_signs",
     "etkdg_conformers",
+    "load_run_model",
     "match_chirality",
     "match_ensembles",
     "sample_ensembles",
@@ -142,6 +145,22 @@ def score_ensembles(
         rmsd.append(d)
         finite.append(ok)
     return per, rmsd, finite
+
+
+def load_run_model(run: str | Path) -> tuple[ScoreModel, dict]:
+    """The network a finished ``conformers-qm9`` or ``skeletons`` run sampled with, in eval mode, and the run's
+    spec (``spec.json``): the best-validation EMA weights under ``select="best_val"``, else the last EMA weights."""
+    run = Path(run)
+    paths = run / "spec.json", run / "model" / "checkpoints" / "last.pt"
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"run: expected a finished run folder with {path.relative_to(run)}, found none in {run}")
+    spec = json.loads(paths[0].read_text())
+    state = load_checkpoint(paths[1])
+    model = build(state["model_spec"], ScoreModel)
+    best = state.get("best_ema") if spec.get("select") == "best_val" else None
+    model.load_state_dict(best if best is not None else state["ema"]["model"])
+    return model.eval(), spec
 
 
 def etkdg_conformers(test: list[ConformerEnsemble], counts: list[int], seed: int = 0) -> tuple[list[Tensor], float]:
