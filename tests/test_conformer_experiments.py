@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import ValidationError
+from torch import Tensor
 from torch_geometric.data import Batch
 
 import geodiffusion as gd
@@ -27,6 +28,8 @@ from geodiffusion.training.graph import (
     DistanceDSMValidation,
     GraphTrainer,
     GraphTrainingSpec,
+    NoiseLevelLogWeight,
+    _distance_dsm,
     distance_dsm_loss,
     distance_dsm_weight,
 )
@@ -134,10 +137,13 @@ def test_distance_dsm_loss_is_rigid_motion_invariant_and_differentiable(molecule
         distance_dsm_loss(model, process, molecule.clone().update({"pos": None}))
 
 
-@pytest.mark.parametrize(("weighting", "sigma_data"), [("sigma2", 1.0), ("edm", 0.7), ("edm", 2.0), ("none", 1.0)])
-def test_distance_dsm_loss_weights_each_edge_by_lambda(molecule, weighting, sigma_data):
-    """The loss is mean_E lambda(t) (s_theta - nc3 score)^2 with lambda = s^2, s^2 (1 + s^2/sigma_data^2) or 1,
-    recomputed here from the times and distances the model saw."""
+@pytest.mark.parametrize(
+    ("weighting", "sigma_data", "learned"),
+    [("sigma2", 1.0, False), ("edm", 0.7, False), ("edm", 2.0, False), ("none", 1.0, False), ("sigma2", 1.0, True)],
+)
+def test_distance_dsm_loss_weights_each_edge_by_lambda(molecule, weighting, sigma_data, learned):
+    """The loss is mean_E lambda(t) (s_theta - nc3 score)^2 with lambda = s^2, s^2 (1 + s^2/sigma_data^2) or 1
+    (with a learned u(t): mean_E lambda l e^-u + u), recomputed here from the times and distances the model saw."""
     process = DistanceVEProcess(sigma_max=5.0)
     net = EdgeScoreModel(**TINY_MODEL, process=process.spec).double()
     seen = {}
@@ -149,14 +155,25 @@ def test_distance_dsm_loss_weights_each_edge_by_lambda(molecule, weighting, sigm
     batch = Batch.from_data_list([molecule.clone(), molecule.clone(), molecule.clone()])
     batch.pos = batch.pos.double()
     gen = torch.Generator().manual_seed(8)
+    log_weight = NoiseLevelLogWeight(process.T, 5, dtype=torch.float64) if learned else None
+    if learned:
+        log_weight.values.data = torch.tensor([2.0, -1.0, 0.5, 0.0, 3.0], dtype=torch.float64)
     with torch.no_grad():
-        loss = distance_dsm_loss(model, process, batch, generator=gen, weighting=weighting, sigma_data=sigma_data)
+        loss = distance_dsm_loss(
+            model, process, batch, generator=gen, weighting=weighting, sigma_data=sigma_data, log_weight=log_weight
+        )
         _, d0 = edge_vectors(batch.pos, batch.edge_index)
         edge_t = seen["t"][batch.batch[batch.edge_index[0]]]
         s = process.scale(edge_t)
         residual = net(seen["t"], seen["d"], graph=batch) - NoncentralChi3(d0, s).score(seen["d"])
     lam = {"sigma2": s**2, "edm": s**2 + s**4 / sigma_data**2, "none": torch.ones_like(s)}[weighting]
-    assert float(loss) == pytest.approx(float((lam * residual**2).mean()), rel=1e-12)
+    terms = lam * residual**2
+    if learned:  # u between the knots at t = 0, 0.25, ..., 1, by hand
+        knot = (edge_t * 4).floor().clamp(max=3).long()
+        w = edge_t * 4 - knot
+        u = log_weight.values.data[knot] * (1 - w) + log_weight.values.data[knot + 1] * w
+        terms = terms * torch.exp(-u) + u
+    assert float(loss) == pytest.approx(float(terms.mean()), rel=1e-12)
     assert torch.allclose(distance_dsm_weight(s, weighting, sigma_data), lam, rtol=1e-12)
 
 
@@ -178,6 +195,69 @@ def test_distance_dsm_weightings_reject_bad_settings(molecule):
             GraphTrainingSpec(**bad)
     spec = ConformersQM9Experiment.Spec.model_validate({"training": {"weighting": "edm", "sigma_data": 0.5}})
     assert (spec.training.weighting, spec.training.sigma_data) == ("edm", 0.5)
+
+
+def test_noise_level_log_weight_interpolates_its_knots():
+    u = NoiseLevelLogWeight(2.0, 3)
+    assert torch.equal(u(torch.tensor([0.0, 0.7, 2.0])), torch.zeros(3))  # starts at zero: the plain loss's optimum
+    u.values.data = torch.tensor([1.0, 3.0, -1.0])
+    assert torch.allclose(u(torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0])), torch.tensor([1.0, 2.0, 3.0, 1.0, -1.0]))
+    for bad in (torch.tensor([-0.1]), torch.tensor([2.5])):
+        with pytest.raises(ValueError, match="t: expected times"):
+            u(bad)
+    with pytest.raises(ValueError, match="knots"):
+        NoiseLevelLogWeight(1.0, 1)
+
+
+def test_learned_weighting_follows_the_loss_per_noise_level(tmp_path, molecule):
+    """u(t) learns log E[lambda l | t], the log mean loss at each noise level (measured here at the knots with
+    200 noise draws of the trained network); the trainer checkpoints u and resumes bit for bit."""
+    process = DistanceVEProcess(sigma_max=5.0)
+    confs = molecule.pos.unsqueeze(0) + 0.05 * torch.randn(3, molecule.num_nodes, 3, generator=torch.Generator().manual_seed(5))
+    spec = {"steps": 200, "batch_size": 2, "lr": 3e-2, "ema_decay": 0.9, "checkpoint_every": 100, "log_every": 50}
+    spec |= {"learned_weighting": True, "weighting_knots": 4}
+
+    def make(out, steps, **change):
+        torch.manual_seed(0)
+        model = EdgeScoreModel(**TINY_MODEL, process=process.spec)
+        return GraphTrainer(model, process, [molecule] * 3, [confs] * 3, {**spec, "steps": steps, **change}, out)
+
+    full = make(tmp_path / "full", 200)
+    full.fit()
+    u = full.log_weight.values.detach()
+    batch = Batch.from_data_list([molecule.clone().update({"pos": c}) for c in confs])
+    gen = torch.Generator().manual_seed(1)
+
+    def mean_loss(t: float) -> Tensor:
+        noises = (torch.randn(batch.pos.shape, generator=gen) for _ in range(200))
+        times = torch.full((3,), t)
+        return torch.stack([_distance_dsm(full.model, process, batch, times, z, "sigma2", 1.0) for z in noises]).mean()
+
+    with torch.no_grad():
+        measured = torch.stack([mean_loss(t) for t in (0.001, 1 / 3, 2 / 3, 1.0)]).log()
+    assert float((u - measured).abs().max()) < 0.35 and float(measured[-1] - measured[0]) > 0.8  # levels differ
+    part = make(tmp_path / "part", 100)
+    part.fit()
+    resumed = make(tmp_path / "part", 200)
+    resumed.fit()
+    assert resumed.losses == full.losses and torch.equal(resumed.log_weight.values, full.log_weight.values)
+    with pytest.raises(ValueError, match="learned_weighting"):
+        make(tmp_path / "part", 300, learned_weighting=False).fit()
+
+
+def test_learned_weighting_is_refused_under_ddp(monkeypatch, molecule):
+    """u(t) is outside the DDP module, so its gradient would not be averaged: refused before training."""
+    import geodiffusion.training.trainer as trainer_module
+    from geodiffusion.training.distributed import DistributedContext
+
+    context = DistributedContext(rank=0, world_size=2, local_rank=0, backend="gloo")
+    monkeypatch.setattr(trainer_module, "setup_distributed", lambda device, distributed=None: context)
+    monkeypatch.setattr(trainer_module, "local_device", lambda device: device)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda module, device_ids=None: module)
+    process = DistanceVEProcess(sigma_max=5.0)
+    spec = {"steps": 1, "batch_size": 2, "learned_weighting": True}
+    with pytest.raises(ValueError, match="learned_weighting: not supported under distributed"):
+        GraphTrainer(EdgeScoreModel(**TINY_MODEL), process, [molecule] * 2, [molecule.pos.unsqueeze(0)] * 2, spec)
 
 
 def test_graph_trainer_resumes_bit_for_bit(tmp_path, molecule):

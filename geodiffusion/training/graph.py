@@ -15,6 +15,8 @@ treating edges as independent given :math:`d_0` is the paper's approximation.
 on the denoiser :math:`d_t + s_t^2 s_\theta`) carried over to the score: the noise-prediction loss where
 :math:`s_t \ll \sigma_{\rm data}` and the denoiser's where :math:`s_t \gg \sigma_{\rm data}`, so the noise levels
 that set a conformer's overall shape are not drowned by the (largely irreducible) small-noise loss.
+``learned_weighting`` goes further and learns a log-weight :math:`u(t)` per noise level with the network
+(:class:`NoiseLevelLogWeight`), which gives every noise level the same share of the gradient.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "distance_dsm_weight",
     "GraphTrainer",
     "GraphTrainingSpec",
+    "NoiseLevelLogWeight",
     "DistanceDSMValidation",
     "DistanceWeighting",
 ]
@@ -57,6 +60,10 @@ class GraphTrainingSpec(TrainingSpec):
     sigma_data: float = Field(
         1.0, gt=0, description="edm weighting: the distance scale where the weighting turns from noise to denoiser error"
     )
+    learned_weighting: bool = Field(
+        False, description="also learn a log-weight u(t) per noise level (EDM2): the loss becomes lambda L / e^u + u"
+    )
+    weighting_knots: int = Field(32, ge=2, description="learned_weighting: u(t) is linear between this many knots on [0, T]")
 
 
 def _graph_index(batch: Data) -> tuple[Tensor, int]:
@@ -106,11 +113,14 @@ def distance_dsm_loss(
     eps: float = 1e-3,
     weighting: str = "sigma2",
     sigma_data: float = 1.0,
+    log_weight: nn.Module | None = None,
 ) -> Tensor:
     r"""One Monte Carlo estimate of :math:`\mathcal{L}(\theta)`: one :math:`t \sim U[\varepsilon, T]` per graph.
 
     ``batch``: a PyG Data/Batch with clean coordinates ``pos [N, 3]`` and canonical ``edge_index``; ``model``:
-    ``(t [G], d [E], graph=batch) -> [E]``. ``weighting``, ``sigma_data``: :math:`\lambda` of :func:`distance_dsm_weight`.
+    ``(t [G], d [E], graph=batch) -> [E]``. ``weighting``, ``sigma_data``: :math:`\lambda` of
+    :func:`distance_dsm_weight`; ``log_weight``: a learned :math:`u(t)` (:class:`NoiseLevelLogWeight`) that divides
+    each edge's term by :math:`e^{u(t)}` and adds :math:`u(t)`.
     """
     _check_settings(process, eps, weighting, sigma_data)
     if getattr(batch, "pos", None) is None:
@@ -120,13 +130,21 @@ def distance_dsm_loss(
     _, n_graphs = _graph_index(batch)
     t = eps + (process.T - eps) * rand((n_graphs,), generator, dtype=dtype, device=device)
     noise = randn(pos.shape, generator, dtype=dtype, device=device)
-    return _distance_dsm(model, process, batch, t, noise, weighting, sigma_data)
+    return _distance_dsm(model, process, batch, t, noise, weighting, sigma_data, log_weight)
 
 
 def _distance_dsm(
-    model: nn.Module, process: DistanceVEProcess, batch: Data, t: Tensor, noise: Tensor, weighting: str, sigma_data: float
+    model: nn.Module,
+    process: DistanceVEProcess,
+    batch: Data,
+    t: Tensor,
+    noise: Tensor,
+    weighting: str,
+    sigma_data: float,
+    log_weight: nn.Module | None = None,
 ) -> Tensor:
-    r""":math:`\mathcal{L}(\theta)` at given times ``t [G]`` and coordinate noise ``noise [N, 3]``."""
+    r""":math:`\mathcal{L}(\theta)` at given times ``t [G]`` and coordinate noise ``noise [N, 3]``; with
+    ``log_weight`` (:class:`NoiseLevelLogWeight`), the mean of :math:`\lambda \ell e^{-u(t)} + u(t)` per edge."""
     pos = batch.pos
     node_batch, _ = _graph_index(batch)
     edge_index = batch.edge_index
@@ -137,7 +155,38 @@ def _distance_dsm(
     scale = process.scale(edge_t)
     target = NoncentralChi3(d0, scale).score(dt)
     residual = model(t, dt, graph=batch) - target
-    return (residual * _root_weight(scale, weighting, sigma_data)).pow(2).mean()
+    per_edge = (residual * _root_weight(scale, weighting, sigma_data)).pow(2)
+    if log_weight is not None:
+        u = log_weight(edge_t).to(per_edge.dtype)
+        per_edge = per_edge * torch.exp(-u) + u
+    return per_edge.mean()
+
+
+class NoiseLevelLogWeight(nn.Module):
+    r""":math:`u(t)`, a learned log loss weight per noise level (EDM2's uncertainty weighting, Karras et al. 2024):
+    linear between ``knots`` equally spaced times on :math:`[0, T]`, zero at the start.
+
+    Minimising :math:`\lambda \ell / e^{u(t)} + u(t)` over :math:`u` sets :math:`e^{u(t)}` to the mean loss at
+    :math:`t`, so every noise level carries the same share of the network's gradient however its loss scales.
+    """
+
+    def __init__(self, T: float, knots: int = 32, dtype: torch.dtype | None = None, device: torch.device | None = None):
+        super().__init__()
+        if isinstance(knots, bool) or not isinstance(knots, int) or knots < 2:
+            raise ValueError(f"knots: expected an integer >= 2, got {knots!r}")
+        if not math.isfinite(T) or T <= 0:
+            raise ValueError(f"T: expected a positive finite time horizon, got {T!r}")
+        self.T = float(T)
+        self.values = nn.Parameter(torch.zeros(knots, dtype=dtype, device=device))
+
+    def forward(self, t: Tensor) -> Tensor:
+        """:math:`u(t)` at times ``t`` in :math:`[0, T]` (any shape)."""
+        if bool(((t < 0) | (t > self.T)).any()):
+            raise ValueError(f"t: expected times in [0, T={self.T}]")
+        x = t.to(self.values.dtype) / self.T * (self.values.numel() - 1)
+        left = x.floor().long().clamp(max=self.values.numel() - 2)  # t = T sits at the end of the last interval
+        w = x - left
+        return self.values[left] * (1 - w) + self.values[left + 1] * w
 
 
 def _check_items(graphs: Sequence[Data], conformers: Sequence[Tensor]) -> None:
@@ -227,6 +276,10 @@ class GraphTrainer(TrainerBase):
     :class:`TrainerBase`'s; under DDP each rank runs the model on its run of whole graphs of the batch
     (:class:`~geodiffusion.training.distributed.RankSlicedGraphScore`), and the loss stays the mean over all the
     batch's edges. Shapes: the model maps ``(t [G], d [E], graph=batch)`` to ``[E]``.
+
+    With ``spec.learned_weighting`` the trainer also fits :math:`u(t)` (:class:`NoiseLevelLogWeight`,
+    :attr:`log_weight`) in a second AdamW group, under the same schedule and clipping; it is checkpointed
+    (``"log_weight"``) and resumed exactly, and refused under DDP, whose all-reduce covers the model only.
     """
 
     spec_type = GraphTrainingSpec
@@ -256,6 +309,13 @@ class GraphTrainer(TrainerBase):
         super().__init__(
             model, process, spec, out_dir, device if device is not None else "cpu", progress, distributed, validation
         )
+        self.log_weight: NoiseLevelLogWeight | None = None
+        if spec.learned_weighting:
+            if self.dist is not None:
+                raise ValueError("learned_weighting: not supported under distributed training (u(t) is not all-reduced)")
+            self.log_weight = NoiseLevelLogWeight(process.T, spec.weighting_knots, self.dtype, self.device)
+            # AdamW on u(t) as on the network: a second group, so the learning-rate schedule and clipping cover it
+            self.optimizer.add_param_group({"params": list(self.log_weight.parameters())})
 
     @property
     def losses(self) -> list[float]:
@@ -279,8 +339,26 @@ class GraphTrainer(TrainerBase):
     def _loss(self, batch: Batch, model: Any) -> Tensor:
         s = self.spec
         return distance_dsm_loss(
-            model, self.process, batch, generator=self.noise_generator, eps=s.eps, weighting=s.weighting, sigma_data=s.sigma_data
+            model,
+            self.process,
+            batch,
+            generator=self.noise_generator,
+            eps=s.eps,
+            weighting=s.weighting,
+            sigma_data=s.sigma_data,
+            log_weight=self.log_weight,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """:meth:`TrainerBase.state_dict` with the learned :math:`u(t)` (``"log_weight"``, None without one)."""
+        return super().state_dict() | {"log_weight": self.log_weight.state_dict() if self.log_weight is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.log_weight is not None:
+            if state.get("log_weight") is None:
+                raise ValueError("the checkpoint has no learned u(t) (log_weight); it was not trained with learned_weighting")
+            self.log_weight.load_state_dict(state["log_weight"])
 
     def _distributed_model(self, ddp: nn.Module) -> RankSlicedGraphScore:
         return RankSlicedGraphScore(ddp, self.dist)
