@@ -214,8 +214,8 @@ def test_learned_weighting_follows_the_loss_per_noise_level(tmp_path, molecule):
     200 noise draws of the trained network); the trainer checkpoints u and resumes bit for bit."""
     process = DistanceVEProcess(sigma_max=5.0)
     confs = molecule.pos.unsqueeze(0) + 0.05 * torch.randn(3, molecule.num_nodes, 3, generator=torch.Generator().manual_seed(5))
-    spec = {"steps": 200, "batch_size": 2, "lr": 3e-2, "ema_decay": 0.9, "checkpoint_every": 100, "log_every": 50}
-    spec |= {"learned_weighting": True, "weighting_knots": 4}
+    spec = {"steps": 200, "batch_size": 2, "lr": 3e-3, "ema_decay": 0.9, "checkpoint_every": 100, "log_every": 50}
+    spec |= {"learned_weighting": True, "weighting_knots": 4, "weighting_lr_scale": 10.0, "warmup_steps": 10}
 
     def make(out, steps, **change):
         torch.manual_seed(0)
@@ -225,6 +225,7 @@ def test_learned_weighting_follows_the_loss_per_noise_level(tmp_path, molecule):
     full = make(tmp_path / "full", 200)
     full.fit()
     u = full.log_weight.values.detach()
+    assert [g["lr"] for g in full.optimizer.param_groups] == [3e-3, pytest.approx(3e-2)]  # scheduled, u's 10x
     batch = Batch.from_data_list([molecule.clone().update({"pos": c}) for c in confs])
     gen = torch.Generator().manual_seed(1)
 
@@ -235,7 +236,7 @@ def test_learned_weighting_follows_the_loss_per_noise_level(tmp_path, molecule):
 
     with torch.no_grad():
         measured = torch.stack([mean_loss(t) for t in (0.001, 1 / 3, 2 / 3, 1.0)]).log()
-    assert float((u - measured).abs().max()) < 0.35 and float(measured[-1] - measured[0]) > 0.8  # levels differ
+    assert float((u - measured).abs().max()) < 0.35 and float(measured.max() - measured.min()) > 1.0  # levels differ
     part = make(tmp_path / "part", 100)
     part.fit()
     resumed = make(tmp_path / "part", 200)

@@ -64,6 +64,9 @@ class GraphTrainingSpec(TrainingSpec):
         False, description="also learn a log-weight u(t) per noise level (EDM2): the loss becomes lambda L / e^u + u"
     )
     weighting_knots: int = Field(32, ge=2, description="learned_weighting: u(t) is linear between this many knots on [0, T]")
+    weighting_lr_scale: float = Field(
+        20.0, gt=0, description="learned_weighting: u(t)'s learning rate as a multiple of lr (u must track the loss quickly)"
+    )
 
 
 def _graph_index(batch: Data) -> tuple[Tensor, int]:
@@ -278,7 +281,8 @@ class GraphTrainer(TrainerBase):
     batch's edges. Shapes: the model maps ``(t [G], d [E], graph=batch)`` to ``[E]``.
 
     With ``spec.learned_weighting`` the trainer also fits :math:`u(t)` (:class:`NoiseLevelLogWeight`,
-    :attr:`log_weight`) in a second AdamW group, under the same schedule and clipping; it is checkpointed
+    :attr:`log_weight`) in a second AdamW group, under the same schedule and clipping at ``weighting_lr_scale``
+    times the rate; it is checkpointed
     (``"log_weight"``) and resumed exactly, and refused under DDP, whose all-reduce covers the model only.
     """
 
@@ -314,8 +318,11 @@ class GraphTrainer(TrainerBase):
             if self.dist is not None:
                 raise ValueError("learned_weighting: not supported under distributed training (u(t) is not all-reduced)")
             self.log_weight = NoiseLevelLogWeight(process.T, spec.weighting_knots, self.dtype, self.device)
-            # AdamW on u(t) as on the network: a second group, so the learning-rate schedule and clipping cover it
-            self.optimizer.add_param_group({"params": list(self.log_weight.parameters())})
+            # AdamW on u(t) in a second group under the same schedule and clipping, at weighting_lr_scale times the
+            # rate: at the network's rate u (which must move by ~5 to reach log L at large noise) lagged for ~10^4 steps
+            scale = spec.weighting_lr_scale
+            params = list(self.log_weight.parameters())
+            self.optimizer.add_param_group({"params": params, "lr": spec.lr * scale, "lr_scale": scale})
 
     @property
     def losses(self) -> list[float]:

@@ -460,7 +460,7 @@ class TrainerBase(ABC):
                 if scheduled:
                     # a function of the step alone, so a resumed run takes the same rates
                     for group in self.optimizer.param_groups:
-                        group["lr"] = spec.lr_at(self.step)
+                        group["lr"] = spec.lr_at(self.step) * group.get("lr_scale", 1.0)
                 self.optimizer.step()
                 self.ema.update(self.model)
                 self.step += 1
