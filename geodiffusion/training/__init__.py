@@ -16,6 +16,7 @@ from geodiffusion.training.graph import (
     DistanceWeighting,
     GraphTrainer,
     GraphTrainingSpec,
+    NoiseLevelLogWeight,
     distance_dsm_loss,
     distance_dsm_weight,
 )
@@ -46,5 +47,6 @@ __all__ += [
     "distance_dsm_weight",
     "DistanceDSMValidation",
     "DistanceWeighting",
+    "NoiseLevelLogWeight",
 ]
 __all__ += ["TrainerBase", "BridgeTrainer", "Validation"]

@@ -282,8 +282,8 @@ class GraphTrainer(TrainerBase):
 
     With ``spec.learned_weighting`` the trainer also fits :math:`u(t)` (:class:`NoiseLevelLogWeight`,
     :attr:`log_weight`) in a second AdamW group, under the same schedule and clipping at ``weighting_lr_scale``
-    times the rate; it is checkpointed
-    (``"log_weight"``) and resumed exactly, and refused under DDP, whose all-reduce covers the model only.
+    times the rate; it is checkpointed (``"log_weight"``) and resumed exactly, and refused under DDP, whose
+    all-reduce covers the model only.
     """
 
     spec_type = GraphTrainingSpec
