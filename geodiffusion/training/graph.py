@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from pydantic import Field
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 DistanceWeighting = Literal["sigma2", "edm", "none"]
-DISTANCE_WEIGHTINGS: tuple[str, ...] = ("sigma2", "edm", "none")
+DISTANCE_WEIGHTINGS: tuple[str, ...] = get_args(DistanceWeighting)
 
 
 class GraphTrainingSpec(TrainingSpec):
@@ -96,12 +96,13 @@ def _check_settings(process: DistanceVEProcess, eps: float, weighting: str, sigm
 def distance_dsm_weight(scale: Tensor, weighting: str = "sigma2", sigma_data: float = 1.0) -> Tensor:
     r""":math:`\lambda(t)` at the distance noise scale ``scale`` :math:`= s_t`: :math:`s_t^2` (``"sigma2"``),
     :math:`s_t^2 (1 + s_t^2/\sigma_{\rm data}^2)` (``"edm"``) or 1 (``"none"``)."""
+    _check_weighting(weighting, sigma_data)
     return _root_weight(scale, weighting, sigma_data).square()
 
 
 def _root_weight(scale: Tensor, weighting: str, sigma_data: float) -> Tensor:
-    r""":math:`\lambda(t)^{1/2}`: the loss scales residuals by it, which keeps ``"sigma2"`` exactly :math:`(s_t r)^2`."""
-    _check_weighting(weighting, sigma_data)
+    r""":math:`\lambda(t)^{1/2}`: the loss scales residuals by it, which keeps ``"sigma2"`` exactly :math:`(s_t r)^2`.
+    Unchecked: its callers (the loss, the validation, :func:`distance_dsm_weight`) have validated both settings."""
     if weighting == "none":
         return torch.ones_like(scale)
     return scale * torch.sqrt(1.0 + (scale / sigma_data).square()) if weighting == "edm" else scale
