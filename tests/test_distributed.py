@@ -4,6 +4,7 @@ checkpoints move between DDP and single-process runs; the Trainer dispatches to 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import json
 import math
@@ -90,16 +91,30 @@ def _worker(rank: int, port: int, root: str) -> None:
             dist.destroy_process_group()
 
 
+def _traced(rank: int, worker, port: int, root: str, dump_after_s: float) -> None:
+    """Run ``worker`` and, should it still be running after ``dump_after_s``, write every thread's stack to a file."""
+    with open(Path(root) / f"stack{rank}.txt", "w") as stacks:
+        faulthandler.dump_traceback_later(dump_after_s, file=stacks)
+        try:
+            worker(rank, port, root)
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+
+
 def run_workers(root: Path, worker=_worker, timeout_s: float = 120.0) -> None:
-    # fork: the workers inherit the imported package (a fresh interpreter would spend ~15 s importing it)
-    context = mp.start_processes(worker, args=(free_port(), str(root)), nprocs=WORLD, join=False, start_method="fork")
+    # spawn, not fork: a pytest-xdist worker runs execnet's I/O threads, and a fork can copy a lock one of them holds
+    # into the child, where nothing releases it; the suspected cause of two worker timeouts in CI. A fresh
+    # interpreter costs each worker a few seconds of imports
+    args = (worker, free_port(), str(root), timeout_s - 10)
+    context = mp.start_processes(_traced, args=args, nprocs=WORLD, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout_s
     while not context.join(timeout=1.0):
         if time.monotonic() > deadline:
             for proc in context.processes:
                 if proc.is_alive():
                     proc.kill()
-            pytest.fail(f"distributed workers did not finish within {timeout_s} s")
+            stacks = "\n".join(f"rank {r}:\n{(root / f'stack{r}.txt').read_text()}" for r in range(WORLD))
+            pytest.fail(f"distributed workers did not finish within {timeout_s} s; their stacks:\n{stacks}")
 
 
 def trainer_state(path: Path) -> dict[str, torch.Tensor]:
@@ -119,7 +134,7 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("ddp")
-    # module fixtures run before conftest's per-test one_thread: fork from a parent that used one thread
+    # module fixtures run before conftest's per-test one_thread: the reference runs use one thread, as the workers do
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     process, data = gd.VPProcess(), gaussian_data()

@@ -121,7 +121,7 @@ def _worker(rank: int, port: int, root: str) -> None:
 def ddp_runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("loop")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before conftest's one_thread: fork from a one-thread parent
+    torch.set_num_threads(1)  # module fixtures run before conftest's one_thread: one thread, as in the workers
     try:
         for name, make in MAKERS.items():
             (root / name).mkdir()
