@@ -57,7 +57,7 @@ SHARED = ROOT.parent / "shared" / "data" / "molecules" / "geomol_splits" / "qm9_
 BOHR_PER_ANGSTROM = 1.8897261254578281
 HARTREE_KCAL = 627.509474
 REF_SEED_BASE = 1
-SPLITS = ("train", "train_geom", "train_pubchem", "val", "test")
+SPLITS = ("train", "train_geom", "train_pubchem", "train_rings", "val", "test")
 # the test split may grow up to this many positions of the shuffled GEOM-QM9 list; train_geom takes the rest, so the
 # two never share a molecule however far either is extended
 TEST_POOL = 500
@@ -126,6 +126,75 @@ def pubchem_molecules(exclude: set[str]) -> list[str]:
     return [s for s in pool if flat_smiles(s) not in taken]
 
 
+def ring_neighbours(seeds: list[str], exclude: set[str]) -> list[str]:
+    """QM9-like molecules one edit away from ``seeds`` that keep a 3- or 4-membered ring, minus ``exclude`` (compared
+    by constitution): the small-ring chemistry that GEOM-QM9 is rich in and the NCI and PubChem pools lack.
+
+    An edit changes one heavy atom's element (C, N, O, F), adds one heavy atom by a single or double bond, removes
+    a terminal heavy atom, or raises or lowers one bond order; RDKit's sanitisation rejects the invalid valences.
+    Each constitution appears once, as the first of its stereoisomers that RDKit enumerates where stereo is left
+    open, so every ETKDG seed embeds the same molecule. Sorted, then shuffled with numpy seed 0."""
+    Chem, _, _ = _rdkit()
+    from rdkit.Chem.EnumerateStereoisomers import EnumerateStereoisomers, StereoEnumerationOptions
+
+    single, double = Chem.BondType.SINGLE, Chem.BondType.DOUBLE
+    raise_order = {single: double, double: Chem.BondType.TRIPLE}
+    lower_order = {double: single, Chem.BondType.TRIPLE: double}
+
+    def edits(mol) -> list:
+        out = []
+        for atom in mol.GetAtoms():
+            i = atom.GetIdx()
+            for z in (6, 7, 8, 9):
+                if z != atom.GetAtomicNum():
+                    m = Chem.RWMol(mol)
+                    m.GetAtomWithIdx(i).SetAtomicNum(z)
+                    out.append(m)
+            for z in (6, 7, 8, 9):
+                for order in (single, double):
+                    m = Chem.RWMol(mol)
+                    m.AddBond(i, m.AddAtom(Chem.Atom(z)), order)
+                    out.append(m)
+            if atom.GetDegree() == 1:
+                m = Chem.RWMol(mol)
+                m.RemoveAtom(i)
+                out.append(m)
+        for bond in mol.GetBonds():
+            for table in (raise_order, lower_order):
+                if bond.GetBondType() in table:
+                    m = Chem.RWMol(mol)
+                    m.GetBondWithIdx(bond.GetIdx()).SetBondType(table[bond.GetBondType()])
+                    out.append(m)
+        return out
+
+    taken = {flat_smiles(s) for s in exclude}
+    found: dict[str, str] = {}  # constitution -> SMILES with stereo
+    options = StereoEnumerationOptions(onlyUnassigned=True, unique=True)
+    for smiles in seeds:
+        mol = Chem.MolFromSmiles(smiles)
+        if mol is None:
+            continue
+        Chem.Kekulize(mol, clearAromaticFlags=True)
+        for edit in edits(mol):
+            for atom in edit.GetAtoms():  # hydrogens follow the new valences
+                atom.SetNoImplicit(False)
+                atom.SetNumExplicitHs(0)
+            new = edit.GetMol()
+            if Chem.SanitizeMol(new, catchErrors=True) != Chem.SanitizeFlags.SANITIZE_NONE:
+                continue
+            if not any(len(ring) in (3, 4) for ring in new.GetRingInfo().AtomRings()):
+                continue
+            flat = Chem.MolToSmiles(new, isomericSmiles=False)
+            if flat in taken or flat in found:
+                continue
+            # a SMILES round trip re-perceives stereo: an edit can leave a stale tag on a changed centre
+            new = Chem.MolFromSmiles(Chem.MolToSmiles(new))
+            if new is not None:
+                found[flat] = Chem.MolToSmiles(next(iter(EnumerateStereoisomers(new, options=options))))
+    pool = qm9_like(found.values(), set())
+    return pool
+
+
 def flat_smiles(smiles: str) -> str | None:
     """Canonical SMILES without stereo: the constitution, which no two splits may share (None: unparsable)."""
     Chem, _, _ = _rdkit()
@@ -149,6 +218,9 @@ def jobs(split: str) -> list[tuple[str, int]]:
     train, val = nci_molecules(exclude)
     if split == "train_pubchem":  # disjoint from every other split's candidates, whichever were built
         return [(s, -1) for s in pubchem_molecules(exclude | set(train) | set(val))]
+    if split == "train_rings":  # neighbours of train_geom's molecules, disjoint from every other split's candidates
+        others = exclude | set(train) | set(val) | set(pubchem_molecules(exclude | set(train) | set(val)))
+        return [(s, -1) for s in ring_neighbours([s for s, _ in tests[TEST_POOL:]], others)]
     return [(s, -1) for s in (train if split == "train" else val)]
 
 

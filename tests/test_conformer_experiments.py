@@ -104,6 +104,25 @@ def test_packaged_splits_verify_and_are_disjoint_by_molecule():
     assert len(load_conformers("test", limit=3, max_atoms=15)) == 3
 
 
+def test_ring_neighbours_are_one_edit_qm9_like_small_ring_molecules_outside_the_excluded():
+    script = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "make_conformer_dataset.py"))
+    ring_neighbours, qm9_like = script["ring_neighbours"], script["qm9_like"]
+    seeds = ["OC1CC1", "C[C@H]1CN1C=O"]
+    found = ring_neighbours(seeds, exclude={"C1CC1N"})
+    flat = [Chem.MolToSmiles(Chem.MolFromSmiles(s), isomericSmiles=False) for s in found]
+    assert len(found) > 20 and len(set(flat)) == len(flat)  # one stereoisomer per constitution
+    assert sorted(qm9_like(found, set())) == sorted(found)
+    for smiles in found:
+        mol = Chem.MolFromSmiles(smiles)
+        assert any(len(ring) in (3, 4) for ring in mol.GetRingInfo().AtomRings()), smiles
+        # every stereocentre is assigned, so every ETKDG seed embeds the same stereoisomer
+        assert all(label != "?" for _, label in Chem.FindMolChiralCenters(mol, includeUnassigned=True)), smiles
+    # an element change, an added atom, a raised bond order and a removed terminal atom of cyclopropanol
+    assert {"OC1CO1", "CC1(O)CC1", "O=C1CC1", "C1CC1"} <= set(flat)
+    assert "C1CC1N" not in flat and "OC1CC1" not in flat  # excluded; the seeds themselves are no edit away
+    assert ring_neighbours(seeds, exclude={"C1CC1N"}) == found  # deterministic
+
+
 def test_corrupted_package_and_bad_split_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="split"):
         load_conformers("validation")
@@ -389,6 +408,9 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     assert metrics["model_conformers_per_second"] > 0 and metrics["speed_ratio_model_over_etkdg"] > 0
     assert (tmp_path / "conformers.png").stat().st_size > 0 and (tmp_path / "model" / "checkpoints" / "last.pt").is_file()
     assert "not GEOM" in (tmp_path / "REFERENCES.txt").read_text()
+    # the default trains the learned weighting u(t) with the network, and checkpoints it
+    assert json.loads((tmp_path / "spec.json").read_text())["training"]["learned_weighting"] is True
+    assert torch.load(tmp_path / "model" / "checkpoints" / "last.pt", weights_only=True)["log_weight"] is not None
     # held-out molecules scored at the checkpoints (10, 20); the best step's EMA weights sampled the test set
     assert metrics["n_val_molecules"] == 3 and metrics["val_best_step"] in (10, 20)
     assert metrics["sampled_step"] == metrics["val_best_step"] and metrics["val_loss_best"] <= metrics["val_loss_final"]

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -25,8 +25,8 @@ from torch import Tensor
 
 __all__ = ["CONFORMER_SPLITS", "REFERENCE_NOTE", "ConformerEnsemble", "conformer_manifest", "load_conformers"]
 
-CONFORMER_SPLITS = ("train", "train_geom", "train_pubchem", "val", "test")
-ConformerSplit = Literal["train", "train_geom", "train_pubchem", "val", "test"]
+ConformerSplit = Literal["train", "train_geom", "train_pubchem", "train_rings", "val", "test"]
+CONFORMER_SPLITS: tuple[str, ...] = get_args(ConformerSplit)
 REFERENCE_NOTE = "references are GFN2-xTB-refined ETKDG ensembles made offline, not GEOM (CREST) conformers"
 
 
@@ -76,8 +76,7 @@ def conformer_manifest() -> dict[str, Any]:
 
 
 def load_conformers(split: str, *, limit: int | None = None, max_atoms: int | None = None) -> list[ConformerEnsemble]:
-    """The molecules of ``split`` (``train``, ``train_geom``, ``train_pubchem``, ``val`` or ``test``) in packaged order,
-    checksum-verified.
+    """The molecules of ``split`` (one of :data:`CONFORMER_SPLITS`) in packaged order, checksum-verified.
 
     ``limit`` keeps the first molecules (after dropping those with more than ``max_atoms`` atoms).
     """
