@@ -7,6 +7,7 @@ than one sample set, ``lost`` counts the molecules where the first set's COV-R i
 
     python scripts/conformer_breakdown.py runs/conformers-qm9-RUN/samples.pt runs/oracle/hops3_tau0.pt
     python scripts/conformer_breakdown.py --rings train train_geom val test   # ring systems per packaged split
+    python scripts/conformer_breakdown.py --seen-by train train_geom   # test ring systems met in training
 """
 
 from __future__ import annotations
@@ -47,17 +48,48 @@ def ring_systems(split: str) -> str:
     return f"{split:>14s} {len(mols):5d}" + "".join(f" {k} {100 * v / len(mols):3.0f}%" for k, v in shares.items())
 
 
+def ring_system_keys(smiles: str) -> set[str]:
+    """The molecule's ring systems (rings joined where they share an atom), each as the SMILES of its ring atoms
+    and ring bonds: elements and bond orders kept, substituents and stereo dropped."""
+    from rdkit import Chem
+
+    mol = Chem.MolFromSmiles(smiles)
+    systems: list[set[int]] = []
+    for ring in mol.GetRingInfo().AtomRings():
+        joined = set(ring)
+        for other in [s for s in systems if s & joined]:
+            systems.remove(other)
+            joined |= other
+        systems.append(joined)
+    keys = set()
+    for atoms in systems:
+        bonds = [b.GetIdx() for b in mol.GetBonds() if b.IsInRing() and {b.GetBeginAtomIdx(), b.GetEndAtomIdx()} <= atoms]
+        keys.add(Chem.MolFragmentToSmiles(mol, atomsToUse=sorted(atoms), bondsToUse=bonds, isomericSmiles=False))
+    return keys
+
+
+def seen_by(splits: list[str]) -> str:
+    """How many ring-bearing test molecules have every ring system in some molecule of ``splits``."""
+    seen = set().union(*(ring_system_keys(e.smiles) for split in splits for e in load_conformers(split)))
+    ringed = [keys for keys in (ring_system_keys(e.smiles) for e in load_conformers("test")) if keys]
+    met = sum(keys <= seen for keys in ringed)
+    return f"{' + '.join(splits)}: {met} of the {len(ringed)} test molecules with rings have every ring system in training"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("samples", type=Path, nargs="*", help="samples.pt files")
     parser.add_argument("--rings", nargs="+", default=None, help="packaged splits: print their ring systems instead")
+    parser.add_argument("--seen-by", nargs="+", default=None, help="training splits: count test ring systems they hold")
     args = parser.parse_args(argv)
-    if args.rings:
-        for split in args.rings:
+    if args.rings or args.seen_by:
+        for split in args.rings or []:
             print(ring_systems(split))
+        if args.seen_by:
+            print(seen_by(args.seen_by))
         return
     if not args.samples:
-        parser.error("give samples.pt files or --rings SPLIT ...")
+        parser.error("give samples.pt files, --rings SPLIT ... or --seen-by SPLIT ...")
     test = load_conformers("test")
     tables = [per_molecule(p, test) for p in args.samples]
     m = min(t.shape[0] for t in tables)

@@ -89,17 +89,21 @@ def test_packaged_splits_verify_and_are_disjoint_by_molecule():
     val = load_conformers("val")
     geom = load_conformers("train_geom")
     pubchem = load_conformers("train_pubchem")
+    rings = load_conformers("train_rings")
     assert len(test) >= 200 and len(train) >= 300 and len(val) >= 30 and len(geom) >= 400 and len(pubchem) >= 100
+    assert len(rings) >= 100
+    # every train_rings molecule has the small rings it was made for
+    assert all(any(len(r) <= 4 for r in e.mol.GetRingInfo().AtomRings()) for e in rings)
     # compared without stereo: the PubChem table often leaves out stereo that the GEOM list gives
-    splits = (train, val, test, geom, pubchem)
+    splits = (train, val, test, geom, pubchem, rings)
     canon = [{Chem.MolToSmiles(Chem.MolFromSmiles(e.smiles), isomericSmiles=False) for e in split} for split in splits]
     for i, j in itertools.combinations(range(len(splits)), 2):
         assert not canon[i] & canon[j], (i, j)
     e = test[0]
     assert e.n_conformers <= e.cap and e.coordinates().shape == (e.n_conformers, e.n_atoms, 3)
     assert e.rel_energy_kcal[0] == 0.0 and list(e.rel_energy_kcal) == sorted(e.rel_energy_kcal)
-    assert all(x.method == "GFN2-xTB" for x in test + train + val + geom + pubchem)
-    assert all(x.n_conformers <= x.cap == 10 for x in geom + pubchem)
+    assert all(x.method == "GFN2-xTB" for x in test + train + val + geom + pubchem + rings)
+    assert all(x.n_conformers <= x.cap == 10 for x in geom + pubchem + rings)
     assert all(a.GetAtomicNum() != 1 or a.GetDegree() == 1 for a in e.mol.GetAtoms())  # explicit H kept
     assert len(load_conformers("test", limit=3, max_atoms=15)) == 3
 
@@ -121,6 +125,15 @@ def test_ring_neighbours_are_one_edit_qm9_like_small_ring_molecules_outside_the_
     assert {"OC1CO1", "CC1(O)CC1", "O=C1CC1", "C1CC1"} <= set(flat)
     assert "C1CC1N" not in flat and "OC1CC1" not in flat  # excluded; the seeds themselves are no edit away
     assert ring_neighbours(seeds, exclude={"C1CC1N"}) == found  # deterministic
+
+
+def test_ring_system_keys_join_rings_that_share_atoms_and_drop_substituents():
+    keys = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "conformer_breakdown.py"))["ring_system_keys"]
+    assert keys("CCO") == set()
+    assert keys("OC1CC1CC1CCO1") == {"C1CC1", "C1COC1"}  # two separate systems
+    assert len(keys("C1CC12CC2")) == 1 and len(keys("C1CC2CC2C1")) == 1  # spiro and fused: one system each
+    assert keys("C=C1CC1") == keys("CC1CC1") == {"C1CC1"}  # an exocyclic bond is a substituent
+    assert keys("C1=CC1") != keys("C1CC1")  # ring bond orders count
 
 
 def test_corrupted_package_and_bad_split_are_refused(monkeypatch):
