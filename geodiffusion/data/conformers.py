@@ -23,9 +23,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["CONFORMER_SPLITS", "REFERENCE_NOTE", "ConformerEnsemble", "conformer_manifest", "load_conformers"]
+__all__ = [
+    "CONFORMER_SPLITS",
+    "REFERENCE_NOTE",
+    "ConformerEnsemble",
+    "ConformerSplit",
+    "TrainingConformerSplit",
+    "conformer_manifest",
+    "load_conformers",
+]
 
-ConformerSplit = Literal["train", "train_geom", "train_pubchem", "train_rings", "val", "test"]
+#: the splits a model may train on; val and test are held out
+TrainingConformerSplit = Literal["train", "train_geom", "train_pubchem", "train_rings"]
+ConformerSplit = Literal[TrainingConformerSplit, "val", "test"]
 CONFORMER_SPLITS: tuple[str, ...] = get_args(ConformerSplit)
 REFERENCE_NOTE = "references are GFN2-xTB-refined ETKDG ensembles made offline, not GEOM (CREST) conformers"
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 
 from geodiffusion.conformers.graph import point_cloud_graph
-from geodiffusion.data.conformers import REFERENCE_NOTE, ConformerEnsemble, load_conformers
+from geodiffusion.data.conformers import REFERENCE_NOTE, ConformerEnsemble, TrainingConformerSplit, load_conformers
 from geodiffusion.data.skeletons import SkeletonPoses
 from geodiffusion.experiments.base import Experiment, ExperimentSpec
 from geodiffusion.metrics.conformers import (
@@ -298,7 +298,7 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
             description="optimisation settings; the learned weighting u(t) beat sigma2 by 3.0 and 3.7 points of mean COV-R "
             "at two training seeds (docs/results.rst, 'Loss weighting across noise levels')",
         )  # fmt: skip
-        train_splits: list[Literal["train", "train_geom", "train_pubchem", "train_rings"]] = Field(
+        train_splits: list[TrainingConformerSplit] = Field(
             ["train"],
             min_length=1,
             description="packaged splits to train on, concatenated in this order: 'train' (QM9-like NCI molecules), "
