@@ -16,12 +16,15 @@ Recipe per molecule (as close to GEOM's CREST ensembles as offline tools allow, 
    ``GetBestRMS`` (symmetry-aware); at most ``K`` conformers kept (``K`` = GEOM's CREST count for test
    molecules, ``cap_train`` for training molecules).
 
-Splits are by molecule: ``test`` = the first ``TEST_POOL`` molecules of the GEOM-QM9 test list of GeoMol
-(``n_conformers`` = GEOM count), shuffled with seed 0; ``train_geom`` = the rest of that shuffled list, more training
-molecules drawn like the test ones (``cap_train`` conformers each); ``train``/``val`` = QM9-like NCI molecules from
-the rdkit wheel (C, N, O, F, neutral, <= 9 heavy atoms, one fragment) not in the test list, shuffled with seed 0,
-every 10th to ``val``; ``train_pubchem`` = the QM9-like molecules of the PubChem identifier table in the
-``chemicals`` wheel (``pip install chemicals``) that are in no other split's candidate list, shuffled with seed 0.
+Splits are by molecule: ``test`` = the first ``VAL_GEOM_START`` molecules of the GEOM-QM9 test list of GeoMol
+(``n_conformers`` = GEOM count), shuffled with seed 0; ``val_geom`` = positions ``VAL_GEOM_START`` to ``TEST_POOL``
+of that list, held out like the test molecules (GEOM count); ``train_geom`` = the rest of the shuffled list, more
+training molecules drawn like the test ones (``cap_train`` conformers each); ``train``/``val`` = QM9-like NCI
+molecules from the rdkit wheel (C, N, O, F, neutral, <= 9 heavy atoms, one fragment) not in the test list, shuffled
+with seed 0, every 10th to ``val``; ``train_pubchem`` = the QM9-like molecules of the PubChem identifier table in the
+``chemicals`` wheel (``pip install chemicals``) that are in no other split's candidate list, shuffled with seed 0;
+``train_rings`` = one-edit neighbours of the ``train_geom`` candidates with a 3- or 4-membered ring
+(:func:`ring_neighbours`), in no other split's candidate list.
 
 The run is resumable: finished molecules are cached one file per molecule under ``--work`` and the packed
 ``conformers_<split>.sdf.gz`` already in ``--out`` is read back, so a later run with a larger ``--n`` extends it.
@@ -31,6 +34,8 @@ Then ``--pack`` rewrites the SDF and ``manifest.json`` (counts, SHA-256 of the u
     python scripts/make_conformer_dataset.py --split train --n 400 --workers 2 --method xtb
     python scripts/make_conformer_dataset.py --split train_geom --n 500 --workers 2 --method xtb
     python scripts/make_conformer_dataset.py --split train_pubchem --n 1000 --workers 2 --method xtb
+    python scripts/make_conformer_dataset.py --split train_rings --n 1000 --workers 2 --method xtb
+    python scripts/make_conformer_dataset.py --split val_geom --n 100 --workers 2 --method xtb
     python scripts/make_conformer_dataset.py --pack
 """
 
@@ -57,10 +62,13 @@ SHARED = ROOT.parent / "shared" / "data" / "molecules" / "geomol_splits" / "qm9_
 BOHR_PER_ANGSTROM = 1.8897261254578281
 HARTREE_KCAL = 627.509474
 REF_SEED_BASE = 1
-SPLITS = ("train", "train_geom", "train_pubchem", "train_rings", "val", "test")
+SPLITS = ("train", "train_geom", "train_pubchem", "train_rings", "val", "val_geom", "test")
 # the test split may grow up to this many positions of the shuffled GEOM-QM9 list; train_geom takes the rest, so the
 # two never share a molecule however far either is extended
 TEST_POOL = 500
+# val_geom takes the last positions of that pool, drawn like the test molecules; the test split stops before them
+VAL_GEOM_START = 400
+HELD_OUT_GEOM = ("test", "val_geom")  # the two splits of the pool
 
 
 def _rdkit():
@@ -203,7 +211,7 @@ def flat_smiles(smiles: str) -> str | None:
 
 
 def test_constitutions() -> set[str]:
-    """Constitutions of every molecule the test split may ever hold (its whole pool)."""
+    """Constitutions of every molecule of the held-out pool (test and val_geom, however far they grow)."""
     return {flat_smiles(s) for s, _ in test_molecules()[:TEST_POOL]} - {None}
 
 
@@ -211,7 +219,9 @@ def jobs(split: str) -> list[tuple[str, int]]:
     """The ordered molecule list of ``split``: (SMILES, cap on the number of conformers)."""
     tests = test_molecules()
     if split == "test":
-        return tests[:TEST_POOL]
+        return tests[:VAL_GEOM_START]
+    if split == "val_geom":
+        return tests[VAL_GEOM_START:TEST_POOL]
     if split == "train_geom":
         return [(s, -1) for s, _ in tests[TEST_POOL:]]
     exclude = {c for c in (canonical(s) for s, _ in tests) if c}
@@ -390,7 +400,7 @@ def generate(split: str, n: int, workers: int, cfg: dict, work: Path, out: Path,
     good = {i for i, flag in cached.items() if flag} | set(_packed(split, out))
     done, ok = set(cached) | good, len(good)
     # the NCI lists give no stereo: a stereo-free copy of a test molecule is skipped, not built (index kept)
-    leaks = test_constitutions() if split != "test" else set()
+    leaks = test_constitutions() if split not in HELD_OUT_GEOM else set()
     todo = [(i, s, k, {**cfg, "split": split}) for i, (s, k) in enumerate(mols) if i not in done and flat_smiles(s) not in leaks]
     print(f"{split}: {ok} molecules done, {len(todo)} candidates left, target {n}", flush=True)
     t0 = time.time()
@@ -427,7 +437,7 @@ def pack(work: Path, out: Path) -> None:
             if res["ok"]:
                 packed[res["index"]] = res["sdf"]
                 stats[str(res["index"])] = [res["n_optimised"], round(res["seconds_opt"], 3), round(res["seconds"], 3)]
-        if split != "test":  # no training molecule shares its constitution with a test molecule (stereo aside)
+        if split not in HELD_OUT_GEOM:  # no other molecule shares its constitution with the pool's (stereo aside)
             for i in [i for i, block in packed.items() if flat_smiles(block.split(">  <smiles>\n")[1].split("\n")[0]) in leaks]:
                 print(f"{split}: dropping mol {i}, a test molecule up to stereo")
                 del packed[i]

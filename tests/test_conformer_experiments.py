@@ -90,19 +90,21 @@ def test_packaged_splits_verify_and_are_disjoint_by_molecule():
     geom = load_conformers("train_geom")
     pubchem = load_conformers("train_pubchem")
     rings = load_conformers("train_rings")
+    val_geom = load_conformers("val_geom")
     assert len(test) >= 200 and len(train) >= 300 and len(val) >= 30 and len(geom) >= 400 and len(pubchem) >= 100
-    assert len(rings) >= 100
+    assert len(rings) >= 100 and len(val_geom) >= 90
     # every train_rings molecule has the small rings it was made for
     assert all(any(len(r) <= 4 for r in e.mol.GetRingInfo().AtomRings()) for e in rings)
     # compared without stereo: the PubChem table often leaves out stereo that the GEOM list gives
-    splits = (train, val, test, geom, pubchem, rings)
+    splits = (train, val, test, geom, pubchem, rings, val_geom)
     canon = [{Chem.MolToSmiles(Chem.MolFromSmiles(e.smiles), isomericSmiles=False) for e in split} for split in splits]
     for i, j in itertools.combinations(range(len(splits)), 2):
         assert not canon[i] & canon[j], (i, j)
     e = test[0]
     assert e.n_conformers <= e.cap and e.coordinates().shape == (e.n_conformers, e.n_atoms, 3)
     assert e.rel_energy_kcal[0] == 0.0 and list(e.rel_energy_kcal) == sorted(e.rel_energy_kcal)
-    assert all(x.method == "GFN2-xTB" for x in test + train + val + geom + pubchem + rings)
+    assert all(x.method == "GFN2-xTB" for x in test + train + val + geom + pubchem + rings + val_geom)
+    assert all(x.n_conformers <= x.cap for x in val_geom)  # capped at GEOM's count, as the test molecules
     assert all(x.n_conformers <= x.cap == 10 for x in geom + pubchem + rings)
     assert all(a.GetAtomicNum() != 1 or a.GetDegree() == 1 for a in e.mol.GetAtoms())  # explicit H kept
     assert len(load_conformers("test", limit=3, max_atoms=15)) == 3
@@ -384,6 +386,7 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
             "n_train": 24,
             "n_test": 4,
             "n_val": 3,
+            "val_split": "val_geom",
             "select": "best_val",
             "max_atoms": 18,
             "model": TINY_MODEL,
@@ -399,6 +402,10 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
         return [out[0][:0]] + out[1:], seconds
 
     monkeypatch.setattr(conformer_experiments, "etkdg_conformers", failing_on_the_first_molecule)
+    loaded, real_load = [], conformer_experiments.load_conformers
+    monkeypatch.setattr(
+        conformer_experiments, "load_conformers", lambda split, **kw: loaded.append(split) or real_load(split, **kw)
+    )
     selected, sampled, real_best = [], [], GraphTrainer.best_model
 
     def best_model(self):
@@ -425,6 +432,7 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     assert json.loads((tmp_path / "spec.json").read_text())["training"]["learned_weighting"] is True
     assert torch.load(tmp_path / "model" / "checkpoints" / "last.pt", weights_only=True)["log_weight"] is not None
     # held-out molecules scored at the checkpoints (10, 20); the best step's EMA weights sampled the test set
+    assert loaded == ["train_geom", "test", "val_geom"]  # n_train = 24: train_geom alone fills it
     assert metrics["n_val_molecules"] == 3 and metrics["val_best_step"] in (10, 20)
     assert metrics["sampled_step"] == metrics["val_best_step"] and metrics["val_loss_best"] <= metrics["val_loss_final"]
     assert selected == [(metrics["val_best_step"], metrics["val_loss_best"])]  # select="best_val" sampled with them
@@ -461,6 +469,8 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
         ConformersQM9Experiment.resolve_spec({"train_splits": ["train", "train"]}, quick=True)
     with pytest.raises(ValidationError, match="train_splits"):
         ConformersQM9Experiment.resolve_spec({"train_splits": ["test"]}, quick=True)
+    with pytest.raises(ValidationError, match="val_split"):
+        ConformersQM9Experiment.resolve_spec({"val_split": "test"}, quick=True)
 
 
 def test_skeletons_quick_run_learns_bone_lengths(tmp_path):

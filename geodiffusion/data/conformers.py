@@ -29,13 +29,16 @@ __all__ = [
     "ConformerEnsemble",
     "ConformerSplit",
     "TrainingConformerSplit",
+    "ValidationConformerSplit",
     "conformer_manifest",
     "load_conformers",
 ]
 
-#: the splits a model may train on; val and test are held out
+#: the splits a model may train on
 TrainingConformerSplit = Literal["train", "train_geom", "train_pubchem", "train_rings"]
-ConformerSplit = Literal[TrainingConformerSplit, "val", "test"]
+#: the held-out splits a run may validate on: QM9-like NCI molecules, or GEOM-QM9 list molecules drawn like the test ones
+ValidationConformerSplit = Literal["val", "val_geom"]
+ConformerSplit = Literal[TrainingConformerSplit, ValidationConformerSplit, "test"]
 CONFORMER_SPLITS: tuple[str, ...] = get_args(ConformerSplit)
 REFERENCE_NOTE = "references are GFN2-xTB-refined ETKDG ensembles made offline, not GEOM (CREST) conformers"
 

@@ -28,7 +28,13 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 
 from geodiffusion.conformers.graph import point_cloud_graph
-from geodiffusion.data.conformers import REFERENCE_NOTE, ConformerEnsemble, TrainingConformerSplit, load_conformers
+from geodiffusion.data.conformers import (
+    REFERENCE_NOTE,
+    ConformerEnsemble,
+    TrainingConformerSplit,
+    ValidationConformerSplit,
+    load_conformers,
+)
 from geodiffusion.data.skeletons import SkeletonPoses
 from geodiffusion.experiments.base import Experiment, ExperimentSpec
 from geodiffusion.metrics.conformers import (
@@ -308,6 +314,11 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         )
         n_train: int | None = Field(None, ge=1, description="training molecules (None: all packaged)")
         n_test: int | None = Field(None, ge=1, description="test molecules (None: all packaged)")
+        val_split: ValidationConformerSplit = Field(
+            "val",
+            description="held-out molecules scored at every checkpoint: 'val' (QM9-like NCI molecules) or 'val_geom' "
+            "(GEOM-QM9 list molecules drawn like the test ones, rich in the test split's small ring systems)",
+        )
         n_val: int | None = Field(
             None, ge=0, description="validation molecules, scored at every checkpoint (None: all packaged; 0: none)"
         )
@@ -343,7 +354,7 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
                 break
             train += load_conformers(split, limit=left, max_atoms=s.max_atoms)
         test = load_conformers("test", limit=s.n_test, max_atoms=s.max_atoms)
-        val = load_conformers("val", limit=s.n_val, max_atoms=s.max_atoms) if s.n_val != 0 else []
+        val = load_conformers(s.val_split, limit=s.n_val, max_atoms=s.max_atoms) if s.n_val != 0 else []
         if s.select == "best_val" and not val:
             raise ValueError(f"select='best_val': no validation molecule has at most max_atoms={s.max_atoms} atoms")
         graphs = [e.graph(max_hops=s.max_hops) for e in train]
