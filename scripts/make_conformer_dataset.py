@@ -63,10 +63,10 @@ BOHR_PER_ANGSTROM = 1.8897261254578281
 HARTREE_KCAL = 627.509474
 REF_SEED_BASE = 1
 SPLITS = ("train", "train_geom", "train_pubchem", "train_rings", "val", "val_geom", "test")
-# the test split may grow up to this many positions of the shuffled GEOM-QM9 list; train_geom takes the rest, so the
-# two never share a molecule however far either is extended
+# the held-out pool: this many first positions of the shuffled GEOM-QM9 list; train_geom takes the rest, so no
+# training molecule is ever a held-out one however far either side is extended
 TEST_POOL = 500
-# val_geom takes the last positions of that pool, drawn like the test molecules; the test split stops before them
+# the test split may grow up to this position; val_geom takes the rest of the pool, drawn like the test molecules
 VAL_GEOM_START = 400
 HELD_OUT_GEOM = ("test", "val_geom")  # the two splits of the pool
 
@@ -199,8 +199,7 @@ def ring_neighbours(seeds: list[str], exclude: set[str]) -> list[str]:
             new = Chem.MolFromSmiles(Chem.MolToSmiles(new))
             if new is not None:
                 found[flat] = Chem.MolToSmiles(next(iter(EnumerateStereoisomers(new, options=options))))
-    pool = qm9_like(found.values(), set())
-    return pool
+    return qm9_like(found.values(), set())
 
 
 def flat_smiles(smiles: str) -> str | None:
@@ -226,10 +225,11 @@ def jobs(split: str) -> list[tuple[str, int]]:
         return [(s, -1) for s, _ in tests[TEST_POOL:]]
     exclude = {c for c in (canonical(s) for s, _ in tests) if c}
     train, val = nci_molecules(exclude)
+    listed = exclude | set(train) | set(val)  # the GEOM-QM9 list and the NCI candidates
     if split == "train_pubchem":  # disjoint from every other split's candidates, whichever were built
-        return [(s, -1) for s in pubchem_molecules(exclude | set(train) | set(val))]
+        return [(s, -1) for s in pubchem_molecules(listed)]
     if split == "train_rings":  # neighbours of train_geom's molecules, disjoint from every other split's candidates
-        others = exclude | set(train) | set(val) | set(pubchem_molecules(exclude | set(train) | set(val)))
+        others = listed | set(pubchem_molecules(listed))
         return [(s, -1) for s in ring_neighbours([s for s, _ in tests[TEST_POOL:]], others)]
     return [(s, -1) for s in (train if split == "train" else val)]
 
@@ -439,7 +439,7 @@ def pack(work: Path, out: Path) -> None:
                 stats[str(res["index"])] = [res["n_optimised"], round(res["seconds_opt"], 3), round(res["seconds"], 3)]
         if split not in HELD_OUT_GEOM:  # no other molecule shares its constitution with the pool's (stereo aside)
             for i in [i for i, block in packed.items() if flat_smiles(block.split(">  <smiles>\n")[1].split("\n")[0]) in leaks]:
-                print(f"{split}: dropping mol {i}, a test molecule up to stereo")
+                print(f"{split}: dropping mol {i}, a held-out (test or val_geom) molecule up to stereo")
                 del packed[i]
                 stats.pop(str(i), None)
         if not packed:
