@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import runpy
 from pathlib import Path
 
@@ -426,6 +427,7 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     # ETKDG conformers of small test molecules lie close to their xTB-refined references
     assert metrics["etkdg_mat_r_mean"] < 0.6
     assert metrics["model_conformers_per_second"] > 0 and metrics["speed_ratio_model_over_etkdg"] > 0
+    assert math.isfinite(metrics["final_loss"]) and math.isfinite(metrics["final_loss_median"])
     assert (tmp_path / "conformers.png").stat().st_size > 0 and (tmp_path / "model" / "checkpoints" / "last.pt").is_file()
     assert "not GEOM" in (tmp_path / "REFERENCES.txt").read_text()
     # the default trains the learned weighting u(t) with the network, and checkpoints it
@@ -480,5 +482,6 @@ def test_skeletons_quick_run_learns_bone_lengths(tmp_path):
     metrics = SkeletonsExperiment(spec).execute(tmp_path, progress=False)
     assert metrics["bone_length_error"] < 0.25 * metrics["bone_length_error_init"]
     assert metrics["bone_length_error_data"] < 1e-12
+    assert math.isfinite(metrics["final_loss_median"])
     assert 0 <= metrics["cov_r"] <= 1 and metrics["data_cov_r"] >= metrics["cov_r"] - 0.5
     assert (tmp_path / "skeletons.png").stat().st_size > 0

@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError
 
 import geodiffusion as gd
 from geodiffusion.experiments import Experiment, ExperimentSpec, QuickstartExperiment, merge_spec_dicts
+from geodiffusion.experiments.base import final_losses
 from geodiffusion.testing import tolerance
 
 
@@ -129,12 +130,21 @@ def test_cached_json_computes_once_and_keeps_non_finite_values(tmp_path):
     assert json.loads(path.read_text()) == {"a": 1.5, "b": None, "c": None} and math.isnan(again["b"])
 
 
+def test_final_losses_are_the_tail_mean_and_a_spike_proof_median():
+    # 40 steps: the tail is the last 4; one spike moves the mean, not the median
+    losses = [9.0] * 36 + [1.0, 3.0, 2.0, 1000.0]
+    assert final_losses(losses) == {"final_loss": 251.5, "final_loss_median": 2.5}
+    assert final_losses([4.0, 2.0], "_mlp") == {"final_loss_mlp": 2.0, "final_loss_median_mlp": 2.0}
+    with pytest.raises(ValueError, match="at least one"):
+        final_losses([])
+
+
 def test_quickstart_tiny_float64_run_is_exactly_reproducible_from_its_folder(tmp_path):
     spec = QuickstartExperiment.resolve_spec({**TINY, "dtype": "float64"}, quick=True)
     metrics = QuickstartExperiment(spec).execute(tmp_path, progress=False)
     names = {"nll_true", "energy_true", "mmd_true"} | {
         f"{m}_{model}"
-        for m in ("nll", "energy", "mmd", "equivariance_error", "final_loss", "train_seconds")
+        for m in ("nll", "energy", "mmd", "equivariance_error", "final_loss", "final_loss_median", "train_seconds")
         for model in ("mlp", "frame_averaged")
     }
     assert names <= metrics.keys() and all(math.isfinite(v) for v in metrics.values())

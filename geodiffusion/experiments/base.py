@@ -9,7 +9,7 @@ import os
 import tempfile
 import warnings
 from abc import abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -118,6 +118,19 @@ def cached_json(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in data.items()})
     return data
+
+
+def final_losses(losses: Sequence[float], suffix: str = "") -> dict[str, float]:
+    """Mean and median training loss over the last tenth of the steps, as ``final_loss<suffix>`` and
+    ``final_loss_median<suffix>``.
+
+    The mean is dominated by rare loss spikes where the DSM target is heavy-tailed (a noised distance near
+    zero puts a 2/d term in it), so the median is the robust summary of where training ended."""
+    if not losses:
+        raise ValueError("final_losses needs at least one recorded loss")
+    tail = torch.tensor(list(losses[-max(1, len(losses) // 10) :]), dtype=torch.float64)
+    # torch.median takes the lower middle value; the quantile interpolates, as the usual median does
+    return {f"final_loss{suffix}": float(tail.mean()), f"final_loss_median{suffix}": float(tail.quantile(0.5))}
 
 
 def _finite_metrics(metrics: Mapping[str, Any], kind: str) -> dict[str, float | None]:

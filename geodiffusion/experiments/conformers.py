@@ -36,7 +36,7 @@ from geodiffusion.data.conformers import (
     load_conformers,
 )
 from geodiffusion.data.skeletons import SkeletonPoses
-from geodiffusion.experiments.base import Experiment, ExperimentSpec
+from geodiffusion.experiments.base import Experiment, ExperimentSpec, final_losses
 from geodiffusion.metrics.conformers import (
     QM9_THRESHOLD,
     coverage_matching,
@@ -276,7 +276,8 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
     ``model_cov_p_mean``, ``model_mat_p_mean`` (and ``_median``), the same with prefix ``etkdg_``;
     ``model_conformers_per_second``, ``etkdg_conformers_per_second``, ``speed_ratio_model_over_etkdg``,
     ``etkdg_failed_molecules`` (no embedding from any seed: COV 0, left out of the ETKDG MAT);
-    ``n_test_molecules``, ``n_reference_conformers``, ``n_train_molecules``, ``train_seconds``, ``final_loss``;
+    ``n_test_molecules``, ``n_reference_conformers``, ``n_train_molecules``, ``train_seconds``, ``final_loss`` and
+    ``final_loss_median`` (mean and median training loss of the last 10% of steps: the mean carries rare spikes);
     with a validation split (``n_val`` not 0): ``n_val_molecules``, ``val_loss_final``, ``val_loss_best``,
     ``val_best_step`` (held-out distance DSM loss of the EMA model at each checkpoint, fixed noise) and
     ``sampled_step`` (the step whose EMA weights sampled the test set, see ``select``);
@@ -405,7 +406,7 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
             metrics["speed_ratio_model_over_etkdg"] = (
                 metrics["model_conformers_per_second"] / metrics["etkdg_conformers_per_second"]
             )
-        tail = losses[-max(1, len(losses) // 10) :]
+        metrics.update(final_losses(losses))
         metrics.update(
             {
                 "n_train_molecules": float(len(train)),
@@ -414,7 +415,6 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
                 "threshold": s.threshold,
                 "sampler_steps": float(s.sampler.steps),
                 "train_seconds": trainer.train_seconds,
-                "final_loss": sum(tail) / len(tail),
                 "references_are_xtb_refined_not_geom": float(all(e.method == "GFN2-xTB" for e in test)),
             }
         )
@@ -478,7 +478,7 @@ class SkeletonsExperiment(_GraphDiffusion, kind="skeletons"):
     ``bone_length_error_init`` (of the prior draws, for scale); ``cov_r``, ``mat_r``, ``cov_p``, ``mat_p`` (Kabsch
     RMSD with reflections, threshold ``threshold``) of ``n_samples`` samples against ``n_reference`` fresh poses,
     and the same for fresh data poses (``data_cov_r`` ...: the finite-sample ceiling); ``train_seconds``,
-    ``final_loss``, ``samples_per_second``. Plot: ``skeletons.png``.
+    ``final_loss`` (and ``final_loss_median``), ``samples_per_second``. Plot: ``skeletons.png``.
     """
 
     quick_overrides = {
@@ -535,7 +535,7 @@ class SkeletonsExperiment(_GraphDiffusion, kind="skeletons"):
             "bone_length_error_data": bone_error(fresh),
             "samples_per_second": n / seconds,
             "train_seconds": trainer.train_seconds,
-            "final_loss": sum(losses[-max(1, len(losses) // 10) :]) / max(1, len(losses[-max(1, len(losses) // 10) :])),
+            **final_losses(losses),
         }
         finite = bool(torch.isfinite(samples).all())
         d_model = kabsch_rmsd_matrix(reference, samples, reflections=True) if finite else torch.full((s.n_reference, n), 1e3)

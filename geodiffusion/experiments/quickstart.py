@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from geodiffusion.data.toy import RingOfGaussians
-from geodiffusion.experiments.base import Experiment, ExperimentSpec
+from geodiffusion.experiments.base import Experiment, ExperimentSpec, final_losses
 from geodiffusion.groups.base import Group
 from geodiffusion.metrics.equivariance import equivariance_error
 from geodiffusion.metrics.two_sample import energy_distance, mmd_rbf
@@ -52,7 +52,8 @@ class QuickstartExperiment(Experiment, kind="quickstart"):
     Metrics (nats, per held-out point): ``nll_true`` (exact mixture), ``nll_<model>`` (probability flow,
     :math:`-\log p_\varepsilon`), ``energy_<model>`` and ``mmd_<model>`` (samples vs held-out), ``energy_true``
     (fresh exact samples vs held-out: the sampling-noise floor), ``equivariance_error_<model>`` (max over
-    ``equivariance_times``), ``final_loss_<model>`` (mean DSM loss of the last 10% of steps), ``train_seconds_<model>``.
+    ``equivariance_times``), ``final_loss_<model>`` and ``final_loss_median_<model>`` (mean and median DSM loss of
+    the last 10% of steps), ``train_seconds_<model>``.
     Plots: ``samples.png``, ``density.png`` (if ``grid_size`` > 0), ``loss.png``.
     """
 
@@ -151,8 +152,7 @@ class QuickstartExperiment(Experiment, kind="quickstart"):
             trainer = Trainer(self.build_model(name, dtype), process, train, s.training, out_dir / name, device, progress)
             histories[name] = trainer.fit()
             metrics[f"train_seconds_{name}"] = trainer.train_seconds
-            tail = histories[name][-max(1, len(histories[name]) // 10) :]
-            metrics[f"final_loss_{name}"] = sum(tail) / len(tail)
+            metrics.update(final_losses(histories[name], f"_{name}"))
             model = ema_models[name] = trainer.ema_model
 
             # the same prior draws for both models: their samples differ only through the score
