@@ -5,9 +5,14 @@ For each diffusion time on a grid the loss :math:`\mathbb{E}\,|s_t (s_\theta - \
 first ``--molecules`` molecules of each split, with the same coordinate noise for every split and time
 (``--draws`` draws, seed 0). The columns say at which noise levels the network is least accurate, and the
 ratio of the last split's loss to the first's how much of that is a generalisation gap rather than capacity.
+With ``--oracle``, the same loss of the exact mixture score of the last split's own ensembles
+(:class:`~geodiffusion.conformers.oracle.EnsembleScore`) and the network's excess over it. Its posterior over the
+conformers treats the edges as independent, so its loss is close to, not exactly, the target variance that no
+network removes: the excess says what training can still win at each noise level.
 
     python scripts/dsm_by_noise.py --run runs/conformers-qm9-RUN --molecules 40
     python scripts/dsm_by_noise.py --run runs/conformers-qm9-RUN --splits train train_geom val test
+    python scripts/dsm_by_noise.py --run runs/conformers-qm9-RUN --splits val_geom test --oracle
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Batch
 
+from geodiffusion.conformers.oracle import EnsembleScore
 from geodiffusion.data.conformers import load_conformers
 from geodiffusion.experiments.conformers import load_run_model
 from geodiffusion.processes.base import Process
@@ -26,11 +32,15 @@ from geodiffusion.registry import build
 from geodiffusion.training.graph import _distance_dsm
 
 
-def split_loss(model, process, ensembles, max_hops, times, draws: int, dtype) -> list[float]:
-    """Per-edge mean loss at each time of ``times`` over every conformer of ``ensembles``."""
+def split_loss(model, process, ensembles, max_hops, times, draws: int, dtype, references: bool = False) -> list[float]:
+    """Per-edge mean loss at each time of ``times`` over every conformer of ``ensembles``; ``references``: each
+    graph carries its molecule's whole ensemble (``ref_distances``), for ``model`` an :class:`EnsembleScore`."""
+    width = max(e.n_conformers for e in ensembles)
     items = []
     for e in ensembles:
         g = e.graph(max_hops=max_hops)
+        if references:
+            g = EnsembleScore.attach(g, e.coordinates(torch.float64), width)
         for pos in e.coordinates(dtype):
             item = g.clone()
             item.pos = pos
@@ -55,6 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--splits", nargs="+", default=None, help="packaged splits (default: the run's first training split, val, test)"
     )
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="add the loss of the exact score of the last split's own ensembles, and the network's excess over it",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -78,6 +93,13 @@ def main(argv: list[str] | None = None) -> None:
     first, last = names[0], names[-1]
     ratio = [v / t for v, t in zip(rows[last], rows[first], strict=True)]
     print(f"{last[:4] + '/' + first[:5]:>10s}" + "".join(f" {r:7.2f}" for r in ratio))
+    if args.oracle:
+        exact = split_loss(
+            EnsembleScore(process), process, load_conformers(last, limit=args.molecules), hops, args.times, args.draws,
+            dtype, references=True,
+        )  # fmt: skip
+        print(f"{'oracle':>10s}" + "".join(f" {v:7.4f}" for v in exact))
+        print(f"{last[:4] + '-orac':>10s}" + "".join(f" {v - x:7.4f}" for v, x in zip(rows[last], exact, strict=True)))
 
 
 if __name__ == "__main__":

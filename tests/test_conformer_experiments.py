@@ -18,6 +18,7 @@ from torch_geometric.data import Batch
 import geodiffusion as gd
 import geodiffusion.experiments.conformers as conformer_experiments
 from geodiffusion.conformers import edge_vectors, mol_to_graph, point_cloud_graph
+from geodiffusion.conformers.oracle import EnsembleScore
 from geodiffusion.data import conformers as conformer_data
 from geodiffusion.data.conformers import load_conformers
 from geodiffusion.data.skeletons import SkeletonPoses
@@ -453,11 +454,14 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     # the diagnostics that reload a run: per-noise DSM loss, and the network mixed with the perfect score
     capsys.readouterr()
     runpy.run_path(str(scripts / "dsm_by_noise.py"))["main"](
-        ["--run", str(tmp_path), "--molecules", "2", "--times", "0.1", "0.9", "--splits", "val", "test"]
+        ["--run", str(tmp_path), "--molecules", "2", "--times", "0.1", "0.9", "--splits", "val", "test", "--oracle"]
     )
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-4].split()[0] == "sigma" and [r.split()[0] for r in lines[-3:]] == ["val", "test", "test/val"]
-    assert all(float(v) > 0 for v in lines[-2].split()[1:])
+    assert lines[-6].split()[0] == "sigma"
+    assert [r.split()[0] for r in lines[-5:]] == ["val", "test", "test/val", "oracle", "test-orac"]
+    test_loss, oracle_loss, excess = ([float(v) for v in lines[i].split()[1:]] for i in (-4, -2, -1))
+    assert all(v > 0 for v in test_loss) and all(v >= 0 for v in oracle_loss)
+    assert excess == pytest.approx([v - x for v, x in zip(test_loss, oracle_loss, strict=True)], abs=2e-4)
     runpy.run_path(str(scripts / "oracle_coverage.py"))["main"](
         ["--run", str(tmp_path), "--molecules", "2", "--oracle-above", "2", "0.5", "--sampler", '{"steps": 10}']
     )
@@ -473,6 +477,22 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
         ConformersQM9Experiment.resolve_spec({"train_splits": ["test"]}, quick=True)
     with pytest.raises(ValidationError, match="val_split"):
         ConformersQM9Experiment.resolve_spec({"val_split": "test"}, quick=True)
+
+
+def test_dsm_by_noise_oracle_loss_vanishes_for_one_conformer_and_not_for_an_ensemble():
+    split_loss = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "dsm_by_noise.py"))["split_loss"]
+    process = DistanceVEProcess(sigma_max=5.0)
+    ensembles = load_conformers("test", limit=3)
+    assert [e.n_conformers for e in ensembles] == [13, 1, 1]
+
+    def loss(group):
+        return split_loss(EnsembleScore(process), process, group, 3, [0.2, 0.8], 2, torch.float64, references=True)
+
+    # one conformer: the mixture score is the DSM target itself, at every noise level
+    assert max(loss(ensembles[1:])) < 1e-20
+    # 13 conformers: at 0.035 A the noisy distances name the conformer; at 1.4 A the posterior spreads over them
+    small, large = loss(ensembles[:1])
+    assert small < 1e-12 and large > 1e-3
 
 
 def test_skeletons_quick_run_learns_bone_lengths(tmp_path):
