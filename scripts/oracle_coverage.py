@@ -29,6 +29,7 @@ from geodiffusion.conformers.oracle import EnsembleScore
 from geodiffusion.data.conformers import load_conformers
 from geodiffusion.experiments.conformers import (
     ConformersQM9Experiment,
+    diverged_molecules,
     load_run_model,
     match_ensembles,
     sample_ensembles,
@@ -72,6 +73,7 @@ def measure(
         **summarise_coverage(per),
         "edges": sum(g.edge_index.shape[1] for g in graphs) / len(graphs),
         "nonfinite": float(sum(not ok for ok in finite)),
+        "diverged": float(sum(diverged_molecules(test, samples))),
         "conformers_per_second": sum(counts) / seconds,
     }
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         network, spec = load_run_model(args.run)
         rows = [(spec.get("max_hops", 3) or 0, tau) for tau in args.oracle_above]
         print(f"network of {args.run} on its graph; oracle at t >= tau")
-    head = ["hops", "tau", "edges", "COV-R", "MAT-R", "COV-P", "MAT-P", "non-finite", "conf/s"]
+    head = ["hops", "tau", "edges", "COV-R", "MAT-R", "COV-P", "MAT-P", "non-finite", "diverged", "conf/s"]
     print(" ".join(f"{h:>{max(6, len(h))}s}" for h in head))
     sampler_fields = json.loads(args.sampler)
     for hops, tau in rows:
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['cov_p_mean']:.1f}",
             f"{r['mat_p_mean']:.3f}",
             f"{r['nonfinite']:.0f}",
+            f"{r['diverged']:.0f}",
             f"{r['conformers_per_second']:.1f}",
         ]
         print(" ".join(f"{c!s:>{max(6, len(h))}s}" for c, h in zip(cells, head, strict=True)), flush=True)

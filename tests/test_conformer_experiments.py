@@ -429,6 +429,7 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     assert metrics["etkdg_mat_r_mean"] < 0.6
     assert metrics["model_conformers_per_second"] > 0 and metrics["speed_ratio_model_over_etkdg"] > 0
     assert math.isfinite(metrics["final_loss"]) and math.isfinite(metrics["final_loss_median"])
+    assert 0 <= metrics["model_diverged_molecules"] <= metrics["n_test_molecules"]
     assert (tmp_path / "conformers.png").stat().st_size > 0 and (tmp_path / "model" / "checkpoints" / "last.pt").is_file()
     assert "not GEOM" in (tmp_path / "REFERENCES.txt").read_text()
     # the default trains the learned weighting u(t) with the network, and checkpoints it
@@ -477,6 +478,18 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
         ConformersQM9Experiment.resolve_spec({"train_splits": ["test"]}, quick=True)
     with pytest.raises(ValidationError, match="val_split"):
         ConformersQM9Experiment.resolve_spec({"val_split": "test"}, quick=True)
+
+
+def test_diverged_molecules_flags_finite_samples_far_beyond_the_references():
+    e = load_conformers("test", limit=1)[0]
+    ref = e.coordinates(torch.float32)
+    centre = ref.mean(-2, keepdim=True)
+    far, near, nan = ref.clone(), ref.clone(), ref.clone()
+    far[0] = centre[0] + 12 * (ref[0] - centre[0])  # 12 times the spread: blown up
+    near[0] = centre[0] + 5 * (ref[0] - centre[0])  # wrong but not blown up
+    nan[0, 0, 0] = float("nan")  # non-finite samples are counted apart (score_ensembles)
+    assert conformer_experiments.diverged_molecules([e] * 4, [ref, far, near, nan]) == [False, True, False, False]
+    assert conformer_experiments.diverged_molecules([e], [near], factor=4.0) == [True]
 
 
 def test_dsm_by_noise_oracle_loss_vanishes_for_one_conformer_and_not_for_an_ensemble():

@@ -153,6 +153,19 @@ def score_ensembles(
     return per, rmsd, finite
 
 
+def diverged_molecules(test: list[ConformerEnsemble], samples: list[Tensor], factor: float = 10.0) -> list[bool]:
+    """Per molecule: does a finite sample of ``samples[k] [S, N, 3]`` put an atom farther than ``factor`` times the
+    references' largest atom distance from the centroid? Such samples blew up (their MAT is then meaningless)."""
+    out = []
+    for x, e in zip(samples, test, strict=True):
+        ref = e.coordinates(torch.float64)
+        reach = (ref - ref.mean(-2, keepdim=True)).norm(dim=-1).max()
+        y = x.to(torch.float64)
+        spread = (y - y.mean(-2, keepdim=True)).norm(dim=-1).amax(-1)
+        out.append(bool((torch.isfinite(spread) & (spread > factor * reach)).any()))
+    return out
+
+
 def load_run_model(run: str | Path) -> tuple[ScoreModel, dict]:
     """The network a finished ``conformers-qm9`` or ``skeletons`` run sampled with, in eval mode, and the run's
     spec (``spec.json``): the best-validation EMA weights under ``select="best_val"``, else the last EMA weights."""
@@ -276,6 +289,8 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
     ``model_cov_p_mean``, ``model_mat_p_mean`` (and ``_median``), the same with prefix ``etkdg_``;
     ``model_conformers_per_second``, ``etkdg_conformers_per_second``, ``speed_ratio_model_over_etkdg``,
     ``etkdg_failed_molecules`` (no embedding from any seed: COV 0, left out of the ETKDG MAT);
+    ``model_nonfinite_molecules`` and ``model_diverged_molecules`` (a finite sample 10 times farther out than the
+    references, see :func:`diverged_molecules`);
     ``n_test_molecules``, ``n_reference_conformers``, ``n_train_molecules``, ``train_seconds``, ``final_loss`` and
     ``final_loss_median`` (mean and median training loss of the last 10% of steps: the mean carries rare spikes);
     with a validation split (``n_val`` not 0): ``n_val_molecules``, ``val_loss_final``, ``val_loss_best``,
@@ -381,6 +396,7 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
             "model_conformers_per_second": sum(counts) / model_seconds,
             "model_sample_seconds": model_seconds,
             "model_nonfinite_molecules": float(sum(not ok for ok in finite)),
+            "model_diverged_molecules": float(sum(diverged_molecules(test, samples))),
         }
         if s.etkdg:
             etkdg_samples, etkdg_seconds = etkdg_conformers(test, counts, s.seed)
