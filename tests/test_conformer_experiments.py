@@ -490,6 +490,8 @@ def test_diverged_molecules_flags_finite_samples_far_beyond_the_references():
     nan[0, 0, 0] = float("nan")  # non-finite samples are counted apart (score_ensembles)
     assert conformer_experiments.diverged_molecules([e] * 4, [ref, far, near, nan]) == [False, True, False, False]
     assert conformer_experiments.diverged_molecules([e], [near], factor=4.0) == [True]
+    with pytest.raises(ValueError, match="factor"):
+        conformer_experiments.diverged_molecules([e], [near], factor=0.5)
 
 
 def test_dsm_by_noise_oracle_loss_vanishes_for_one_conformer_and_not_for_an_ensemble():

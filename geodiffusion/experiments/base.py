@@ -124,7 +124,7 @@ def final_losses(losses: Sequence[float], suffix: str = "") -> dict[str, float]:
     """Mean and median training loss over the last tenth of the steps, as ``final_loss<suffix>`` and
     ``final_loss_median<suffix>``.
 
-    The mean is dominated by rare loss spikes where the DSM target is heavy-tailed (a noised distance near
+    Rare spikes can carry the mean where the DSM target is heavy-tailed (in distance DSM a noised distance near
     zero puts a 2/d term in it), so the median is the robust summary of where training ended."""
     if not losses:
         raise ValueError("final_losses needs at least one recorded loss")

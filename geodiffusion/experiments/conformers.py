@@ -156,6 +156,8 @@ def score_ensembles(
 def diverged_molecules(test: list[ConformerEnsemble], samples: list[Tensor], factor: float = 10.0) -> list[bool]:
     """Per molecule: does a finite sample of ``samples[k] [S, N, 3]`` put an atom farther than ``factor`` times the
     references' largest atom distance from the centroid? Such samples blew up (their MAT is then meaningless)."""
+    if not factor > 1:
+        raise ValueError(f"factor: expected a number above 1 (a reach beyond the references'), got {factor!r}")
     out = []
     for x, e in zip(samples, test, strict=True):
         ref = e.coordinates(torch.float64)
