@@ -35,7 +35,7 @@ from geodiffusion.training.graph import _distance_dsm
 def split_loss(model, process, ensembles, max_hops, times, draws: int, dtype, references: bool = False) -> list[float]:
     """Per-edge mean loss at each time of ``times`` over every conformer of ``ensembles``; ``references``: each
     graph carries its molecule's whole ensemble (``ref_distances``), for ``model`` an :class:`EnsembleScore`."""
-    width = max(e.n_conformers for e in ensembles)
+    width = max(e.n_conformers for e in ensembles) if references else None
     items = []
     for e in ensembles:
         g = e.graph(max_hops=max_hops)
@@ -80,10 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     hops = spec.get("max_hops", 3)
     names = args.splits or [spec.get("train_splits", ["train"])[0], "val", "test"]
     splits = dict(zip(names, names, strict=True))
-    rows = {
-        name: split_loss(model, process, load_conformers(s, limit=args.molecules), hops, args.times, args.draws, dtype)
-        for name, s in splits.items()
-    }
+    ensembles = {name: load_conformers(s, limit=args.molecules) for name, s in splits.items()}
+    rows = {name: split_loss(model, process, group, hops, args.times, args.draws, dtype) for name, group in ensembles.items()}
     print(f"run {args.run}; {args.molecules} molecules per split ({json.dumps(splits)}); {args.draws} draws")
     sigma = [float(process.sigma(torch.tensor(t))) for t in args.times]
     print(f"{'t':>10s}" + "".join(f" {t:7.2f}" for t in args.times))
@@ -94,10 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     ratio = [v / t for v, t in zip(rows[last], rows[first], strict=True)]
     print(f"{last[:4] + '/' + first[:5]:>10s}" + "".join(f" {r:7.2f}" for r in ratio))
     if args.oracle:
-        exact = split_loss(
-            EnsembleScore(process), process, load_conformers(last, limit=args.molecules), hops, args.times, args.draws,
-            dtype, references=True,
-        )  # fmt: skip
+        # the same molecules, conformers and noise as the network's row
+        exact = split_loss(EnsembleScore(process), process, ensembles[last], hops, args.times, args.draws, dtype, references=True)
         print(f"{'oracle':>10s}" + "".join(f" {v:7.4f}" for v in exact))
         print(f"{last[:4] + '-orac':>10s}" + "".join(f" {v - x:7.4f}" for v, x in zip(rows[last], exact, strict=True)))
 
