@@ -1,10 +1,11 @@
-"""Command line: ``geodiffusion list`` and ``geodiffusion run EXPERIMENT``."""
+"""Command line: ``geodiffusion list``, ``geodiffusion run EXPERIMENT`` and ``geodiffusion conformers RUN SMILES...``."""
 
 from __future__ import annotations
 
 import argparse
 import atexit
 import json
+import os
 import sys
 import tempfile
 import time
@@ -48,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--dry-run", action="store_true", help="print the resolved spec and exit")
+    conformers = commands.add_parser(
+        "conformers",
+        help="sample conformers of molecules with a finished conformers-qm9 run",
+        description="Sample N conformers of each SMILES (hydrogens added) with the network, graph and sampler of the "
+        "finished conformers-qm9 run in RUN, each matched to the SMILES' tetrahedral stereo, and write them to an SD "
+        "file (one record per conformer, named by its SMILES, with its 'conformer' index).",
+    )
+    conformers.add_argument("run", type=Path, help="output folder of a finished conformers-qm9 run")
+    conformers.add_argument("smiles", nargs="+", help="molecules as SMILES")
+    conformers.add_argument("-n", type=int, default=10, help="conformers per molecule (default: 10)")
+    conformers.add_argument("--out", type=Path, required=True, help="SD file to write (replaced atomically)")
+    conformers.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    conformers.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
     return parser
 
 
@@ -136,9 +150,38 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conformers(args: argparse.Namespace) -> int:
+    from rdkit import Chem
+
+    from geodiffusion.experiments.conformers import generate_conformers
+
+    if args.n < 1:
+        return _fail(f"-n: expected a positive number of conformers, got {args.n}")
+    if not args.out.parent.is_dir():
+        return _fail(f"--out: folder {args.out.parent} does not exist")
+    try:
+        mols = generate_conformers(args.run, args.smiles, args.n, seed=args.seed, device=args.device)
+    except (ValueError, RuntimeError) as err:
+        return _fail(str(err))
+    # write beside the target, then rename: a reader never sees half a file
+    partial = args.out.with_name(args.out.name + ".partial")
+    writer = Chem.SDWriter(str(partial))
+    for smiles, mol in zip(args.smiles, mols, strict=True):
+        mol.SetProp("_Name", smiles)
+        for conf in mol.GetConformers():
+            mol.SetIntProp("conformer", conf.GetId())
+            writer.write(mol, confId=conf.GetId())
+    writer.close()
+    os.replace(partial, args.out)
+    print(f"wrote {args.n * len(mols)} conformers of {len(mols)} molecules to {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``geodiffusion`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     if args.command == "list":
         return _list(sys.stdout)
+    if args.command == "conformers":
+        return _conformers(args)
     return _run(args)

@@ -17,12 +17,21 @@ from torch_geometric.data import Batch
 
 import geodiffusion as gd
 import geodiffusion.experiments.conformers as conformer_experiments
+from geodiffusion.cli import main as cli_main
 from geodiffusion.conformers import edge_vectors, mol_to_graph, point_cloud_graph
 from geodiffusion.conformers.oracle import EnsembleScore
 from geodiffusion.data import conformers as conformer_data
 from geodiffusion.data.conformers import load_conformers
 from geodiffusion.data.skeletons import SkeletonPoses
-from geodiffusion.experiments.conformers import ConformersQM9Experiment, SkeletonsExperiment, chirality_signs, match_chirality
+from geodiffusion.experiments.conformers import (
+    ConformersQM9Experiment,
+    SkeletonsExperiment,
+    chirality_signs,
+    generate_conformers,
+    match_chirality,
+    match_stereo,
+    stereo_signs,
+)
 from geodiffusion.models.edge import EdgeScoreModel
 from geodiffusion.processes.distance import DistanceVEProcess, NoncentralChi3
 from geodiffusion.samplers.projection_free import DistanceToCoordinates, ProjectionFreeSampler
@@ -35,6 +44,7 @@ from geodiffusion.training.graph import (
     distance_dsm_loss,
     distance_dsm_weight,
 )
+from geodiffusion.training.trainer import derive_seed
 
 Chem = pytest.importorskip("rdkit.Chem")
 AllChem = pytest.importorskip("rdkit.Chem.AllChem")
@@ -375,6 +385,32 @@ def test_match_chirality_reflects_mirrored_samples():
     fixed = match_chirality(mixed, x[0], centres)
     assert torch.equal(chirality_signs(fixed, centres), chirality_signs(x, centres))
     assert torch.equal(fixed[1], x[1]) and torch.equal(fixed[0], x[0])
+    # the chiral tags alone give the same signs, so no reference conformer is needed
+    assert torch.equal(match_stereo(mixed, mol), fixed)
+
+
+@pytest.mark.parametrize(
+    "smiles", ["C[C@H](N)[C@@H](O)CC", "C[C@@H](N)[C@H](O)CC", "C[S@](=O)CC", "C[S@@](=O)CC", "C[N@]1CC1C", "C[P@@](CC)c1ccccc1"]
+)
+def test_stereo_signs_follow_rdkit_chiral_tags_with_four_or_three_neighbours(smiles):
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    AllChem.EmbedMultipleConfs(mol, 4, randomSeed=1)  # ETKDG honours the tags
+    x = torch.stack([torch.from_numpy(c.GetPositions()) for c in mol.GetConformers()])
+    centres, signs = stereo_signs(mol)
+    assert centres.shape[0] >= 1 and x.shape[0] == 4
+    assert torch.equal(chirality_signs(x, centres), signs.expand(4, -1))
+    assert torch.equal(chirality_signs(-x, centres), -signs.expand(4, -1))
+
+
+def test_every_packaged_test_reference_has_its_molecules_tagged_stereo():
+    # why conformers-qm9 may match stereo to the tags instead of the first reference: on the test split they agree
+    tagged = 0
+    for e in load_conformers("test"):
+        centres, signs = stereo_signs(e.mol)
+        if centres.numel():
+            tagged += 1
+            assert torch.equal(chirality_signs(e.coordinates(torch.float64), centres), signs.expand(e.n_conformers, -1))
+    assert tagged == 181
 
 
 # --- experiments end to end ----------------------------------------------------------------------------------
@@ -452,6 +488,53 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
         assert torch.equal(p, q)
     with pytest.raises(ValueError, match="spec.json"):
         conformer_experiments.load_run_model(tmp_path / "model")
+    # generate_conformers redraws the run's own (stereo-matched) test samples from the run folder alone
+    test = load_conformers("test", limit=4, max_atoms=18)
+    counts = [2 * e.n_conformers for e in test]
+    mols = generate_conformers(tmp_path, [e.mol for e in test], counts, seed=derive_seed(spec.seed, "sample"))
+    own = torch.load(tmp_path / "samples.pt", weights_only=True)["model"]
+    for m, e, x, c in zip(mols, test, own, counts, strict=True):
+        assert m.GetNumConformers() == c and Chem.MolToSmiles(m) == Chem.MolToSmiles(e.mol)
+        assert torch.equal(torch.stack([torch.from_numpy(q.GetPositions()) for q in m.GetConformers()]), x)
+    # SMILES get hydrogens; the tagged stereo holds in every conformer; the input molecule keeps its conformers
+    (chiral,) = generate_conformers(tmp_path, ["C[C@H](O)[C@@H](N)C#N"], 3, seed=1)
+    centres, signs = stereo_signs(chiral)
+    xyz = torch.stack([torch.from_numpy(q.GetPositions()) for q in chiral.GetConformers()])
+    assert chiral.GetNumAtoms() == 15 and xyz.shape == (3, 15, 3) and torch.isfinite(xyz).all()
+    assert (chirality_signs(xyz, centres) == signs).double().mean(-1).ge(0.5).all()
+    assert test[0].mol.GetNumConformers() == test[0].n_conformers
+    for bad, match in (
+        ((["C1CC"], 2), "cannot parse"),
+        ((["CC"], 0), "positive integer"),
+        ((["CC", "CO"], [1]), "one count per molecule"),
+        (([Chem.MolFromSmiles("CCO")], 2), "implicit hydrogens"),
+        (([Chem.AddHs(Chem.MolFromSmiles("C.C"))], 2), "fragments"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            generate_conformers(tmp_path, *bad)
+    with pytest.raises(TypeError, match="SMILES"):
+        generate_conformers(tmp_path, [42], 1)
+    # the command line writes the same conformers to an SD file, one record per conformer
+    capsys.readouterr()
+    sdf = tmp_path / "generated.sdf"
+    smiles = ["C[C@H](O)[C@@H](N)C#N", "CCO"]
+    assert cli_main(["conformers", str(tmp_path), *smiles, "-n", "3", "--seed", "1", "--out", str(sdf)]) == 0
+    records = list(Chem.SDMolSupplier(str(sdf), removeHs=False))
+    assert [r.GetProp("_Name") for r in records] == [smiles[0]] * 3 + [smiles[1]] * 3
+    assert [r.GetIntProp("conformer") for r in records] == [0, 1, 2] * 2
+    for k, m in enumerate(generate_conformers(tmp_path, smiles, 3, seed=1)):
+        expected = torch.stack([torch.from_numpy(q.GetPositions()) for q in m.GetConformers()])
+        written = torch.stack([torch.from_numpy(r.GetConformer().GetPositions()) for r in records[3 * k : 3 * k + 3]])
+        assert torch.allclose(written, expected, atol=1e-4)  # the SD file keeps 4 decimals
+    assert "wrote 6 conformers of 2 molecules" in capsys.readouterr().out
+    for argv, message in (
+        (["C1CC", "-n", "2"], "cannot parse"),
+        (["CC", "-n", "0"], "positive number"),
+    ):
+        assert cli_main(["conformers", str(tmp_path), *argv, "--out", str(tmp_path / "x.sdf")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "x.sdf").exists()
+    assert cli_main(["conformers", str(tmp_path / "model"), "CC", "--out", str(tmp_path / "x.sdf")]) == 2
+    assert "spec.json" in capsys.readouterr().err
     # the diagnostics that reload a run: per-noise DSM loss, and the network mixed with the perfect score
     capsys.readouterr()
     runpy.run_path(str(scripts / "dsm_by_noise.py"))["main"](

@@ -8,7 +8,12 @@ from geodiffusion.experiments.base import (
     merge_spec_dicts,
     write_json,
 )
-from geodiffusion.experiments.conformers import ConformersQM9Experiment, SkeletonsExperiment
+from geodiffusion.experiments.conformers import (
+    ConformersQM9Experiment,
+    SkeletonsExperiment,
+    generate_conformers,
+    load_run_model,
+)
 from geodiffusion.experiments.earth import EarthEarthquake, EarthExperiment, EarthFire, EarthFlood, EarthVolcano
 from geodiffusion.experiments.gp import GP1DExperiment, SphereTracksExperiment, VectorField2DExperiment
 from geodiffusion.experiments.hypersphere import HypersphereExperiment, VMFMixture
@@ -36,4 +41,4 @@ __all__ = [
 ]
 __all__ += ["RotatedDigitsExperiment", "BridgeDenoiseExperiment", "BridgeStyleExperiment"]
 __all__ += ["GP1DExperiment", "VectorField2DExperiment", "SphereTracksExperiment"]
-__all__ += ["ConformersQM9Experiment", "SkeletonsExperiment"]
+__all__ += ["ConformersQM9Experiment", "SkeletonsExperiment", "generate_conformers", "load_run_model"]

@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
-from geodiffusion.conformers.graph import point_cloud_graph
+from geodiffusion.conformers.graph import mol_to_graph, point_cloud_graph
 from geodiffusion.data.conformers import (
     REFERENCE_NOTE,
     ConformerEnsemble,
@@ -59,12 +59,15 @@ __all__ = [
     "SkeletonsExperiment",
     "chirality_signs",
     "etkdg_conformers",
+    "generate_conformers",
     "load_run_model",
     "match_chirality",
     "match_ensembles",
+    "match_stereo",
     "sample_ensembles",
     "sample_graphs",
     "score_ensembles",
+    "stereo_signs",
 ]
 
 ETKDG_SEED_BASE = 10_000_000  # reference ensembles were embedded with seeds < 10^6
@@ -83,9 +86,36 @@ def match_chirality(samples: Tensor, reference: Tensor, centres: Tensor) -> Tens
     at more than half of ``centres``: stereo is part of the molecular graph, but not of its distances."""
     if centres.numel() == 0:
         return samples
-    agree = (chirality_signs(samples, centres) == chirality_signs(reference, centres)).to(samples.dtype).mean(-1)
+    return _reflect_to(samples, chirality_signs(reference, centres), centres)
+
+
+def _reflect_to(samples: Tensor, signs: Tensor, centres: Tensor) -> Tensor:
+    """Reflect each sample ``[S, N, 3]`` whose :func:`chirality_signs` at ``centres`` disagree with ``signs`` at more
+    than half of them (a reflection flips all; a sample wrong at some centres only is a diastereomer, kept)."""
+    if centres.numel() == 0:
+        return samples
+    agree = (chirality_signs(samples, centres) == signs.to(samples)).to(samples.dtype).mean(-1)
     flip = torch.where(agree < 0.5, -1.0, 1.0).to(samples.dtype)
     return samples * flip[:, None, None]
+
+
+def stereo_signs(mol) -> tuple[Tensor, Tensor]:
+    """The tetrahedral centres of ``mol``'s chiral tags, ``[K, 4]`` rows (centre, its first three neighbours in bond
+    order), and the :func:`chirality_signs` ``[K]`` of any conformer with that stereo: +1 for ``CHI_TETRAHEDRAL_CCW``,
+    -1 for ``CHI_TETRAHEDRAL_CW`` (RDKit's convention, for three neighbours and a lone pair too)."""
+    from rdkit import Chem
+
+    centres = _stereo_centres(mol)
+    ccw = Chem.ChiralType.CHI_TETRAHEDRAL_CCW
+    signs = [1.0 if mol.GetAtomWithIdx(c).GetChiralTag() == ccw else -1.0 for c in centres[:, 0].tolist()]
+    return centres, torch.tensor(signs, dtype=torch.float64)
+
+
+def match_stereo(samples: Tensor, mol) -> Tensor:
+    """Reflect each sample ``[S, N, 3]`` of ``mol`` that is mirrored at more than half of its tagged tetrahedral
+    centres (:func:`stereo_signs`): the stereo comes from the molecular graph, no reference conformer is needed."""
+    centres, signs = stereo_signs(mol)
+    return _reflect_to(samples, signs, centres)
 
 
 def _stereo_centres(mol) -> Tensor:
@@ -133,8 +163,9 @@ def sample_ensembles(
 
 
 def match_ensembles(test: list[ConformerEnsemble], samples: list[Tensor]) -> list[Tensor]:
-    """:func:`match_chirality` of each ``samples[k] [S, N, 3]`` against ``test[k]``'s first reference conformer."""
-    return [match_chirality(x, e.coordinates()[0], _stereo_centres(e.mol)) for x, e in zip(samples, test, strict=True)]
+    """:func:`match_stereo` of each ``samples[k] [S, N, 3]`` to ``test[k]``'s chiral tags (its graph, not its
+    reference coordinates: on the packaged test split every reference conformer has the tags' signs)."""
+    return [match_stereo(x, e.mol) for x, e in zip(samples, test, strict=True)]
 
 
 def score_ensembles(
@@ -182,6 +213,71 @@ def load_run_model(run: str | Path) -> tuple[ScoreModel, dict]:
     best = state.get("best_ema") if spec.get("select") == "best_val" else None
     model.load_state_dict(best if best is not None else state["ema"]["model"])
     return model.eval(), spec
+
+
+def generate_conformers(
+    run: str | Path,
+    molecules: Sequence,
+    n: int | Sequence[int],
+    *,
+    seed: int = 0,
+    chunk: int | None = None,
+    device: str | torch.device | None = None,
+) -> list:
+    """``n`` (or ``n[k]``) conformers of each molecule from a finished ``conformers-qm9`` run: the run's network,
+    extended graph (``max_hops``), sampler and dtype, reflected to each molecule's tagged stereo (:func:`match_stereo`).
+
+    ``molecules``: RDKit ``Mol`` objects with explicit hydrogens, or SMILES (hydrogens are added). Molecules are
+    sampled together in PyG batches of at least ``chunk`` graphs (default: the run's ``sample_chunk``), so with
+    the run's test molecules, their counts and ``seed=derive_seed(spec["seed"], "sample")`` this redraws the
+    run's own samples. Returns copies of the molecules holding only the new conformers (Å); a sample with a
+    non-finite coordinate raises ValueError rather than being returned.
+    """
+    from rdkit import Chem
+
+    counts = [n] * len(molecules) if isinstance(n, int) else list(n)
+    if len(counts) != len(molecules):
+        raise ValueError(f"n: expected one count per molecule ({len(molecules)}), got {len(counts)}")
+    if not molecules or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in counts):
+        raise ValueError(f"n: expected positive integer counts for a non-empty list of molecules, got {n!r}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk: expected a positive number of graphs, got {chunk}")
+    mols = []
+    for k, m in enumerate(molecules):
+        if isinstance(m, str):
+            parsed = Chem.MolFromSmiles(m)
+            if parsed is None:
+                raise ValueError(f"molecules[{k}]: RDKit cannot parse the SMILES {m!r}")
+            m = Chem.AddHs(parsed)
+        elif not isinstance(m, Chem.Mol):
+            raise TypeError(f"molecules[{k}]: expected an rdkit Chem.Mol or a SMILES string, got {type(m).__name__}")
+        mols.append(m)
+    model, spec = load_run_model(run)
+    if "max_hops" not in spec:
+        raise ValueError(f"run: expected a conformers-qm9 run (its spec.json has max_hops), got {Path(run)}")
+    graphs = [mol_to_graph(m, conformer=None, max_hops=spec["max_hops"]) for m in mols]  # bad molecules raise here
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    dtype = getattr(torch, spec["dtype"])
+    model = model.to(device=device, dtype=dtype)
+    process = build(spec["process"], Process)
+    sampler = build(spec["sampler"], Sampler)
+    generator = torch.Generator().manual_seed(seed)
+    samples, _ = sample_ensembles(
+        sampler, model, process, [g.to(device) for g in graphs], counts, chunk or spec["sample_chunk"], generator, dtype
+    )
+    out = []
+    for k, (m, x) in enumerate(zip(mols, samples, strict=True)):
+        if not torch.isfinite(x).all():
+            raise ValueError(f"molecules[{k}]: the network produced a non-finite sample (a blow-up); try another seed")
+        x = match_stereo(x.cpu(), m)
+        mol = Chem.Mol(m)
+        mol.RemoveAllConformers()
+        for xyz in x.numpy():
+            conf = Chem.Conformer(mol.GetNumAtoms())
+            conf.SetPositions(xyz)
+            mol.AddConformer(conf, assignId=True)
+        out.append(mol)
+    return out
 
 
 def etkdg_conformers(test: list[ConformerEnsemble], counts: list[int], seed: int = 0) -> tuple[list[Tensor], float]:
