@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     conformers.add_argument("--out", type=Path, required=True, help="SD file to write (replaced atomically)")
     conformers.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     conformers.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    conformers.add_argument("--mmff", action="store_true", help="minimise each conformer with MMFF94 (200 iterations)")
     return parser
 
 
@@ -160,7 +161,7 @@ def _conformers(args: argparse.Namespace) -> int:
     if not args.out.parent.is_dir():
         return _fail(f"--out: folder {args.out.parent} does not exist")
     try:
-        mols = generate_conformers(args.run, args.smiles, args.n, seed=args.seed, device=args.device)
+        mols = generate_conformers(args.run, args.smiles, args.n, seed=args.seed, device=args.device, relax=args.mmff)
     except (ValueError, RuntimeError) as err:
         return _fail(str(err))
     # write beside the target, then rename: a reader never sees half a file

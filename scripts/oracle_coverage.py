@@ -1,7 +1,7 @@
 r"""COV/MAT that a PERFECT network would reach on each extended graph: the ceiling of conformers-qm9 per graph.
 
 Samples the packaged test molecules exactly as ``conformers-qm9`` does (2 samples per reference conformer, its
-default sampler, chunks of one PyG batch, ``match_chirality``, heavy-atom best RMSD, delta = 0.5 A), but with the
+default sampler, chunks of one PyG batch, stereo matched to the chiral tags, heavy-atom best RMSD, delta = 0.5 A), but with the
 exact mixture score of each molecule's own reference ensemble (:class:`geodiffusion.conformers.oracle.EnsembleScore`)
 in place of the network: the score that distance DSM converges to when trained on the test ensembles themselves.
 Whatever this misses, no network can recover on that graph with that sampler; the gap between a trained model and

@@ -402,6 +402,33 @@ def test_stereo_signs_follow_rdkit_chiral_tags_with_four_or_three_neighbours(smi
     assert torch.equal(chirality_signs(-x, centres), -signs.expand(4, -1))
 
 
+def test_mmff_relax_lowers_the_energy_of_noisy_conformers_and_keeps_minima():
+    from rdkit.Chem import rdForceFieldHelpers
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("C[C@H](O)C(=O)NC1CC1"))
+    AllChem.EmbedMultipleConfs(mol, 3, randomSeed=0)
+    AllChem.MMFFOptimizeMoleculeConfs(mol, maxIters=2000)
+    minima = torch.stack([torch.from_numpy(c.GetPositions()) for c in mol.GetConformers()])
+    noisy = minima + 0.1 * torch.randn(minima.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    props = rdForceFieldHelpers.MMFFGetMoleculeProperties(mol)
+
+    def energy(xyz):
+        m = Chem.Mol(mol)
+        m.GetConformer(0).SetPositions(xyz.numpy())
+        return rdForceFieldHelpers.MMFFGetMoleculeForceField(m, props, confId=0).CalcEnergy()
+
+    relaxed, converged = conformer_experiments.mmff_relax(mol, noisy, max_iters=2000)
+    assert relaxed.shape == noisy.shape and converged.all()
+    for x, y in zip(noisy, relaxed, strict=True):
+        assert energy(y) < energy(x) - 10.0  # 0.1 A of noise costs tens of kcal/mol of bond stretch
+    again, _ = conformer_experiments.mmff_relax(mol, minima, max_iters=2000)
+    assert (again - minima).norm(dim=-1).max() < 1e-2
+    assert mol.GetNumConformers() == 3  # the input molecule is left alone
+    for bad, match in ((noisy[:, :-1], "expected \\[S, 20, 3\\]"), (noisy * float("nan"), "finite"), (noisy, "max_iters")):
+        with pytest.raises(ValueError, match=match):
+            conformer_experiments.mmff_relax(mol, bad, max_iters=0 if match == "max_iters" else 10)
+
+
 def test_every_packaged_test_reference_has_its_molecules_tagged_stereo():
     # why conformers-qm9 may match stereo to the tags instead of the first reference: on the test split they agree
     tagged = 0
@@ -503,6 +530,10 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     assert chiral.GetNumAtoms() == 15 and xyz.shape == (3, 15, 3) and torch.isfinite(xyz).all()
     assert (chirality_signs(xyz, centres) == signs).double().mean(-1).ge(0.5).all()
     assert test[0].mol.GetNumConformers() == test[0].n_conformers
+    # relax=True is mmff_relax of the same samples
+    (relaxed,) = generate_conformers(tmp_path, ["C[C@H](O)[C@@H](N)C#N"], 3, seed=1, relax=True)
+    expected, _ = conformer_experiments.mmff_relax(chiral, xyz)
+    assert torch.equal(torch.stack([torch.from_numpy(q.GetPositions()) for q in relaxed.GetConformers()]), expected)
     for bad, match in (
         ((["C1CC"], 2), "cannot parse"),
         ((["CC"], 0), "positive integer"),
@@ -514,6 +545,14 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
             generate_conformers(tmp_path, *bad)
     with pytest.raises(TypeError, match="SMILES"):
         generate_conformers(tmp_path, [42], 1)
+    # MMFF relaxation of the run's own samples and of ETKDG's: the raw rows repeat the run's metrics
+    capsys.readouterr()
+    runpy.run_path(str(scripts / "relaxed_coverage.py"))["main"](["--run", str(tmp_path)])
+    rows = {line[:24].strip(): [float(v) for v in line[24:].split()] for line in capsys.readouterr().out.splitlines()[2:6]}
+    assert list(rows) == ["model", "model + MMFF", "ETKDG", "ETKDG + MMFF"]
+    assert rows["model"] == pytest.approx([metrics[f"model_{k}_mean"] for k in ("cov_r", "mat_r", "cov_p", "mat_p")], abs=1e-3)
+    assert rows["ETKDG"][:2] == pytest.approx([metrics["etkdg_cov_r_mean"], metrics["etkdg_mat_r_mean"]], abs=1e-3)
+    assert all(0 <= r[0] <= 100 and r[1] >= 0 for r in rows.values())
     # the command line writes the same conformers to an SD file, one record per conformer
     capsys.readouterr()
     sdf = tmp_path / "generated.sdf"

@@ -64,6 +64,7 @@ __all__ = [
     "match_chirality",
     "match_ensembles",
     "match_stereo",
+    "mmff_relax",
     "sample_ensembles",
     "sample_graphs",
     "score_ensembles",
@@ -199,6 +200,31 @@ def diverged_molecules(test: list[ConformerEnsemble], samples: list[Tensor], fac
     return out
 
 
+def mmff_relax(mol, samples: Tensor, max_iters: int = 200) -> tuple[Tensor, Tensor]:
+    """MMFF94 local minimisation (RDKit's ``MMFFOptimizeMoleculeConfs``) of each sample ``[S, N, 3]`` of ``mol``
+    (explicit hydrogens); returns the relaxed ``[S, N, 3]`` float64 coordinates and ``[S]`` converged flags."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    if samples.ndim != 3 or samples.shape[1:] != (mol.GetNumAtoms(), 3):
+        raise ValueError(f"samples: expected [S, {mol.GetNumAtoms()}, 3] for this molecule, got {tuple(samples.shape)}")
+    if not torch.isfinite(samples).all():
+        raise ValueError("samples: expected finite coordinates (a blown-up sample cannot be relaxed)")
+    if max_iters < 1:
+        raise ValueError(f"max_iters: expected a positive count, got {max_iters}")
+    if not AllChem.MMFFHasAllMoleculeParams(mol):
+        raise ValueError(f"mol {Chem.MolToSmiles(mol)!r}: MMFF94 has no parameters for some of its atoms")
+    m = Chem.Mol(mol)
+    m.RemoveAllConformers()
+    for xyz in samples.double().cpu().numpy():
+        conf = Chem.Conformer(m.GetNumAtoms())
+        conf.SetPositions(xyz)
+        m.AddConformer(conf, assignId=True)
+    result = AllChem.MMFFOptimizeMoleculeConfs(m, numThreads=1, maxIters=max_iters)
+    xyz = torch.stack([torch.from_numpy(c.GetPositions()) for c in m.GetConformers()])
+    return xyz, torch.tensor([flag == 0 for flag, _ in result])
+
+
 def load_run_model(run: str | Path) -> tuple[ScoreModel, dict]:
     """The network a finished ``conformers-qm9`` or ``skeletons`` run sampled with, in eval mode, and the run's
     spec (``spec.json``): the best-validation EMA weights under ``select="best_val"``, else the last EMA weights."""
@@ -223,6 +249,7 @@ def generate_conformers(
     seed: int = 0,
     chunk: int | None = None,
     device: str | torch.device | None = None,
+    relax: bool = False,
 ) -> list:
     """``n`` (or ``n[k]``) conformers of each molecule from a finished ``conformers-qm9`` run: the run's network,
     extended graph (``max_hops``), sampler and dtype, reflected to each molecule's tagged stereo (:func:`match_stereo`).
@@ -230,8 +257,9 @@ def generate_conformers(
     ``molecules``: RDKit ``Mol`` objects with explicit hydrogens, or SMILES (hydrogens are added). Molecules are
     sampled together in PyG batches of at least ``chunk`` graphs (default: the run's ``sample_chunk``), so with
     the run's test molecules, their counts and ``seed=derive_seed(spec["seed"], "sample")`` this redraws the
-    run's own samples. Returns copies of the molecules holding only the new conformers (Å); a sample with a
-    non-finite coordinate raises ValueError rather than being returned.
+    run's own samples. ``relax=True`` minimises each conformer with MMFF94 (:func:`mmff_relax`, 200 iterations).
+    Returns copies of the molecules holding only the new conformers (Å); a sample with a non-finite coordinate
+    raises ValueError rather than being returned.
     """
     from rdkit import Chem
 
@@ -270,6 +298,8 @@ def generate_conformers(
         if not torch.isfinite(x).all():
             raise ValueError(f"molecules[{k}]: the network produced a non-finite sample (a blow-up); try another seed")
         x = match_stereo(x.cpu(), m)
+        if relax:
+            x, _ = mmff_relax(m, x)
         mol = Chem.Mol(m)
         mol.RemoveAllConformers()
         for xyz in x.numpy():
