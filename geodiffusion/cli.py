@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample conformers of molecules with a finished conformers-qm9 run",
         description="Sample N conformers of each SMILES (hydrogens added) with the network, graph and sampler of the "
         "finished conformers-qm9 run in RUN, each matched to the SMILES' tetrahedral stereo, and write them to an SD "
-        "file (one record per conformer, named by its SMILES, with its 'conformer' index).",
+        "file (one record per conformer, named by its SMILES, with its 'conformer' index and 'stereo_correct' (1: every "
+        "tagged tetrahedral centre as in the SMILES, 0: a diastereomer)).",
     )
     conformers.add_argument("run", type=Path, help="output folder of a finished conformers-qm9 run")
     conformers.add_argument("smiles", nargs="+", help="molecules as SMILES")
@@ -171,6 +172,7 @@ def _conformers(args: argparse.Namespace) -> int:
         mol.SetProp("_Name", smiles)
         for conf in mol.GetConformers():
             mol.SetIntProp("conformer", conf.GetId())
+            mol.SetIntProp("stereo_correct", int(conf.GetBoolProp("stereo_correct")))
             writer.write(mol, confId=conf.GetId())
     writer.close()
     os.replace(partial, args.out)

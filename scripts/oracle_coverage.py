@@ -12,6 +12,10 @@ weights) and the oracle on the run's graph: ``--oracle-above TAU`` uses the orac
 and the network below, so TAU = 0 is the oracle alone and TAU > T the network alone. Where the coverage drops as
 TAU falls tells at which noise levels the network's score loses the conformers.
 
+Columns beyond COV/MAT: mean edges per graph, molecules with a non-finite or blown-up sample, ``stereo%`` (the
+percentage of samples of molecules with tagged stereo that are diastereomers, ``wrong_stereo_fraction``) and
+conformers per second.
+
     python scripts/oracle_coverage.py --hops 3 4 5 0       # 0: all pairs
     python scripts/oracle_coverage.py --hops 4 --molecules 50 --sampler '{"steps": 200}'
     python scripts/oracle_coverage.py --run runs/conformers-qm9-RUN --oracle-above 2 0.5 0.2 0
@@ -34,6 +38,7 @@ from geodiffusion.experiments.conformers import (
     match_ensembles,
     sample_ensembles,
     score_ensembles,
+    wrong_stereo_fraction,
 )
 from geodiffusion.metrics.conformers import summarise_coverage
 from geodiffusion.processes.base import Process
@@ -74,6 +79,7 @@ def measure(
         "edges": sum(g.edge_index.shape[1] for g in graphs) / len(graphs),
         "nonfinite": float(sum(not ok for ok in finite)),
         "diverged": float(sum(diverged_molecules(test, samples))),
+        "wrong_stereo": 100 * wrong_stereo_fraction(test, samples),
         "conformers_per_second": sum(counts) / seconds,
     }
 
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         network, spec = load_run_model(args.run)
         rows = [(spec.get("max_hops", 3) or 0, tau) for tau in args.oracle_above]
         print(f"network of {args.run} on its graph; oracle at t >= tau")
-    head = ["hops", "tau", "edges", "COV-R", "MAT-R", "COV-P", "MAT-P", "non-finite", "diverged", "conf/s"]
+    head = ["hops", "tau", "edges", "COV-R", "MAT-R", "COV-P", "MAT-P", "non-finite", "diverged", "stereo%", "conf/s"]
     print(" ".join(f"{h:>{max(6, len(h))}s}" for h in head))
     sampler_fields = json.loads(args.sampler)
     for hops, tau in rows:
@@ -116,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['mat_p_mean']:.3f}",
             f"{r['nonfinite']:.0f}",
             f"{r['diverged']:.0f}",
+            f"{r['wrong_stereo']:.1f}",
             f"{r['conformers_per_second']:.1f}",
         ]
         print(" ".join(f"{c!s:>{max(6, len(h))}s}" for c, h in zip(cells, head, strict=True)), flush=True)

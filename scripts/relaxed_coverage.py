@@ -4,6 +4,7 @@ Relaxing every sample to its nearest force-field minimum separates two ways a sa
 wrong basin (relaxation cannot fix it) and the right basin with imprecise bond lengths and angles (relaxation
 does). The same is done to RDKit ETKDG conformers drawn as in the run (same counts, same seeds), so both methods get
 the same post-processing. The references are GFN2-xTB minima, not MMFF ones, so relaxation has a floor of its own.
+The row "model, stereo-correct" keeps only the samples whose tagged centres match the SMILES (``stereo_correct``).
 
     python scripts/relaxed_coverage.py --run runs/conformers-qm9-RUN
     python scripts/relaxed_coverage.py --run runs/conformers-qm9-RUN --samples resampled.pt --molecules 50
@@ -19,7 +20,13 @@ from pathlib import Path
 import torch
 
 from geodiffusion.data.conformers import load_conformers
-from geodiffusion.experiments.conformers import diverged_molecules, etkdg_conformers, mmff_relax, score_ensembles
+from geodiffusion.experiments.conformers import (
+    diverged_molecules,
+    etkdg_conformers,
+    mmff_relax,
+    score_ensembles,
+    stereo_correct,
+)
 from geodiffusion.metrics.conformers import summarise_coverage
 
 
@@ -44,6 +51,8 @@ def relax_all(test, samples, max_iters: int) -> tuple[list[torch.Tensor], dict[s
 def row(name: str, test, samples, threshold: float, keep_empty: bool = False) -> str:
     """One table row; with keep_empty, molecules without samples (ETKDG failures) count COV 0, out of MAT."""
     present = [k for k, x in enumerate(samples) if x.shape[0] > 0]
+    if not present:
+        return f"{name:<24s}{0.0:>9.3f}{'nan':>9s}{0.0:>9.3f}{'nan':>9s}"
     per, _, _ = score_ensembles([test[k] for k in present], [samples[k] for k in present], threshold)
     summary = summarise_coverage(per)
     cov_scale = len(present) / len(test) if keep_empty else 1.0
@@ -73,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     relaxed, stats = relax_all(test, samples, args.max_iters)
     print(row("model", test, samples, threshold))
     print(row("model + MMFF", test, relaxed, threshold), flush=True)
+    # diastereomers dropped: what a sampler that rejected them would keep (molecules left with none count COV 0)
+    correct = [x[stereo_correct(x, e.mol)] if torch.isfinite(x).all() else x for x, e in zip(samples, test, strict=True)]
+    print(row("model, stereo-correct", test, correct, threshold, keep_empty=True))
     if not args.no_etkdg:
         counts = [x.shape[0] for x in samples]
         etkdg, _ = etkdg_conformers(test, counts, spec["seed"])
@@ -82,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ETKDG: {etkdg_stats['converged']:.1%} converged in {etkdg_stats['seconds']:.1f} s")
     print(
         f"model: {stats['converged']:.1%} of relaxations converged in {stats['seconds']:.1f} s; "
-        f"{stats['kept']} molecules left unrelaxed (blown up)"
+        f"{stats['kept']} molecules left unrelaxed (blown up); "
+        f"{sum(x.shape[0] == 0 for x in correct)} molecules without a stereo-correct sample"
     )
 
 

@@ -30,6 +30,7 @@ from geodiffusion.experiments.conformers import (
     generate_conformers,
     match_chirality,
     match_stereo,
+    stereo_correct,
     stereo_signs,
 )
 from geodiffusion.models.edge import EdgeScoreModel
@@ -438,6 +439,23 @@ def test_every_packaged_test_reference_has_its_molecules_tagged_stereo():
             tagged += 1
             assert torch.equal(chirality_signs(e.coordinates(torch.float64), centres), signs.expand(e.n_conformers, -1))
     assert tagged == 181
+    # ... so none of them is a wrong-stereo sample, and every mirror image of them is
+    some = load_conformers("test", limit=30)
+    refs = [e.coordinates(torch.float64) for e in some]
+    assert conformer_experiments.wrong_stereo_fraction(some, refs) == 0.0
+    assert conformer_experiments.wrong_stereo_fraction(some, [-x for x in refs]) == 1.0
+
+
+def test_stereo_correct_flags_diastereomers_that_reflection_cannot_mend():
+    mol = Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)[C@@H](O)CC"))
+    other = Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)[C@H](O)CC"))  # one centre inverted, same atom order
+    AllChem.EmbedMultipleConfs(mol, 3, randomSeed=0)
+    AllChem.EmbedMultipleConfs(other, 3, randomSeed=0)
+    own, dia = (torch.stack([torch.from_numpy(c.GetPositions()) for c in m.GetConformers()]) for m in (mol, other))
+    assert stereo_correct(own, mol).all() and not stereo_correct(-own, mol).any()
+    assert not stereo_correct(match_stereo(dia, mol), mol).any()  # half the centres agree either way
+    flat = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    assert stereo_correct(torch.zeros(2, flat.GetNumAtoms(), 3), flat).tolist() == [True, True]
 
 
 # --- experiments end to end ----------------------------------------------------------------------------------
@@ -493,6 +511,7 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     assert metrics["model_conformers_per_second"] > 0 and metrics["speed_ratio_model_over_etkdg"] > 0
     assert math.isfinite(metrics["final_loss"]) and math.isfinite(metrics["final_loss_median"])
     assert 0 <= metrics["model_diverged_molecules"] <= metrics["n_test_molecules"]
+    assert 0 <= metrics["model_wrong_stereo_fraction"] <= 1 or math.isnan(metrics["model_wrong_stereo_fraction"])
     assert (tmp_path / "conformers.png").stat().st_size > 0 and (tmp_path / "model" / "checkpoints" / "last.pt").is_file()
     assert "not GEOM" in (tmp_path / "REFERENCES.txt").read_text()
     # the default trains the learned weighting u(t) with the network, and checkpoints it
@@ -529,6 +548,8 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     xyz = torch.stack([torch.from_numpy(q.GetPositions()) for q in chiral.GetConformers()])
     assert chiral.GetNumAtoms() == 15 and xyz.shape == (3, 15, 3) and torch.isfinite(xyz).all()
     assert (chirality_signs(xyz, centres) == signs).double().mean(-1).ge(0.5).all()
+    flags = [q.GetBoolProp("stereo_correct") for q in chiral.GetConformers()]
+    assert flags == stereo_correct(xyz, chiral).tolist()
     assert test[0].mol.GetNumConformers() == test[0].n_conformers
     # relax=True is mmff_relax of the same samples
     (relaxed,) = generate_conformers(tmp_path, ["C[C@H](O)[C@@H](N)C#N"], 3, seed=1, relax=True)
@@ -548,8 +569,8 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     # MMFF relaxation of the run's own samples and of ETKDG's: the raw rows repeat the run's metrics
     capsys.readouterr()
     runpy.run_path(str(scripts / "relaxed_coverage.py"))["main"](["--run", str(tmp_path)])
-    rows = {line[:24].strip(): [float(v) for v in line[24:].split()] for line in capsys.readouterr().out.splitlines()[2:6]}
-    assert list(rows) == ["model", "model + MMFF", "ETKDG", "ETKDG + MMFF"]
+    rows = {line[:24].strip(): [float(v) for v in line[24:].split()] for line in capsys.readouterr().out.splitlines()[2:7]}
+    assert list(rows) == ["model", "model + MMFF", "model, stereo-correct", "ETKDG", "ETKDG + MMFF"]
     assert rows["model"] == pytest.approx([metrics[f"model_{k}_mean"] for k in ("cov_r", "mat_r", "cov_p", "mat_p")], abs=1e-3)
     assert rows["ETKDG"][:2] == pytest.approx([metrics["etkdg_cov_r_mean"], metrics["etkdg_mat_r_mean"]], abs=1e-3)
     assert all(0 <= r[0] <= 100 and r[1] >= 0 for r in rows.values())
@@ -561,6 +582,7 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     records = list(Chem.SDMolSupplier(str(sdf), removeHs=False))
     assert [r.GetProp("_Name") for r in records] == [smiles[0]] * 3 + [smiles[1]] * 3
     assert [r.GetIntProp("conformer") for r in records] == [0, 1, 2] * 2
+    assert all(r.GetIntProp("stereo_correct") == 1 for r in records[3:])  # ethanol has no stereo to get wrong
     for k, m in enumerate(generate_conformers(tmp_path, smiles, 3, seed=1)):
         expected = torch.stack([torch.from_numpy(q.GetPositions()) for q in m.GetConformers()])
         written = torch.stack([torch.from_numpy(r.GetConformer().GetPositions()) for r in records[3 * k : 3 * k + 3]])

@@ -68,6 +68,7 @@ __all__ = [
     "sample_ensembles",
     "sample_graphs",
     "score_ensembles",
+    "stereo_correct",
     "stereo_signs",
 ]
 
@@ -110,6 +111,15 @@ def stereo_signs(mol) -> tuple[Tensor, Tensor]:
     ccw = Chem.ChiralType.CHI_TETRAHEDRAL_CCW
     signs = [1.0 if mol.GetAtomWithIdx(c).GetChiralTag() == ccw else -1.0 for c in centres[:, 0].tolist()]
     return centres, torch.tensor(signs, dtype=torch.float64)
+
+
+def stereo_correct(samples: Tensor, mol) -> Tensor:
+    """``[S]`` bool: does each sample ``[S, N, 3]`` have every tagged tetrahedral centre of ``mol`` as tagged
+    (:func:`stereo_signs`)? After :func:`match_stereo` a False is a diastereomer: a conformer of another molecule."""
+    centres, signs = stereo_signs(mol)
+    if centres.numel() == 0:
+        return torch.ones(samples.shape[0], dtype=torch.bool, device=samples.device)
+    return (chirality_signs(samples, centres) == signs.to(samples)).all(-1)
 
 
 def match_stereo(samples: Tensor, mol) -> Tensor:
@@ -225,6 +235,13 @@ def mmff_relax(mol, samples: Tensor, max_iters: int = 200) -> tuple[Tensor, Tens
     return xyz, torch.tensor([flag == 0 for flag, _ in result])
 
 
+def wrong_stereo_fraction(test: list[ConformerEnsemble], samples: list[Tensor]) -> float:
+    """Fraction of the samples of molecules with tagged tetrahedral stereo that have a centre mirrored
+    (:func:`stereo_correct`); NaN when no molecule has tagged stereo."""
+    flags = [~stereo_correct(x, e.mol) for x, e in zip(samples, test, strict=True) if _stereo_centres(e.mol).numel()]
+    return float(torch.cat(flags).double().mean()) if flags else float("nan")
+
+
 def load_run_model(run: str | Path) -> tuple[ScoreModel, dict]:
     """The network a finished ``conformers-qm9`` or ``skeletons`` run sampled with, in eval mode, and the run's
     spec (``spec.json``): the best-validation EMA weights under ``select="best_val"``, else the last EMA weights."""
@@ -258,8 +275,9 @@ def generate_conformers(
     sampled together in PyG batches of at least ``chunk`` graphs (default: the run's ``sample_chunk``), so with
     the run's test molecules, their counts and ``seed=derive_seed(spec["seed"], "sample")`` this redraws the
     run's own samples. ``relax=True`` minimises each conformer with MMFF94 (:func:`mmff_relax`, 200 iterations).
-    Returns copies of the molecules holding only the new conformers (Å); a sample with a non-finite coordinate
-    raises ValueError rather than being returned.
+    Returns copies of the molecules holding only the new conformers (Å), each with the bool property
+    ``stereo_correct`` (:func:`stereo_correct`: distances cannot pin every centre, so some samples are
+    diastereomers); a sample with a non-finite coordinate raises ValueError rather than being returned.
     """
     from rdkit import Chem
 
@@ -302,9 +320,10 @@ def generate_conformers(
             x, _ = mmff_relax(m, x)
         mol = Chem.Mol(m)
         mol.RemoveAllConformers()
-        for xyz in x.numpy():
+        for xyz, ok in zip(x.numpy(), stereo_correct(x, m).tolist(), strict=True):
             conf = Chem.Conformer(mol.GetNumAtoms())
             conf.SetPositions(xyz)
+            conf.SetBoolProp("stereo_correct", ok)
             mol.AddConformer(conf, assignId=True)
         out.append(mol)
     return out
@@ -418,7 +437,7 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
     ``model_conformers_per_second``, ``etkdg_conformers_per_second``, ``speed_ratio_model_over_etkdg``,
     ``etkdg_failed_molecules`` (no embedding from any seed: COV 0, left out of the ETKDG MAT);
     ``model_nonfinite_molecules`` and ``model_diverged_molecules`` (a finite sample 10 times farther out than the
-    references, see :func:`diverged_molecules`);
+    references, see :func:`diverged_molecules`); ``model_wrong_stereo_fraction`` (:func:`wrong_stereo_fraction`);
     ``n_test_molecules``, ``n_reference_conformers``, ``n_train_molecules``, ``train_seconds``, ``final_loss`` and
     ``final_loss_median`` (mean and median training loss of the last 10% of steps: the mean carries rare spikes);
     with a validation split (``n_val`` not 0): ``n_val_molecules``, ``val_loss_final``, ``val_loss_best``,
@@ -525,6 +544,7 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
             "model_sample_seconds": model_seconds,
             "model_nonfinite_molecules": float(sum(not ok for ok in finite)),
             "model_diverged_molecules": float(sum(diverged_molecules(test, samples))),
+            "model_wrong_stereo_fraction": wrong_stereo_fraction(test, samples),
         }
         if s.etkdg:
             etkdg_samples, etkdg_seconds = etkdg_conformers(test, counts, s.seed)
