@@ -36,6 +36,7 @@ from geodiffusion.experiments.conformers import (
     diverged_molecules,
     load_run_model,
     match_ensembles,
+    redraw_diastereomers,
     sample_ensembles,
     score_ensembles,
     wrong_stereo_fraction,
@@ -56,7 +57,16 @@ def mixed(network, oracle, tau: float):
 
 
 def measure(
-    test, hops: int | None, sampler_fields: dict, dtype, seed: int, chunk: int, network=None, tau=0.0, save=None
+    test,
+    hops: int | None,
+    sampler_fields: dict,
+    dtype,
+    seed: int,
+    chunk: int,
+    network=None,
+    tau=0.0,
+    save=None,
+    redraws: int = 0,
 ) -> dict[str, float]:
     spec = ConformersQM9Experiment.Spec(
         max_hops=hops, sampler={**ConformersQM9Experiment.Spec().sampler.model_dump(), **sampler_fields}
@@ -67,10 +77,14 @@ def measure(
     graphs = [EnsembleScore.attach(e.graph(max_hops=hops), e.coordinates(), width) for e in test]
     counts = [spec.samples_per_reference * e.n_conformers for e in test]
     score = EnsembleScore(process) if network is None else mixed(network.to(dtype), EnsembleScore(process), tau)
-    samples, seconds = sample_ensembles(
-        sampler, score, process, graphs, counts, chunk, torch.Generator().manual_seed(seed), dtype
-    )
+    generator = torch.Generator().manual_seed(seed)
+    samples, seconds = sample_ensembles(sampler, score, process, graphs, counts, chunk, generator, dtype)
     samples = match_ensembles(test, samples)
+    if redraws:
+        samples, spent = redraw_diastereomers(
+            sampler, score, process, graphs, [e.mol for e in test], samples, redraws, chunk, generator, dtype
+        )
+        seconds += spent
     per, _, finite = score_ensembles(test, samples, spec.threshold)
     if save is not None:  # the layout of conformers-qm9's samples.pt
         torch.save({"smiles": [e.smiles for e in test], "model": samples}, save)
@@ -96,9 +110,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=Path, default=None, help="a conformers-qm9 output folder: mix its network in")
     parser.add_argument("--save", type=Path, default=None, help="folder: write each row's samples to ROW.pt there")
     parser.add_argument("--oracle-above", type=float, nargs="+", default=[0.0], help="with --run: oracle at t >= TAU")
+    parser.add_argument(
+        "--stereo-redraws", type=int, default=0, help="rounds of redrawing diastereomers (conformers-qm9's stereo_redraws)"
+    )
     args = parser.parse_args(argv)
     if any(h < 0 or h in (1, 2) for h in args.hops):
         parser.error(f"--hops: expected 0 (all pairs) or at least 3, got {args.hops}")
+    if args.stereo_redraws < 0:
+        parser.error(f"--stereo-redraws: expected a non-negative count, got {args.stereo_redraws}")
     torch.set_num_threads(args.threads)
     test = load_conformers("test", limit=args.molecules)
     print(f"{len(test)} test molecules, {sum(e.n_conformers for e in test)} reference conformers; sampler {args.sampler}")
@@ -115,7 +134,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.save is not None:
             args.save.mkdir(parents=True, exist_ok=True)
             save = args.save / f"hops{hops or 'all'}_tau{tau:g}.pt"
-        r = measure(test, hops or None, sampler_fields, getattr(torch, args.dtype), args.seed, args.chunk, network, tau, save)
+        r = measure(
+            test, hops or None, sampler_fields, getattr(torch, args.dtype), args.seed, args.chunk, network, tau, save,
+            args.stereo_redraws,
+        )  # fmt: skip
         cells = [hops or "all", f"{tau:.2f}", f"{r['edges']:.1f}", f"{r['cov_r_mean']:.1f}", f"{r['mat_r_mean']:.3f}"]
         cells += [
             f"{r['cov_p_mean']:.1f}",

@@ -403,6 +403,42 @@ def test_stereo_signs_follow_rdkit_chiral_tags_with_four_or_three_neighbours(smi
     assert torch.equal(chirality_signs(-x, centres), -signs.expand(4, -1))
 
 
+def test_redraw_diastereomers_replaces_only_wrong_samples_until_right_or_out_of_rounds():
+    mol = Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)[C@@H](O)CC"))
+    other = Chem.AddHs(Chem.MolFromSmiles("C[C@H](N)[C@H](O)CC"))  # a diastereomer, same atom order
+    AllChem.EmbedMultipleConfs(mol, 4, randomSeed=0)
+    AllChem.EmbedMultipleConfs(other, 4, randomSeed=0)
+    right, wrong = (torch.stack([torch.from_numpy(c.GetPositions()) for c in m.GetConformers()]) for m in (mol, other))
+
+    class Scripted:  # a stand-in sampler: each call returns the next scripted batch of conformers
+        def __init__(self, batches):
+            self.batches, self.shapes = list(batches), []
+
+        def sample(self, score, process, shape, **kw):
+            self.shapes.append(shape)
+            return self.batches.pop(0).reshape(-1, 3)
+
+    graph = mol_to_graph(mol, conformer=None)
+    first = torch.stack([right[0], wrong[1], -right[2], wrong[3]])  # -right[2]: a mirror image, mended by matching
+    start = match_stereo(first, mol)
+    sampler = Scripted([torch.stack([wrong[0], right[1]]), right[3][None]])
+    args = (None, None, [graph], [mol])
+    out, seconds = conformer_experiments.redraw_diastereomers(sampler, *args, [start], 1, 100, None, torch.float64)
+    assert sampler.shapes == [(2 * graph.num_nodes, 3)] and seconds >= 0  # only the two diastereomers are redrawn
+    assert stereo_correct(out[0], mol).tolist() == [True, False, True, True]
+    assert (
+        torch.equal(out[0][[0, 2]], start[[0, 2]])
+        and torch.equal(out[0][3], right[1])
+        and torch.equal(start, match_stereo(first, mol))
+    )
+    out, _ = conformer_experiments.redraw_diastereomers(sampler, *args, out, 3, 100, None, torch.float64)
+    assert stereo_correct(out[0], mol).all() and torch.equal(out[0][1], right[3]) and sampler.batches == []
+    same, seconds = conformer_experiments.redraw_diastereomers(sampler, *args, [start], 0, 100, None, torch.float64)
+    assert same[0] is start and seconds == 0.0
+    with pytest.raises(ValueError, match="rounds"):
+        conformer_experiments.redraw_diastereomers(sampler, *args, [start], -1, 100, None, torch.float64)
+
+
 def test_mmff_relax_lowers_the_energy_of_noisy_conformers_and_keeps_minima():
     from rdkit.Chem import rdForceFieldHelpers
 
@@ -470,6 +506,7 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
             "n_test": 4,
             "n_val": 3,
             "val_split": "val_geom",
+            "stereo_redraws": 2,
             "select": "best_val",
             "max_atoms": 18,
             "model": TINY_MODEL,
@@ -534,7 +571,8 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
         assert torch.equal(p, q)
     with pytest.raises(ValueError, match="spec.json"):
         conformer_experiments.load_run_model(tmp_path / "model")
-    # generate_conformers redraws the run's own (stereo-matched) test samples from the run folder alone
+    # generate_conformers redraws the run's own (stereo-matched, diastereomers redrawn) test samples from the run folder
+    assert json.loads((tmp_path / "spec.json").read_text())["stereo_redraws"] == 2
     test = load_conformers("test", limit=4, max_atoms=18)
     counts = [2 * e.n_conformers for e in test]
     mols = generate_conformers(tmp_path, [e.mol for e in test], counts, seed=derive_seed(spec.seed, "sample"))
@@ -566,6 +604,8 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
             generate_conformers(tmp_path, *bad)
     with pytest.raises(TypeError, match="SMILES"):
         generate_conformers(tmp_path, [42], 1)
+    with pytest.raises(ValueError, match="stereo_redraws"):
+        generate_conformers(tmp_path, ["CC"], 1, stereo_redraws=-1)
     # MMFF relaxation of the run's own samples and of ETKDG's: the raw rows repeat the run's metrics
     capsys.readouterr()
     runpy.run_path(str(scripts / "relaxed_coverage.py"))["main"](["--run", str(tmp_path)])
@@ -622,6 +662,8 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
         ConformersQM9Experiment.resolve_spec({"train_splits": ["test"]}, quick=True)
     with pytest.raises(ValidationError, match="val_split"):
         ConformersQM9Experiment.resolve_spec({"val_split": "test"}, quick=True)
+    with pytest.raises(ValidationError, match="stereo_redraws needs match_chirality"):
+        ConformersQM9Experiment.resolve_spec({"stereo_redraws": 1, "match_chirality": False}, quick=True)
 
 
 def test_diverged_molecules_flags_finite_samples_far_beyond_the_references():

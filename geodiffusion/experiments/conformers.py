@@ -64,6 +64,7 @@ __all__ = [
     "match_chirality",
     "match_ensembles",
     "match_stereo",
+    "redraw_diastereomers",
     "mmff_relax",
     "sample_ensembles",
     "sample_graphs",
@@ -173,6 +174,39 @@ def sample_ensembles(
     return [torch.stack(x).double() for x in generated], seconds
 
 
+def redraw_diastereomers(
+    sampler: Sampler,
+    model,
+    process: DistanceVEProcess,
+    graphs: list[Data],
+    mols: list,
+    samples: list[Tensor],
+    rounds: int,
+    chunk: int,
+    generator,
+    dtype,
+) -> tuple[list[Tensor], float]:
+    """Up to ``rounds`` times, draw afresh every sample of ``samples[k]`` (stereo-matched ``[S, N, 3]`` of
+    ``mols[k]``) that is not :func:`stereo_correct` (a diastereomer, or non-finite), the way ETKDG re-embeds a
+    conformer whose chiral volumes come out wrong. Returns the samples, with the last draw kept where every round
+    failed, and the wall seconds of the redraws."""
+    if rounds < 0:
+        raise ValueError(f"rounds: expected a non-negative count, got {rounds}")
+    samples, seconds = list(samples), 0.0
+    for _ in range(rounds):
+        wrong = [~stereo_correct(x, m) for x, m in zip(samples, mols, strict=True)]
+        redo = [k for k, w in enumerate(wrong) if w.any()]
+        if not redo:
+            break
+        counts = [int(wrong[k].sum()) for k in redo]
+        fresh, spent = sample_ensembles(sampler, model, process, [graphs[k] for k in redo], counts, chunk, generator, dtype)
+        seconds += spent
+        for k, x in zip(redo, fresh, strict=True):
+            samples[k] = samples[k].clone()
+            samples[k][wrong[k]] = match_stereo(x, mols[k]).to(samples[k])
+    return samples, seconds
+
+
 def match_ensembles(test: list[ConformerEnsemble], samples: list[Tensor]) -> list[Tensor]:
     """:func:`match_stereo` of each ``samples[k] [S, N, 3]`` to ``test[k]``'s chiral tags (its graph, not its
     reference coordinates: on the packaged test split every reference conformer has the tags' signs)."""
@@ -267,6 +301,7 @@ def generate_conformers(
     chunk: int | None = None,
     device: str | torch.device | None = None,
     relax: bool = False,
+    stereo_redraws: int | None = None,
 ) -> list:
     """``n`` (or ``n[k]``) conformers of each molecule from a finished ``conformers-qm9`` run: the run's network,
     extended graph (``max_hops``), sampler and dtype, reflected to each molecule's tagged stereo (:func:`match_stereo`).
@@ -274,7 +309,8 @@ def generate_conformers(
     ``molecules``: RDKit ``Mol`` objects with explicit hydrogens, or SMILES (hydrogens are added). Molecules are
     sampled together in PyG batches of at least ``chunk`` graphs (default: the run's ``sample_chunk``), so with
     the run's test molecules, their counts and ``seed=derive_seed(spec["seed"], "sample")`` this redraws the
-    run's own samples. ``relax=True`` minimises each conformer with MMFF94 (:func:`mmff_relax`, 200 iterations).
+    run's own samples. ``stereo_redraws`` rounds redraw the diastereomers (:func:`redraw_diastereomers`; default:
+    the run's ``stereo_redraws``). ``relax=True`` minimises each conformer with MMFF94 (:func:`mmff_relax`, 200 iterations).
     Returns copies of the molecules holding only the new conformers (Å), each with the bool property
     ``stereo_correct`` (:func:`stereo_correct`: distances cannot pin every centre, so some samples are
     diastereomers); a sample with a non-finite coordinate raises ValueError rather than being returned.
@@ -288,6 +324,8 @@ def generate_conformers(
         raise ValueError(f"n: expected positive integer counts for a non-empty list of molecules, got {n!r}")
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk: expected a positive number of graphs, got {chunk}")
+    if stereo_redraws is not None and stereo_redraws < 0:
+        raise ValueError(f"stereo_redraws: expected a non-negative count, got {stereo_redraws}")
     mols = []
     for k, m in enumerate(molecules):
         if isinstance(m, str):
@@ -308,14 +346,17 @@ def generate_conformers(
     process = build(spec["process"], Process)
     sampler = build(spec["sampler"], Sampler)
     generator = torch.Generator().manual_seed(seed)
-    samples, _ = sample_ensembles(
-        sampler, model, process, [g.to(device) for g in graphs], counts, chunk or spec["sample_chunk"], generator, dtype
-    )
+    graphs = [g.to(device) for g in graphs]
+    chunk = chunk or spec["sample_chunk"]
+    samples, _ = sample_ensembles(sampler, model, process, graphs, counts, chunk, generator, dtype)
+    samples = [match_stereo(x.cpu(), m) for x, m in zip(samples, mols, strict=True)]
+    redraws = spec.get("stereo_redraws", 0) if stereo_redraws is None else stereo_redraws
+    if redraws:
+        samples, _ = redraw_diastereomers(sampler, model, process, graphs, mols, samples, redraws, chunk, generator, dtype)
     out = []
     for k, (m, x) in enumerate(zip(mols, samples, strict=True)):
         if not torch.isfinite(x).all():
             raise ValueError(f"molecules[{k}]: the network produced a non-finite sample (a blow-up); try another seed")
-        x = match_stereo(x.cpu(), m)
         if relax:
             x, _ = mmff_relax(m, x)
         mol = Chem.Mol(m)
@@ -495,6 +536,12 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
             3, ge=3, description="graph: also join all pairs up to this many bonds apart (None: all pairs); 3 is the paper's"
         )
         match_chirality: bool = Field(True, description="reflect samples whose tetrahedral stereo is mirrored")
+        stereo_redraws: int = Field(
+            0,
+            ge=0,
+            description="rounds of drawing afresh the samples that are diastereomers of the test molecule "
+            "(redraw_diastereomers; 0: the paper's sampler alone); needs match_chirality",
+        )
         etkdg: bool = Field(True, description="also run the RDKit ETKDG baseline")
 
         @model_validator(mode="after")
@@ -503,6 +550,8 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
                 raise ValueError(f"training.batch_size ({self.training.batch_size}) exceeds n_train ({self.n_train})")
             if len(set(self.train_splits)) != len(self.train_splits):
                 raise ValueError(f"train_splits: each split at most once, got {self.train_splits}")
+            if self.stereo_redraws and not self.match_chirality:
+                raise ValueError("stereo_redraws needs match_chirality: a mirror image is not a diastereomer")
             if self.select == "best_val" and self.n_val == 0:
                 raise ValueError("select='best_val' needs validation molecules: n_val must not be 0")
             return self
@@ -536,6 +585,12 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         samples, model_seconds = sample_ensembles(sampler, model, process, test_graphs, counts, s.sample_chunk, sample_gen, dtype)
         if s.match_chirality:
             samples = match_ensembles(test, samples)
+        if s.stereo_redraws:
+            samples, redraw_seconds = redraw_diastereomers(
+                sampler, model, process, test_graphs, [e.mol for e in test], samples, s.stereo_redraws,
+                s.sample_chunk, sample_gen, dtype,
+            )  # fmt: skip
+            model_seconds += redraw_seconds
         per_model, rmsd_model, finite = score_ensembles(test, samples, s.threshold)
         per_etkdg, rmsd_etkdg = [], []
         metrics: dict[str, float] = {
