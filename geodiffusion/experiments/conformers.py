@@ -187,7 +187,8 @@ def redraw_diastereomers(
     dtype,
 ) -> tuple[list[Tensor], float]:
     """Up to ``rounds`` times, draw afresh every sample of ``samples[k]`` (stereo-matched ``[S, N, 3]`` of
-    ``mols[k]``) that is not :func:`stereo_correct` (a diastereomer, or non-finite), the way ETKDG re-embeds a
+    ``mols[k]``) that is not :func:`stereo_correct` (a diastereomer; of a molecule with tagged stereo, also a
+    non-finite sample), the way ETKDG re-embeds a
     conformer whose chiral volumes come out wrong. Returns the samples, with the last draw kept where every round
     failed, and the wall seconds of the redraws."""
     if rounds < 0:
