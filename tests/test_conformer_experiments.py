@@ -551,8 +551,11 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     assert 0 <= metrics["model_wrong_stereo_fraction"] <= 1 or math.isnan(metrics["model_wrong_stereo_fraction"])
     assert (tmp_path / "conformers.png").stat().st_size > 0 and (tmp_path / "model" / "checkpoints" / "last.pt").is_file()
     assert "not GEOM" in (tmp_path / "REFERENCES.txt").read_text()
-    # the default trains the learned weighting u(t) with the network, and checkpoints it
+    # the default trains the learned weighting u(t) with the network, and checkpoints it; the network updates its edges
     assert json.loads((tmp_path / "spec.json").read_text())["training"]["learned_weighting"] is True
+    assert json.loads((tmp_path / "spec.json").read_text())["model"]["edge_update"] is True
+    assert ConformersQM9Experiment.resolve_spec({"model": {"edge_update": False}}).model.edge_update is False
+    assert SkeletonsExperiment.resolve_spec(None).model.edge_update is False  # not measured there
     assert torch.load(tmp_path / "model" / "checkpoints" / "last.pt", weights_only=True)["log_weight"] is not None
     # held-out molecules scored at the checkpoints (10, 20); the best step's EMA weights sampled the test set
     assert loaded == ["train_geom", "test", "val_geom"]  # n_train = 24: train_geom alone fills it

@@ -501,6 +501,16 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
     class Spec(_GraphDiffusionSpec):
         """conformers-qm9: distance diffusion on xTB-refined QM9-like ensembles, with an ETKDG baseline."""
 
+        model: component_spec(ScoreModel) = Field(
+            {
+                "kind": "edge_score", "hidden": 96, "layers": 4, "rbf": 32, "rbf_max": 8.0, "process": _PROCESS,
+                "edge_update": True,
+            },
+            description="edge score network; its process (1/s_t preconditioning) must equal process. Edge updates beat "
+            "the plain edge layer in all 6 paired samplings at 30000 steps and in mean COV-R/MAT-R at two seeds of "
+            "the 6000-step default, with no blow-ups (docs/results.rst, 'Edge updates by default')",
+        )  # fmt: skip
+
         training: GraphTrainingSpec = Field(
             GraphTrainingSpec(
                 steps=6000, batch_size=32, lr=1e-3, ema_decay=0.999, checkpoint_every=500, log_every=50,
