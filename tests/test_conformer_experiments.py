@@ -506,7 +506,6 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
             "n_test": 4,
             "n_val": 3,
             "val_split": "val_geom",
-            "stereo_redraws": 2,
             "select": "best_val",
             "max_atoms": 18,
             "model": TINY_MODEL,
@@ -574,7 +573,7 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
         assert torch.equal(p, q)
     with pytest.raises(ValueError, match="spec.json"):
         conformer_experiments.load_run_model(tmp_path / "model")
-    # generate_conformers redraws the run's own (stereo-matched, diastereomers redrawn) test samples from the run folder
+    # generate_conformers redraws the run's own test samples (stereo-matched, diastereomers redrawn twice by default)
     assert json.loads((tmp_path / "spec.json").read_text())["stereo_redraws"] == 2
     test = load_conformers("test", limit=4, max_atoms=18)
     counts = [2 * e.n_conformers for e in test]
@@ -666,7 +665,8 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     with pytest.raises(ValidationError, match="val_split"):
         ConformersQM9Experiment.resolve_spec({"val_split": "test"}, quick=True)
     with pytest.raises(ValidationError, match="stereo_redraws needs match_chirality"):
-        ConformersQM9Experiment.resolve_spec({"stereo_redraws": 1, "match_chirality": False}, quick=True)
+        ConformersQM9Experiment.resolve_spec({"match_chirality": False}, quick=True)  # the default redraws twice
+    assert ConformersQM9Experiment.resolve_spec({"match_chirality": False, "stereo_redraws": 0}).stereo_redraws == 0
 
 
 def test_diverged_molecules_flags_finite_samples_far_beyond_the_references():

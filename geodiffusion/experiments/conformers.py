@@ -548,10 +548,12 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         )
         match_chirality: bool = Field(True, description="reflect samples whose tetrahedral stereo is mirrored")
         stereo_redraws: int = Field(
-            0,
+            2,
             ge=0,
             description="rounds of drawing afresh the samples that are diastereomers of the test molecule "
-            "(redraw_diastereomers; 0: the paper's sampler alone); needs match_chirality",
+            "(redraw_diastereomers, as ETKDG re-embeds wrong chiral volumes; 0: the paper's sampler alone); needs "
+            "match_chirality. 2 rounds raised COV-R from 78.1/79.2% to 86.2/86.6% on two samplings "
+            "(docs/results.rst, 'Redrawing diastereomers')",
         )
         etkdg: bool = Field(True, description="also run the RDKit ETKDG baseline")
 
@@ -562,7 +564,9 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
             if len(set(self.train_splits)) != len(self.train_splits):
                 raise ValueError(f"train_splits: each split at most once, got {self.train_splits}")
             if self.stereo_redraws and not self.match_chirality:
-                raise ValueError("stereo_redraws needs match_chirality: a mirror image is not a diastereomer")
+                raise ValueError(
+                    "stereo_redraws needs match_chirality: a mirror image is not a diastereomer (set stereo_redraws to 0)"
+                )
             if self.select == "best_val" and self.n_val == 0:
                 raise ValueError("select='best_val' needs validation molecules: n_val must not be 0")
             return self
