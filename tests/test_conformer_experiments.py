@@ -573,8 +573,8 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
         assert torch.equal(p, q)
     with pytest.raises(ValueError, match="spec.json"):
         conformer_experiments.load_run_model(tmp_path / "model")
-    # generate_conformers redraws the run's own test samples (stereo-matched, diastereomers redrawn twice by default)
-    assert json.loads((tmp_path / "spec.json").read_text())["stereo_redraws"] == 2
+    # generate_conformers redraws the run's own test samples (stereo-matched, diastereomers redrawn 4 times by default)
+    assert json.loads((tmp_path / "spec.json").read_text())["stereo_redraws"] == 4
     test = load_conformers("test", limit=4, max_atoms=18)
     counts = [2 * e.n_conformers for e in test]
     mols = generate_conformers(tmp_path, [e.mol for e in test], counts, seed=derive_seed(spec.seed, "sample"))
@@ -665,7 +665,7 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     with pytest.raises(ValidationError, match="val_split"):
         ConformersQM9Experiment.resolve_spec({"val_split": "test"}, quick=True)
     with pytest.raises(ValidationError, match="stereo_redraws needs match_chirality"):
-        ConformersQM9Experiment.resolve_spec({"match_chirality": False}, quick=True)  # the default redraws twice
+        ConformersQM9Experiment.resolve_spec({"match_chirality": False}, quick=True)  # the default redraws
     assert ConformersQM9Experiment.resolve_spec({"match_chirality": False, "stereo_redraws": 0}).stereo_redraws == 0
 
 
