@@ -553,7 +553,7 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
             description="rounds of drawing afresh the samples that are diastereomers of the test molecule "
             "(redraw_diastereomers, as ETKDG re-embeds wrong chiral volumes; 0: the paper's sampler alone); needs "
             "match_chirality. 2 rounds raised COV-R from 78.1/79.2% to 86.2/86.6% on two samplings, 4 rounds to "
-            "87.6% on the first (docs/results.rst, 'Redrawing diastereomers')",
+            "87.6/88.0% (docs/results.rst, 'Redrawing diastereomers')",
         )
         etkdg: bool = Field(True, description="also run the RDKit ETKDG baseline")
 
