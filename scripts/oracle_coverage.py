@@ -1,7 +1,8 @@
 r"""COV/MAT that a PERFECT network would reach on each extended graph: the ceiling of conformers-qm9 per graph.
 
-Samples the packaged test molecules exactly as ``conformers-qm9`` does (2 samples per reference conformer, its
-default sampler, chunks of one PyG batch, stereo matched to the chiral tags, heavy-atom best RMSD, delta = 0.5 A), but with the
+Samples the packaged test molecules as ``conformers-qm9`` does (2 samples per reference conformer, its default
+sampler, chunks of one PyG batch, stereo matched to the chiral tags, heavy-atom best RMSD, delta = 0.5 A; diastereomers
+are redrawn only with ``--stereo-redraws``, where conformers-qm9 now redraws 4 rounds by default), but with the
 exact mixture score of each molecule's own reference ensemble (:class:`geodiffusion.conformers.oracle.EnsembleScore`)
 in place of the network: the score that distance DSM converges to when trained on the test ensembles themselves.
 Whatever this misses, no network can recover on that graph with that sampler; the gap between a trained model and
@@ -35,9 +36,7 @@ from geodiffusion.experiments.conformers import (
     ConformersQM9Experiment,
     diverged_molecules,
     load_run_model,
-    match_ensembles,
-    redraw_diastereomers,
-    sample_ensembles,
+    sample_conformers,
     score_ensembles,
     wrong_stereo_fraction,
 )
@@ -78,13 +77,8 @@ def measure(
     counts = [spec.samples_per_reference * e.n_conformers for e in test]
     score = EnsembleScore(process) if network is None else mixed(network.to(dtype), EnsembleScore(process), tau)
     generator = torch.Generator().manual_seed(seed)
-    samples, seconds = sample_ensembles(sampler, score, process, graphs, counts, chunk, generator, dtype)
-    samples = match_ensembles(test, samples)
-    if redraws:
-        samples, spent = redraw_diastereomers(
-            sampler, score, process, graphs, [e.mol for e in test], samples, redraws, chunk, generator, dtype
-        )
-        seconds += spent
+    mols = [e.mol for e in test]
+    samples, seconds = sample_conformers(sampler, score, process, graphs, mols, counts, chunk, generator, dtype, redraws=redraws)
     per, _, finite = score_ensembles(test, samples, spec.threshold)
     if save is not None:  # the layout of conformers-qm9's samples.pt
         torch.save({"smiles": [e.smiles for e in test], "model": samples}, save)

@@ -437,6 +437,8 @@ def test_redraw_diastereomers_replaces_only_wrong_samples_until_right_or_out_of_
     assert same[0] is start and seconds == 0.0
     with pytest.raises(ValueError, match="rounds"):
         conformer_experiments.redraw_diastereomers(sampler, *args, [start], -1, 100, None, torch.float64)
+    with pytest.raises(ValueError, match="redraws needs match"):
+        conformer_experiments.sample_conformers(sampler, *args, [4], 100, None, torch.float64, match=False, redraws=1)
 
 
 def test_mmff_relax_lowers_the_energy_of_noisy_conformers_and_keeps_minima():

@@ -66,6 +66,7 @@ __all__ = [
     "match_stereo",
     "redraw_diastereomers",
     "mmff_relax",
+    "sample_conformers",
     "sample_ensembles",
     "sample_graphs",
     "score_ensembles",
@@ -205,6 +206,34 @@ def redraw_diastereomers(
         for k, x in zip(redo, fresh, strict=True):
             samples[k] = samples[k].clone()
             samples[k][wrong[k]] = match_stereo(x, mols[k]).to(samples[k])
+    return samples, seconds
+
+
+def sample_conformers(
+    sampler: Sampler,
+    model,
+    process: DistanceVEProcess,
+    graphs: list[Data],
+    mols: list,
+    counts: list[int],
+    chunk: int,
+    generator,
+    dtype,
+    *,
+    match: bool = True,
+    redraws: int = 0,
+) -> tuple[list[Tensor], float]:
+    """:func:`sample_ensembles` of molecules ``mols`` (graphs ``graphs``), each sample reflected to the tagged stereo
+    (:func:`match_stereo`, with ``match``) and its diastereomers redrawn ``redraws`` rounds
+    (:func:`redraw_diastereomers`); returns the samples and the wall seconds of all draws."""
+    if redraws and not match:
+        raise ValueError("redraws needs match: a mirror image is not a diastereomer")
+    samples, seconds = sample_ensembles(sampler, model, process, graphs, counts, chunk, generator, dtype)
+    if match:
+        samples = [match_stereo(x, m) for x, m in zip(samples, mols, strict=True)]
+    if redraws:
+        samples, spent = redraw_diastereomers(sampler, model, process, graphs, mols, samples, redraws, chunk, generator, dtype)
+        seconds += spent
     return samples, seconds
 
 
@@ -349,13 +378,11 @@ def generate_conformers(
     generator = torch.Generator().manual_seed(seed)
     graphs = [g.to(device) for g in graphs]
     chunk = chunk or spec["sample_chunk"]
-    samples, _ = sample_ensembles(sampler, model, process, graphs, counts, chunk, generator, dtype)
-    samples = [match_stereo(x.cpu(), m) for x, m in zip(samples, mols, strict=True)]
     redraws = spec.get("stereo_redraws", 0) if stereo_redraws is None else stereo_redraws
-    if redraws:
-        samples, _ = redraw_diastereomers(sampler, model, process, graphs, mols, samples, redraws, chunk, generator, dtype)
+    samples, _ = sample_conformers(sampler, model, process, graphs, mols, counts, chunk, generator, dtype, redraws=redraws)
     out = []
     for k, (m, x) in enumerate(zip(mols, samples, strict=True)):
+        x = x.cpu()
         if not torch.isfinite(x).all():
             raise ValueError(f"molecules[{k}]: the network produced a non-finite sample (a blow-up); try another seed")
         if relax:
@@ -597,15 +624,10 @@ class ConformersQM9Experiment(_GraphDiffusion, kind="conformers-qm9"):
         sample_gen = torch.Generator().manual_seed(derive_seed(s.seed, "sample"))
         counts = [s.samples_per_reference * e.n_conformers for e in test]
         test_graphs = [e.graph(max_hops=s.max_hops) for e in test]
-        samples, model_seconds = sample_ensembles(sampler, model, process, test_graphs, counts, s.sample_chunk, sample_gen, dtype)
-        if s.match_chirality:
-            samples = match_ensembles(test, samples)
-        if s.stereo_redraws:
-            samples, redraw_seconds = redraw_diastereomers(
-                sampler, model, process, test_graphs, [e.mol for e in test], samples, s.stereo_redraws,
-                s.sample_chunk, sample_gen, dtype,
-            )  # fmt: skip
-            model_seconds += redraw_seconds
+        samples, model_seconds = sample_conformers(
+            sampler, model, process, test_graphs, [e.mol for e in test], counts, s.sample_chunk, sample_gen, dtype,
+            match=s.match_chirality, redraws=s.stereo_redraws,
+        )  # fmt: skip
         per_model, rmsd_model, finite = score_ensembles(test, samples, s.threshold)
         per_etkdg, rmsd_etkdg = [], []
         metrics: dict[str, float] = {
