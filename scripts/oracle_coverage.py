@@ -2,7 +2,7 @@ r"""COV/MAT that a PERFECT network would reach on each extended graph: the ceili
 
 Samples the packaged test molecules as ``conformers-qm9`` does (2 samples per reference conformer, its default
 sampler, chunks of one PyG batch, stereo matched to the chiral tags, heavy-atom best RMSD, delta = 0.5 A; diastereomers
-are redrawn only with ``--stereo-redraws``, where conformers-qm9 now redraws 4 rounds by default), but with the
+are redrawn only with ``--stereo-redraws``, where conformers-qm9 now redraws up to 8 rounds by default), but with the
 exact mixture score of each molecule's own reference ensemble (:class:`geodiffusion.conformers.oracle.EnsembleScore`)
 in place of the network: the score that distance DSM converges to when trained on the test ensembles themselves.
 Whatever this misses, no network can recover on that graph with that sampler; the gap between a trained model and
@@ -11,7 +11,8 @@ this row is the network's.
 With ``--run`` (a finished conformers-qm9 folder) the rows mix the run's sampled network (its best-validation EMA
 weights) and the oracle on the run's graph: ``--oracle-above TAU`` uses the oracle at diffusion times t >= TAU
 and the network below, so TAU = 0 is the oracle alone and TAU > T the network alone. Where the coverage drops as
-TAU falls tells at which noise levels the network's score loses the conformers.
+TAU falls tells at which noise levels the network's score loses the conformers. ``--ensemble RUN2 ...`` samples
+with the mean edge score of the ``--run`` network and those of other runs on the same graph.
 
 Columns beyond COV/MAT: mean edges per graph, molecules with a non-finite or blown-up sample, ``stereo%`` (the
 percentage of samples of molecules with tagged stereo that are diastereomers, ``wrong_stereo_fraction``) and
@@ -20,6 +21,7 @@ conformers per second.
     python scripts/oracle_coverage.py --hops 3 4 5 0       # 0: all pairs
     python scripts/oracle_coverage.py --hops 4 --molecules 50 --sampler '{"steps": 200}'
     python scripts/oracle_coverage.py --run runs/conformers-qm9-RUN --oracle-above 2 0.5 0.2 0
+    python scripts/oracle_coverage.py --run runs/RUN_A --ensemble runs/RUN_B --oracle-above 2 --stereo-redraws 8
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ from geodiffusion.metrics.conformers import summarise_coverage
 from geodiffusion.processes.base import Process
 from geodiffusion.registry import build
 from geodiffusion.samplers.base import Sampler
+
+
+def averaged(networks):
+    """The mean of several networks' edge scores: their errors, where independent, partly cancel."""
+
+    def score(t, d, graph):
+        return sum(net(t, d, graph=graph) for net in networks) / len(networks)
+
+    return score
 
 
 def mixed(network, oracle, tau: float):
@@ -75,7 +86,10 @@ def measure(
     width = max(e.n_conformers for e in test)
     graphs = [EnsembleScore.attach(e.graph(max_hops=hops), e.coordinates(), width) for e in test]
     counts = [spec.samples_per_reference * e.n_conformers for e in test]
-    score = EnsembleScore(process) if network is None else mixed(network.to(dtype), EnsembleScore(process), tau)
+    if network is not None:
+        networks = network if isinstance(network, list) else [network]
+        network = averaged([net.to(dtype) for net in networks]) if len(networks) > 1 else networks[0].to(dtype)
+    score = EnsembleScore(process) if network is None else mixed(network, EnsembleScore(process), tau)
     generator = torch.Generator().manual_seed(seed)
     mols = [e.mol for e in test]
     samples, seconds = sample_conformers(sampler, score, process, graphs, mols, counts, chunk, generator, dtype, redraws=redraws)
@@ -102,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk", type=int, default=2000, help="graphs sampled together in one batch")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--run", type=Path, default=None, help="a conformers-qm9 output folder: mix its network in")
+    parser.add_argument(
+        "--ensemble", type=Path, nargs="+", default=[], help="with --run: more runs on its graph, whose scores are averaged"
+    )
     parser.add_argument("--save", type=Path, default=None, help="folder: write each row's samples to ROW.pt there")
     parser.add_argument("--oracle-above", type=float, nargs="+", default=[0.0], help="with --run: oracle at t >= TAU")
     parser.add_argument(
@@ -120,6 +137,18 @@ def main(argv: list[str] | None = None) -> None:
         network, spec = load_run_model(args.run)
         rows = [(spec.get("max_hops", 3) or 0, tau) for tau in args.oracle_above]
         print(f"network of {args.run} on its graph; oracle at t >= tau")
+        if args.ensemble:
+            network = [network]
+            for other in args.ensemble:
+                net, other_spec = load_run_model(other)
+                if other_spec.get("max_hops", 3) != spec.get("max_hops", 3):
+                    parser.error(
+                        f"--ensemble: {other} has max_hops {other_spec.get('max_hops', 3)}, --run has {spec.get('max_hops', 3)}"
+                    )
+                network.append(net)
+            print(f"scores averaged with {', '.join(map(str, args.ensemble))}")
+    elif args.ensemble:
+        parser.error("--ensemble: needs --run")
     head = ["hops", "tau", "edges", "COV-R", "MAT-R", "COV-P", "MAT-P", "non-finite", "diverged", "stereo%", "conf/s"]
     print(" ".join(f"{h:>{max(6, len(h))}s}" for h in head))
     sampler_fields = json.loads(args.sampler)

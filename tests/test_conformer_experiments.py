@@ -575,8 +575,8 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
         assert torch.equal(p, q)
     with pytest.raises(ValueError, match="spec.json"):
         conformer_experiments.load_run_model(tmp_path / "model")
-    # generate_conformers redraws the run's own test samples (stereo-matched, diastereomers redrawn 4 times by default)
-    assert json.loads((tmp_path / "spec.json").read_text())["stereo_redraws"] == 4
+    # generate_conformers redraws the run's own test samples (stereo-matched, diastereomers redrawn 8 times by default)
+    assert json.loads((tmp_path / "spec.json").read_text())["stereo_redraws"] == 8
     test = load_conformers("test", limit=4, max_atoms=18)
     counts = [2 * e.n_conformers for e in test]
     mols = generate_conformers(tmp_path, [e.mol for e in test], counts, seed=derive_seed(spec.seed, "sample"))
@@ -656,6 +656,13 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     )
     rows = [r.split() for r in capsys.readouterr().out.splitlines()[-2:]]
     assert [r[1] for r in rows] == ["2.00", "0.50"] and all(0 <= float(r[3]) <= 100 for r in rows)
+    # a network averaged with itself is that network: (a + a) / 2 == a exactly, so the same samples and metrics
+    runpy.run_path(str(scripts / "oracle_coverage.py"))["main"](
+        ["--run", str(tmp_path), "--ensemble", str(tmp_path), "--molecules", "2", "--oracle-above", "2", "0.5",
+         "--sampler", '{"steps": 10}']
+    )  # fmt: skip
+    averaged = [r.split() for r in capsys.readouterr().out.splitlines()[-2:]]
+    assert [r[:-1] for r in averaged] == [r[:-1] for r in rows]  # all but the rate
     with pytest.raises(ValidationError, match="max_hops"):
         ConformersQM9Experiment.resolve_spec({"max_hops": 2}, quick=True)
     with pytest.raises(ValidationError, match="n_val"):
