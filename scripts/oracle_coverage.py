@@ -86,9 +86,6 @@ def measure(
     width = max(e.n_conformers for e in test)
     graphs = [EnsembleScore.attach(e.graph(max_hops=hops), e.coordinates(), width) for e in test]
     counts = [spec.samples_per_reference * e.n_conformers for e in test]
-    if network is not None:
-        networks = network if isinstance(network, list) else [network]
-        network = averaged([net.to(dtype) for net in networks]) if len(networks) > 1 else networks[0].to(dtype)
     score = EnsembleScore(process) if network is None else mixed(network, EnsembleScore(process), tau)
     generator = torch.Generator().manual_seed(seed)
     mols = [e.mol for e in test]
@@ -135,17 +132,19 @@ def main(argv: list[str] | None = None) -> None:
     network, rows = None, [(h, 0.0) for h in args.hops]
     if args.run is not None:
         network, spec = load_run_model(args.run)
+        network = network.to(getattr(torch, args.dtype))
         rows = [(spec.get("max_hops", 3) or 0, tau) for tau in args.oracle_above]
         print(f"network of {args.run} on its graph; oracle at t >= tau")
         if args.ensemble:
-            network = [network]
+            networks = [network]
             for other in args.ensemble:
                 net, other_spec = load_run_model(other)
                 if other_spec.get("max_hops", 3) != spec.get("max_hops", 3):
                     parser.error(
                         f"--ensemble: {other} has max_hops {other_spec.get('max_hops', 3)}, --run has {spec.get('max_hops', 3)}"
                     )
-                network.append(net)
+                networks.append(net.to(getattr(torch, args.dtype)))
+            network = averaged(networks)
             print(f"scores averaged with {', '.join(map(str, args.ensemble))}")
     elif args.ensemble:
         parser.error("--ensemble: needs --run")

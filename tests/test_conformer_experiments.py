@@ -663,6 +663,9 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     )  # fmt: skip
     averaged = [r.split() for r in capsys.readouterr().out.splitlines()[-2:]]
     assert [r[:-1] for r in averaged] == [r[:-1] for r in rows]  # all but the rate
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(scripts / "oracle_coverage.py"))["main"](["--ensemble", str(tmp_path), "--molecules", "1"])
+    assert "--ensemble: needs --run" in capsys.readouterr().err
     with pytest.raises(ValidationError, match="max_hops"):
         ConformersQM9Experiment.resolve_spec({"max_hops": 2}, quick=True)
     with pytest.raises(ValidationError, match="n_val"):
