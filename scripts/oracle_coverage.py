@@ -129,21 +129,20 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     test = load_conformers("test", limit=args.molecules)
     print(f"{len(test)} test molecules, {sum(e.n_conformers for e in test)} reference conformers; sampler {args.sampler}")
+    dtype = getattr(torch, args.dtype)
     network, rows = None, [(h, 0.0) for h in args.hops]
     if args.run is not None:
         network, spec = load_run_model(args.run)
-        network = network.to(getattr(torch, args.dtype))
-        rows = [(spec.get("max_hops", 3) or 0, tau) for tau in args.oracle_above]
+        network, run_hops = network.to(dtype), spec.get("max_hops", 3)
+        rows = [(run_hops or 0, tau) for tau in args.oracle_above]
         print(f"network of {args.run} on its graph; oracle at t >= tau")
         if args.ensemble:
             networks = [network]
             for other in args.ensemble:
                 net, other_spec = load_run_model(other)
-                if other_spec.get("max_hops", 3) != spec.get("max_hops", 3):
-                    parser.error(
-                        f"--ensemble: {other} has max_hops {other_spec.get('max_hops', 3)}, --run has {spec.get('max_hops', 3)}"
-                    )
-                networks.append(net.to(getattr(torch, args.dtype)))
+                if other_spec.get("max_hops", 3) != run_hops:
+                    parser.error(f"--ensemble: {other} has max_hops {other_spec.get('max_hops', 3)}, --run has {run_hops}")
+                networks.append(net.to(dtype))
             network = averaged(networks)
             print(f"scores averaged with {', '.join(map(str, args.ensemble))}")
     elif args.ensemble:
@@ -157,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
             args.save.mkdir(parents=True, exist_ok=True)
             save = args.save / f"hops{hops or 'all'}_tau{tau:g}.pt"
         r = measure(
-            test, hops or None, sampler_fields, getattr(torch, args.dtype), args.seed, args.chunk, network, tau, save,
+            test, hops or None, sampler_fields, dtype, args.seed, args.chunk, network, tau, save,
             args.stereo_redraws,
         )  # fmt: skip
         cells = [hops or "all", f"{tau:.2f}", f"{r['edges']:.1f}", f"{r['cov_r_mean']:.1f}", f"{r['mat_r_mean']:.3f}"]

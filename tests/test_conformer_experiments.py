@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import runpy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -666,6 +667,13 @@ def test_conformers_qm9_quick_run_writes_metrics_baseline_and_plot(tmp_path, mon
     with pytest.raises(SystemExit):
         runpy.run_path(str(scripts / "oracle_coverage.py"))["main"](["--ensemble", str(tmp_path), "--molecules", "1"])
     assert "--ensemble: needs --run" in capsys.readouterr().err
+    other = tmp_path / "other_graph"  # the same network on another graph: its scores are not averageable
+    (other / "model" / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "model" / "checkpoints" / "last.pt", other / "model" / "checkpoints" / "last.pt")
+    (other / "spec.json").write_text(json.dumps({**json.loads((tmp_path / "spec.json").read_text()), "max_hops": 4}))
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(scripts / "oracle_coverage.py"))["main"](["--run", str(tmp_path), "--ensemble", str(other)])
+    assert "has max_hops 4, --run has 3" in capsys.readouterr().err
     with pytest.raises(ValidationError, match="max_hops"):
         ConformersQM9Experiment.resolve_spec({"max_hops": 2}, quick=True)
     with pytest.raises(ValidationError, match="n_val"):

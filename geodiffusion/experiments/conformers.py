@@ -62,7 +62,6 @@ __all__ = [
     "generate_conformers",
     "load_run_model",
     "match_chirality",
-    "match_ensembles",
     "match_stereo",
     "redraw_diastereomers",
     "mmff_relax",
@@ -235,12 +234,6 @@ def sample_conformers(
         samples, spent = redraw_diastereomers(sampler, model, process, graphs, mols, samples, redraws, chunk, generator, dtype)
         seconds += spent
     return samples, seconds
-
-
-def match_ensembles(test: list[ConformerEnsemble], samples: list[Tensor]) -> list[Tensor]:
-    """:func:`match_stereo` of each ``samples[k] [S, N, 3]`` to ``test[k]``'s chiral tags (its graph, not its
-    reference coordinates: on the packaged test split every reference conformer has the tags' signs)."""
-    return [match_stereo(x, e.mol) for x, e in zip(samples, test, strict=True)]
 
 
 def score_ensembles(
